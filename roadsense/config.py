@@ -1,0 +1,276 @@
+"""The one typed configuration of the whole pipeline.
+
+Every setting lives here once. The CLI flags (``--set key=value``), the SageMaker
+hyperparameters (a flat map of strings) and the saved ``config.json`` are all views of
+:class:`PipelineConfig`:
+
+* ``config.flat()`` -> ``{"total_timesteps": 2000000, ...}``: one entry per setting, keyed
+  by the setting's own name (names are unique across sections).
+* ``config.to_hyperparameters()`` -> the same map with every value as a string.
+* ``PipelineConfig.from_overrides(preset, {"total_timesteps": "5000"})`` builds a
+  validated config from a preset and string or typed overrides.
+
+Seeds are separate on purpose: ``dataset_seed`` (training scenarios), ``eval_dataset_seed``
+(evaluation scenarios), ``seed`` (PPO and the training envs) and ``eval_seed`` (the
+evaluation episodes). Changing one never changes what the others control.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PRESETS = ("smoke", "standard", "production")
+Preset = Literal["smoke", "standard", "production"]
+Range = tuple[float, float]
+
+
+class ConfigError(ValueError):
+    """A setting is unknown or has a value that is not allowed; the message says which and why."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+def _ordered(name: str, value: Range) -> Range:
+    if value[0] > value[1]:
+        raise ValueError(f"{name} must be [low, high] with low <= high, got {list(value)}")
+    return value
+
+
+class DatasetConfig(_Section):
+    """Scenario generation and augmentation (domain.md, 'Scenario generation')."""
+
+    dataset_seed: int = Field(42, ge=0, description="Seed of the training scenarios.")
+    eval_dataset_seed: int = Field(1042, ge=0, description="Seed of the evaluation scenarios.")
+    train_count: int = Field(25, ge=1, le=10_000, description="Training scenarios.")
+    eval_count: int = Field(40, ge=1, le=10_000, description="Evaluation scenarios (balanced over peer counts 1..5).")
+    peer_drop_prob: float = Field(0.4, ge=0.0, lt=1.0, description="Per-peer dropout in training scenarios.")
+    speed_factor_range: Range = Field((0.8, 1.2), description="speedFactor U(low, high).")
+    sigma_range: Range = Field((0.0, 0.5), description="Krauss driver imperfection U(low, high).")
+    decel_range: Range = Field((3.5, 5.5), description="Vehicle decel U(low, high), m/s^2.")
+    tau_range: Range = Field((0.5, 1.5), description="Headway tau U(low, high), s.")
+    scenario_end_s: float = Field(65.0, gt=10.0, le=3600.0, description="Scenario end time, s.")
+
+    @model_validator(mode="after")
+    def _ranges_ordered(self) -> "DatasetConfig":
+        for name in ("speed_factor_range", "sigma_range", "decel_range", "tau_range"):
+            _ordered(name, getattr(self, name))
+        if self.speed_factor_range[0] <= 0 or self.decel_range[0] <= 0 or self.tau_range[0] <= 0:
+            raise ValueError("speed_factor_range, decel_range and tau_range must be positive")
+        return self
+
+
+class EnvConfig(_Section):
+    """The convoy environment (domain.md, 'Observation', 'Hazard', 'Reward')."""
+
+    backend: Literal["libsumo", "traci"] = Field("libsumo", description="SUMO backend: in-process libsumo or a TraCI subprocess.")
+    emulator_params: str | None = Field(None, description="ESP-NOW parameter JSON; None = the measured defaults shipped with roadsense.")
+    frame_stack: int = Field(3, ge=1, le=16, description="Ego frames stacked in the observation, newest first.")
+    episode_steps: int = Field(500, ge=10, le=100_000, description="Steps after warm-up before truncation (0.1 s each).")
+    warmup_steps: int = Field(20, ge=0, le=1000, description="Steps run before the agent acts, so peers reach speed.")
+    hazard_step: int = Field(200, ge=1, description="Step after warm-up at which the hazard starts.")
+    hazard_window: tuple[int, int] | None = Field(None, description="If set, hazard step ~ U[low, high] per episode instead of hazard_step.")
+    domain_randomization: bool = Field(True, description="Draw emulator latency, loss, jitter and GPS noise per episode.")
+
+    @model_validator(mode="after")
+    def _hazard_inside_episode(self) -> "EnvConfig":
+        last = self.hazard_window[1] if self.hazard_window else self.hazard_step
+        if self.hazard_window:
+            _ordered("hazard_window", self.hazard_window)
+        if last >= self.episode_steps:
+            raise ValueError(f"hazard step {last} must come before episode_steps={self.episode_steps}")
+        return self
+
+
+class TrainConfig(_Section):
+    """PPO and its checkpoints (domain.md, 'PPO settings that trained stably')."""
+
+    seed: int = Field(0, ge=0, description="Training seed: PPO, and each env's seed is derived from it.")
+    total_timesteps: int = Field(2_000_000, ge=1, description="Environment steps to train for, in total across envs.")
+    n_envs: int = Field(0, ge=0, le=256, description="Parallel envs (one SUMO each); 0 = one per CPU.")
+    learning_rate: float = Field(1e-4, gt=0, le=1.0)
+    n_steps: int = Field(4096, ge=16, description="Rollout length per update, across all envs.")
+    batch_size: int = Field(64, ge=2)
+    n_epochs: int = Field(10, ge=1, le=100)
+    gamma: float = Field(0.99, gt=0, le=1)
+    gae_lambda: float = Field(0.95, ge=0, le=1)
+    clip_range: float = Field(0.2, gt=0, le=1)
+    ent_coef: float = Field(0.0, ge=0)
+    log_std_init: float = Field(-0.5)
+    peer_hidden: int = Field(32, ge=1, le=1024, description="Width of the shared per-peer MLP (6 -> h -> h).")
+    torch_threads: int = Field(1, ge=1, le=64, description="torch threads in the learner; envs take the other cores.")
+    checkpoint_every: int = Field(50_000, ge=1, description="Env steps between checkpoints.")
+    keep_checkpoints: int = Field(3, ge=1, description="Newest checkpoints kept (milestones are kept too).")
+    milestone_every: int = Field(500_000, ge=0, description="Env steps between checkpoints that are never pruned; 0 = none.")
+    max_consecutive_sim_errors: int = Field(20, ge=1, description="Simulation errors in a row (per env) that abort the run.")
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> "TrainConfig":
+        if self.batch_size > self.n_steps:
+            raise ValueError(f"batch_size={self.batch_size} must be <= n_steps={self.n_steps}")
+        return self
+
+
+class EvalConfig(_Section):
+    """The deterministic evaluation matrix (domain.md, 'Evaluation')."""
+
+    eval_seed: int = Field(7, ge=0, description="Seed of the evaluation episodes (emulator draws, hazard strength).")
+    episodes_per_bucket: int = Field(10, ge=1, le=10_000, description="Episodes per (peer count, hazard rank) bucket.")
+    eval_workers: int = Field(0, ge=0, le=256, description="Evaluation processes; 0 = one per CPU. Results do not depend on it.")
+    baselines: tuple[Literal["never-brake", "rule-based"], ...] = Field(("never-brake", "rule-based"), description="Baselines evaluated on the same matrix.")
+
+
+class CostConfig(_Section):
+    """What a run is expected to cost, for the provenance and the launcher's estimate."""
+
+    instance_type: str = Field("ml.c6i.xlarge", description="SageMaker instance type the run is priced at.")
+    instance_price_per_hour: float = Field(0.238, ge=0, description="On-demand USD per hour of instance_type (il-central-1).")
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "dataset": DatasetConfig,
+    "env": EnvConfig,
+    "train": TrainConfig,
+    "evaluation": EvalConfig,
+    "cost": CostConfig,
+}
+
+# Flat name -> section name; a name may appear in one section only.
+KEY_SECTION: dict[str, str] = {}
+for _section, _model in SECTIONS.items():
+    for _key in _model.model_fields:
+        assert _key not in KEY_SECTION, f"config key {_key} is defined twice"
+        KEY_SECTION[_key] = _section
+
+_PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
+    # A couple of minutes on a laptop: the whole pipeline, tiny numbers.
+    "smoke": {
+        "train_count": 4,
+        "eval_count": 5,
+        "total_timesteps": 4096,
+        "n_steps": 1024,
+        "checkpoint_every": 2048,
+        "episodes_per_bucket": 1,
+    },
+    "standard": {
+        "train_count": 10,
+        "eval_count": 20,
+        "total_timesteps": 200_000,
+        "checkpoint_every": 20_000,
+        "episodes_per_bucket": 4,
+    },
+    "production": {},
+}
+
+
+class PipelineConfig(BaseModel):
+    """Everything one run needs; ``preset`` records where the defaults came from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: Preset = "production"
+    dataset: DatasetConfig = DatasetConfig()
+    env: EnvConfig = EnvConfig()
+    train: TrainConfig = TrainConfig()
+    evaluation: EvalConfig = EvalConfig()
+    cost: CostConfig = CostConfig()
+
+    # -- construction -----------------------------------------------------------------
+    @classmethod
+    def from_overrides(cls, preset: str = "production", overrides: dict[str, Any] | None = None) -> "PipelineConfig":
+        """Preset defaults, then ``overrides`` (flat keys; values typed or strings)."""
+        if preset not in PRESETS:
+            raise ConfigError(f"preset: {preset!r} is not a preset; choose one of {', '.join(PRESETS)}")
+        flat: dict[str, Any] = dict(_PRESET_OVERRIDES[preset])
+        for key, value in (overrides or {}).items():
+            if key == "preset":
+                continue
+            _check_key(key)
+            flat[key] = _parse_value(value) if isinstance(value, str) else value
+        nested: dict[str, Any] = {"preset": preset}
+        for key, value in flat.items():
+            nested.setdefault(KEY_SECTION[key], {})[key] = value
+        try:
+            return cls.model_validate(nested)
+        except ValidationError as exc:
+            raise ConfigError(_explain(exc)) from None
+
+    @classmethod
+    def from_hyperparameters(cls, hyperparameters: dict[str, Any]) -> "PipelineConfig":
+        """SageMaker view: every value is a string; ``preset`` picks the defaults."""
+        values = dict(hyperparameters)
+        preset = str(values.pop("preset", "production"))
+        return cls.from_overrides(preset, values)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PipelineConfig":
+        """A saved ``config.json`` (nested, as written by :meth:`save`)."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read the config ({exc})") from None
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(f"{path}: {_explain(exc)}") from None
+
+    # -- views ------------------------------------------------------------------------
+    def flat(self) -> dict[str, Any]:
+        """One entry per setting, keyed by its own name, plus ``preset``."""
+        out: dict[str, Any] = {"preset": self.preset}
+        for section in SECTIONS:
+            out.update(getattr(self, section).model_dump(mode="json"))
+        return out
+
+    def to_hyperparameters(self) -> dict[str, str]:
+        """The SageMaker view: strings only (JSON for lists, ``null`` for None)."""
+        return {k: v if isinstance(v, str) else json.dumps(v) for k, v in self.flat().items()}
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n")
+
+
+def _check_key(key: str) -> None:
+    if key not in KEY_SECTION:
+        close = difflib.get_close_matches(key, list(KEY_SECTION), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(sorted(KEY_SECTION))}"
+        raise ConfigError(f"unknown config key {key!r}{hint}")
+
+
+def _parse_value(text: str) -> Any:
+    """A string from the CLI or SageMaker: JSON if it parses (numbers, lists, null), else the text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"] if p not in SECTIONS]
+        key = ".".join(loc) or "config"
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) else f" = {value!r}"
+        lines.append(f"{key}{shown}: {err['msg']}")
+    return "; ".join(lines)
+
+
+def parse_set_options(items: list[str]) -> dict[str, str]:
+    """``["a=1", "b=x"]`` from repeated ``--set`` flags -> ``{"a": "1", "b": "x"}``."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set total_timesteps=100000")
+        key = key.strip()
+        if key != "preset":
+            _check_key(key)
+        out[key] = value.strip()
+    return out

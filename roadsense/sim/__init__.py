@@ -1,0 +1,1 @@
+"""SUMO behind one small interface: libsumo in-process (default) or a TraCI subprocess."""
