@@ -1,0 +1,1 @@
+"""PPO training: parallel SUMO envs, checkpoints, resume, metric lines."""

@@ -1,0 +1,40 @@
+"""Parallel convoy envs: one subprocess and one (libsumo) SUMO per env."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Callable
+
+import gymnasium as gym
+from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv, VecMonitor
+
+from roadsense.config import EnvConfig
+
+
+def default_n_envs() -> int:
+    """One env per CPU this process may use."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def _env_factory(scenario: Path | None, split: str, config: EnvConfig) -> Callable[[], gym.Env]:
+    def make() -> gym.Env:
+        # Runs inside the worker. Ctrl-C reaches the whole process group; only the trainer may
+        # react to it (it checkpoints, then closes the workers), so the workers ignore it.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        import torch
+
+        torch.set_num_threads(1)
+        from roadsense.env.convoy_env import ConvoyEnv
+
+        return ConvoyEnv(scenario, split=split, config=config)
+
+    return make
+
+
+def make_vec_env(scenario: Path | None, config: EnvConfig, n_envs: int, seed: int, split: str = "train") -> VecEnv:
+    """``n_envs`` ConvoyEnvs in worker processes, seeded ``seed, seed+1, ...``, with episode stats."""
+    venv = SubprocVecEnv([_env_factory(scenario, split, config) for _ in range(n_envs)], start_method="forkserver")
+    venv.seed(seed)
+    return VecMonitor(venv)
