@@ -1,0 +1,1 @@
+"""Evaluation on the deterministic (peer count x hazard rank) matrix, with baselines and a report."""

@@ -1,0 +1,52 @@
+"""Evaluate a policy and its baselines on the same matrix; write metrics.json, episodes.jsonl, report.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from roadsense.config import PipelineConfig
+from roadsense.evaluation.matrix import plan_matrix
+from roadsense.evaluation.metrics import compute_metrics
+from roadsense.evaluation.report import write_report
+from roadsense.evaluation.runner import run_episodes
+from roadsense.metric_lines import EVAL_TAG, emit
+from roadsense.scenarios.dataset import Dataset
+
+_EMITTED = ("collision_rate", "success_rate", "behavioral_success_rate", "reaction_rate", "mean_reaction_time_s")
+
+
+def evaluate(policy: str, dataset_path: Path, output: Path, config: PipelineConfig,
+             baselines: tuple[str, ...] | None = None, progress_csv: Path | None = None) -> dict[str, Any]:
+    """Run ``policy`` (a model.zip path or a baseline name) and ``baselines`` on the matrix.
+
+    The plan is checked for coverage before any episode runs. Returns the metrics dict.
+    """
+    ec = config.evaluation
+    dataset = Dataset.open(dataset_path)
+    plan = plan_matrix(dataset, ec.episodes_per_bucket, ec.eval_seed)
+    baselines = tuple(b for b in (ec.baselines if baselines is None else baselines) if b != policy)
+    output.mkdir(parents=True, exist_ok=True)
+
+    results: dict[str, dict[str, Any]] = {}
+    for name in (policy, *baselines):
+        episodes = run_episodes(plan, name, dataset.root, config.env, ec.eval_workers)
+        metrics = compute_metrics(episodes)
+        metrics["reaction_times_s"] = [e["reaction_time_s"] for e in episodes if e["reaction"]]
+        results[name] = metrics
+        if name == policy:
+            with open(output / "episodes.jsonl", "w") as fh:
+                for episode in episodes:
+                    fh.write(json.dumps(episode, sort_keys=True) + "\n")
+
+    metrics = results[policy]
+    metrics["policy"] = policy if policy in ("never-brake", "rule-based") else "model"
+    metrics["plan"] = {"episodes": len(plan), "episodes_per_bucket": ec.episodes_per_bucket,
+                       "eval_seed": ec.eval_seed, "dataset_id": dataset.dataset_id}
+    metrics["baselines"] = {name: {k: results[name][k] for k in ("overall", "per_peer_count", "per_bucket")}
+                            for name in baselines}
+    (output / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    write_report(output, metrics, progress_csv)
+    emit(EVAL_TAG, {k: v for k, v in metrics["overall"].items() if k in _EMITTED and v is not None})
+    return metrics
