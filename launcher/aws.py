@@ -1,0 +1,180 @@
+"""AWS access: the session, pre-flight checks, and AWS errors turned into one line with a fix.
+
+Every AWS call the launcher makes goes through a boto3 client from :func:`make_session`;
+boto3 honours ``AWS_PROFILE`` and ``AWS_ENDPOINT_URL`` (a moto server in tests) itself.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import boto3
+import botocore.exceptions
+from botocore.config import Config
+
+from launcher.infra import stack_outputs
+from launcher.settings import LaunchSettings
+
+# Keys of the infra stack's outputs (launcher/infra.py deploys the stack).
+OUTPUT_ROLE_ARN = "TrainingRoleArn"
+OUTPUT_REPOSITORY_URI = "RepositoryUri"
+
+INFRA_FIX = "deploy the infrastructure: roadsense-launch infra deploy (see infra/)"
+
+
+class LaunchError(Exception):
+    """A problem the user can fix: ``str()`` is one line saying what is wrong and what to do."""
+
+    def __init__(self, problem: str, fix: str = "") -> None:
+        super().__init__(f"{problem}. Fix: {fix}" if fix else problem)
+        self.problem = problem
+        self.fix = fix
+
+
+def make_session(settings: LaunchSettings) -> boto3.Session:
+    """A boto3 session in the configured region and profile."""
+    try:
+        return boto3.Session(profile_name=settings.profile, region_name=settings.region)
+    except botocore.exceptions.ProfileNotFound:
+        raise LaunchError(
+            f"AWS profile {settings.profile!r} is not configured",
+            "aws configure --profile NAME, or unset AWS_PROFILE",
+        ) from None
+
+
+def quick_client(session: boto3.Session, service: str):  # noqa: ANN201 - boto3 clients are untyped
+    """A client that gives up fast: for probes whose failure only means 'AWS is not here'."""
+    return session.client(service, config=Config(connect_timeout=3, read_timeout=5, retries={"max_attempts": 1}))
+
+
+_CLIENT_ERRORS: dict[str, tuple[str, str]] = {
+    # code: (problem, fix); "{message}" is AWS's own message.
+    "NoSuchBucket": ("the bucket does not exist", INFRA_FIX),
+    "404": ("not found: {message}", INFRA_FIX),
+    "AccessDenied": ("AWS denied access: {message}", "use credentials allowed by the roadsense policies in infra/"),
+    "403": ("AWS denied access", "use credentials allowed by the roadsense policies in infra/ (or check the bucket's region)"),
+    "ExpiredToken": ("the AWS session token has expired", "log in again (aws sso login, or refresh the credentials)"),
+    "ExpiredTokenException": ("the AWS session token has expired", "log in again (aws sso login, or refresh the credentials)"),
+    "InvalidClientTokenId": ("the AWS access key is not valid", "check AWS_ACCESS_KEY_ID / AWS_PROFILE"),
+    "UnrecognizedClientException": ("the AWS credentials are not valid for this region", "check AWS_PROFILE and --region"),
+    "NoSuchEntity": ("the IAM role does not exist: {message}", INFRA_FIX),
+    "RepositoryNotFoundException": ("the ECR repository does not exist", INFRA_FIX),
+    "ImageNotFoundException": ("the image is not in ECR: {message}", "build and push it: roadsense-launch build && roadsense-launch push, or drop --image-uri"),
+    "ResourceLimitExceeded": ("an AWS quota is exhausted: {message}", "request a quota increase in Service Quotas (SageMaker, il-central-1), or use another instance type"),
+    "ResourceInUse": ("the name is taken: {message}", "launch again (each attempt gets a new job name)"),
+    "ValidationException": ("AWS rejected the request: {message}", "correct the value named above; --dry-run shows the request"),
+    "ThrottlingException": ("AWS is throttling requests", "wait a minute and retry"),
+    "ResourceNotFound": ("not found: {message}", "check the run id: roadsense-launch list"),
+}
+
+
+def translate(exc: Exception) -> LaunchError:
+    """Any boto error as a :class:`LaunchError`; errors with no known fix keep AWS's text."""
+    if isinstance(exc, LaunchError):
+        return exc
+    if isinstance(exc, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError)):
+        return LaunchError("no AWS credentials found", "aws configure (or aws sso login), or set AWS_PROFILE")
+    if isinstance(exc, botocore.exceptions.ProfileNotFound):
+        return LaunchError(str(exc), "aws configure --profile NAME, or unset AWS_PROFILE")
+    if isinstance(exc, botocore.exceptions.EndpointConnectionError):
+        return LaunchError(f"cannot reach AWS ({exc})", "check the network, --region and AWS_ENDPOINT_URL")
+    if isinstance(exc, botocore.exceptions.ClientError):
+        error = exc.response.get("Error", {})
+        code, message = str(error.get("Code", "")), str(error.get("Message", "")).strip()
+        if code in _CLIENT_ERRORS:
+            problem, fix = _CLIENT_ERRORS[code]
+            return LaunchError(problem.format(message=message or exc.operation_name), fix)
+        return LaunchError(f"AWS error {code} in {exc.operation_name}: {message}")
+    if isinstance(exc, botocore.exceptions.BotoCoreError):
+        return LaunchError(f"AWS client error: {exc}")
+    raise exc
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What the pre-flight found: the account and the resolved role and image (if needed)."""
+
+    account: str
+    role_arn: str
+    image_uri: str | None
+
+
+_ECR_IMAGE = re.compile(r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com/(?P<repo>[^:@]+)(?::(?P<tag>[^@]+)|@(?P<digest>sha256:[0-9a-f]+))$")
+
+
+def preflight(session: boto3.Session, settings: LaunchSettings, check_image: bool) -> Preflight:
+    """Credentials, region, bucket, role and (if ``check_image``) image, in the order a user fixes them."""
+    try:
+        account = session.client("sts").get_caller_identity()["Account"]
+        check_region(session, settings.region)
+        check_bucket(session, settings.bucket, settings.region)
+        role_arn = resolve_role(session, settings)
+        if check_image and settings.image_uri:
+            check_image_in_ecr(session, settings.image_uri)
+    except Exception as exc:  # noqa: BLE001 - translate() re-raises what it does not know
+        raise translate(exc) from None
+    return Preflight(account=account, role_arn=role_arn, image_uri=settings.image_uri)
+
+
+def check_region(session: boto3.Session, region: str) -> None:
+    if region not in session.get_available_regions("sagemaker"):
+        raise LaunchError(f"region {region!r} has no SageMaker", "use --region il-central-1 (or another SageMaker region)")
+
+
+def check_bucket(session: boto3.Session, bucket: str, region: str) -> None:
+    """The bucket exists and lives in ``region`` (SageMaker refuses a bucket in another region)."""
+    s3 = session.client("s3")
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except botocore.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket"):
+            raise LaunchError(f"bucket {bucket!r} does not exist", INFRA_FIX) from None
+        raise
+    location = s3.get_bucket_location(Bucket=bucket).get("LocationConstraint") or "us-east-1"
+    if location != region:
+        raise LaunchError(
+            f"bucket {bucket!r} is in {location}, the job would run in {region}",
+            f"use --region {location}, or a bucket in {region} (--bucket)",
+        )
+
+
+def resolve_role(session: boto3.Session, settings: LaunchSettings) -> str:
+    """The execution role: the setting, else the infra stack's output; it must exist in IAM."""
+    role_arn = settings.role_arn or stack_outputs(session, settings.stack_name).get(OUTPUT_ROLE_ARN)
+    if not role_arn:
+        raise LaunchError(f"no SageMaker execution role (stack {settings.stack_name!r} has no {OUTPUT_ROLE_ARN} output)", f"{INFRA_FIX}, or pass --role-arn")
+    try:
+        session.client("iam").get_role(RoleName=role_arn.rsplit("/", 1)[-1])
+    except botocore.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "NoSuchEntity":
+            raise LaunchError(f"role {role_arn} does not exist", f"{INFRA_FIX}, or pass --role-arn") from None
+        raise
+    return role_arn
+
+
+def check_image_in_ecr(session: boto3.Session, image_uri: str) -> None:
+    """An ECR image URI must name an image that is there; other registries are not checked."""
+    match = _ECR_IMAGE.match(image_uri)
+    if not match:
+        return
+    image_id = {"imageTag": match["tag"]} if match["tag"] else {"imageDigest": match["digest"]}
+    try:
+        session.client("ecr", region_name=match["region"]).describe_images(
+            registryId=match["account"], repositoryName=match["repo"], imageIds=[image_id]
+        )
+    except botocore.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("ImageNotFoundException", "RepositoryNotFoundException"):
+            raise LaunchError(f"image {image_uri} is not in ECR", "build and push it (roadsense-launch build, then push), or drop --image-uri") from None
+        raise
+
+
+def s3_reachable(session: boto3.Session, bucket: str) -> bool:
+    """True if there are credentials and ``bucket`` answers: decides whether a local run is published."""
+    if session.get_credentials() is None:
+        return False
+    try:
+        quick_client(session, "s3").head_bucket(Bucket=bucket)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+        return False
+    return True

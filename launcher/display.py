@@ -1,0 +1,62 @@
+"""Terminal output: the console, a progress bar fed by metric lines, and tables."""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from roadsense.metric_lines import TRAIN_TAG, parse_line
+
+console = Console()
+errors = Console(stderr=True)
+
+
+class MetricProgress:
+    """A progress bar over training timesteps, advanced by ``[train] timesteps=... total_timesteps=...`` lines.
+
+    Every line is printed above the bar, so the full log stays visible.
+    """
+
+    def __init__(self, description: str, enabled: bool = True) -> None:
+        # Disabled for parallel local sweeps: rich can show one live display at a time.
+        self._show_lines = enabled
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[fps]}"),
+            TimeRemainingColumn(), console=console, disable=not enabled,
+        )
+        self._task = self._progress.add_task(description, total=None, fps="")
+
+    def __enter__(self) -> "MetricProgress":
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def on_line(self, line: str) -> None:
+        if self._show_lines:
+            self._progress.console.print(line, markup=False, highlight=False)
+        parsed = parse_line(line)
+        if parsed is None or parsed[0] != TRAIN_TAG:
+            return
+        values = parsed[1]
+        if "total_timesteps" in values:
+            self._progress.update(self._task, total=values["total_timesteps"])
+        if "timesteps" in values:
+            fps = f"{values['fps']:.0f} steps/s" if "fps" in values else ""
+            self._progress.update(self._task, completed=values["timesteps"], fps=fps)
+
+    def on_status(self, text: str) -> None:
+        self._progress.update(self._task, description=text)
+
+
+def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> Table:
+    result = Table(title=title)
+    for column in columns:
+        result.add_column(column)
+    for row in rows:
+        result.add_row(*("" if cell is None else str(cell) for cell in row))
+    return result

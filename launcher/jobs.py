@@ -1,0 +1,143 @@
+"""SageMaker training jobs: create, describe, stop, list, and follow one's CloudWatch logs."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Callable
+
+import botocore.exceptions
+
+LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+TERMINAL = ("Completed", "Failed", "Stopped")
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """The parts of DescribeTrainingJob a user looks at."""
+
+    name: str
+    status: str
+    secondary_status: str = ""
+    failure_reason: str = ""
+    created: datetime | None = None
+    ended: datetime | None = None
+    billable_seconds: int | None = None
+    model_uri: str = ""
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @classmethod
+    def from_describe(cls, response: dict[str, Any]) -> "JobStatus":
+        return cls(
+            name=response["TrainingJobName"],
+            status=response["TrainingJobStatus"],
+            secondary_status=response.get("SecondaryStatus", ""),
+            failure_reason=response.get("FailureReason", ""),
+            created=response.get("CreationTime"),
+            ended=response.get("TrainingEndTime"),
+            billable_seconds=response.get("BillableTimeInSeconds"),
+            model_uri=response.get("ModelArtifacts", {}).get("S3ModelArtifacts", ""),
+        )
+
+
+def create_job(sagemaker: Any, request: dict[str, Any]) -> str:
+    """Send the (validated) request; returns the job's ARN."""
+    return sagemaker.create_training_job(**request)["TrainingJobArn"]
+
+
+def describe_job(sagemaker: Any, name: str) -> JobStatus:
+    return JobStatus.from_describe(sagemaker.describe_training_job(TrainingJobName=name))
+
+
+def stop_job(sagemaker: Any, name: str) -> JobStatus:
+    """Ask SageMaker to stop the job (the container gets SIGTERM and 120 s to checkpoint).
+
+    A job that already ended is returned as is instead of making AWS reject the call.
+    """
+    status = describe_job(sagemaker, name)
+    if not status.terminal:
+        sagemaker.stop_training_job(TrainingJobName=name)
+        status = describe_job(sagemaker, name)
+    return status
+
+
+def list_jobs(sagemaker: Any, name_contains: str = "", max_results: int = 20) -> list[JobStatus]:
+    """The newest jobs, optionally only those whose name contains ``name_contains``."""
+    kwargs: dict[str, Any] = {"SortBy": "CreationTime", "SortOrder": "Descending", "MaxResults": max_results}
+    if name_contains:
+        kwargs["NameContains"] = name_contains
+    summaries = sagemaker.list_training_jobs(**kwargs)["TrainingJobSummaries"]
+    return [
+        JobStatus(
+            name=s["TrainingJobName"],
+            status=s["TrainingJobStatus"],
+            secondary_status=s.get("SecondaryStatus", ""),
+            created=s.get("CreationTime"),
+            ended=s.get("TrainingEndTime"),
+        )
+        for s in summaries
+    ]
+
+
+class LogReader:
+    """Reads a job's log lines as they arrive, across all its streams (one per host and restart)."""
+
+    def __init__(self, logs: Any, job_name: str) -> None:
+        self._logs = logs
+        self._job = job_name
+        self._tokens: dict[str, str | None] = {}
+
+    def read_new(self) -> list[str]:
+        """Lines written since the last call; [] while the job has not started logging."""
+        try:
+            streams = self._logs.describe_log_streams(logGroupName=LOG_GROUP, logStreamNamePrefix=f"{self._job}/")["logStreams"]
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+                return []
+            raise
+        lines: list[str] = []
+        for stream in sorted(s["logStreamName"] for s in streams):
+            lines += self._read_stream(stream)
+        return lines
+
+    def _read_stream(self, stream: str) -> list[str]:
+        lines: list[str] = []
+        while True:
+            kwargs: dict[str, Any] = {"logGroupName": LOG_GROUP, "logStreamName": stream, "startFromHead": True}
+            if self._tokens.get(stream):
+                kwargs["nextToken"] = self._tokens[stream]
+            response = self._logs.get_log_events(**kwargs)
+            lines += [event["message"] for event in response["events"]]
+            # CloudWatch returns the same token when there is nothing newer.
+            done = response.get("nextForwardToken") == self._tokens.get(stream) or not response["events"]
+            self._tokens[stream] = response.get("nextForwardToken")
+            if done:
+                return lines
+
+
+def follow_job(
+    sagemaker: Any,
+    logs: Any,
+    name: str,
+    on_line: Callable[[str], None],
+    on_status: Callable[[JobStatus], None] = lambda status: None,
+    poll_seconds: float = 15.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> JobStatus:
+    """Stream the job's log lines to ``on_line`` until it ends; returns its final status."""
+    reader = LogReader(logs, name)
+    last: tuple[str, str] | None = None
+    while True:
+        status = describe_job(sagemaker, name)
+        if (status.status, status.secondary_status) != last:
+            on_status(status)
+            last = (status.status, status.secondary_status)
+        for line in reader.read_new():
+            on_line(line)
+        if status.terminal:
+            return status
+        sleep(poll_seconds)

@@ -1,0 +1,122 @@
+"""``--local``: the same training job on this machine, laid out as SageMaker would in S3.
+
+The container adapter runs with ``ROADSENSE_SM_ROOT=<runs-dir>/<run-id>/sm`` (or the built
+image with that folder mounted at /opt/ml). Around it the launcher plays SageMaker's part:
+
+* before: writes ``input/config/*.json``, copies the dataset channel in, and copies the run's
+  ``checkpoints/`` in (SageMaker copies the S3 checkpoints to /opt/ml/checkpoints);
+* after (even on failure or Ctrl-C): copies ``sm/checkpoints`` back to ``checkpoints/``,
+  packs ``sm/output/data`` into ``output.tar.gz`` and, on success, ``sm/model`` into
+  ``model.tar.gz`` under ``output/<job>/output/``.
+
+So ``<runs-dir>/<run-id>/`` holds the same tree as ``s3://<bucket>/<run-id>/`` (see layout.py),
+and ``sm/`` is the scratch folder, never uploaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from launcher.request import CHANNEL
+
+SCRATCH = "sm"
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    job_name: str
+    status: str  # Completed, Failed or Stopped, as SageMaker reports them
+    failure_reason: str = ""
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def prepare(run_dir: Path, request: dict[str, Any], dataset: Path | None) -> Path:
+    """A fresh SageMaker-style root for one attempt; returns it."""
+    sm = run_dir / SCRATCH
+    shutil.rmtree(sm, ignore_errors=True)
+    config = sm / "input" / "config"
+    _write_json(config / "hyperparameters.json", request["HyperParameters"])
+    _write_json(config / "resourceconfig.json", {"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "eth0"})
+    channels = {CHANNEL: {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated"}} if dataset else {}
+    _write_json(config / "inputdataconfig.json", channels)
+    if dataset:
+        # The mirror keeps the uploaded copy (as S3 would); the channel is SageMaker's download of it.
+        shutil.copytree(dataset, run_dir / "dataset", dirs_exist_ok=True)
+        shutil.copytree(run_dir / "dataset", sm / "input" / "data" / CHANNEL)
+    if (run_dir / "checkpoints").is_dir():
+        shutil.copytree(run_dir / "checkpoints", sm / "checkpoints")
+    for folder in ("model", "output/data", "checkpoints"):
+        (sm / folder).mkdir(parents=True, exist_ok=True)
+    return sm
+
+
+def container_command(
+    command: str, sm: Path, environment: dict[str, str], engine: str | None = None, image: str | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment that run the training: the adapter, or ``engine run IMAGE train``."""
+    if engine:
+        env_flags = [flag for key, value in environment.items() for flag in ("-e", f"{key}={value}")]
+        argv = [engine, "run", "--rm", "-v", f"{sm.resolve()}:/opt/ml", *env_flags, str(image), "train"]
+        return argv, dict(os.environ)
+    return [*shlex.split(command), "train"], {**os.environ, **environment, "ROADSENSE_SM_ROOT": str(sm.resolve())}
+
+
+def _pack(folder: Path, archive: Path) -> None:
+    """``folder``'s contents at the archive root, as SageMaker packs /opt/ml/model."""
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in sorted(folder.iterdir()):
+            tar.add(path, arcname=path.name)
+
+
+def run_local(
+    run_dir: Path,
+    request: dict[str, Any],
+    command: str,
+    dataset: Path | None = None,
+    engine: str | None = None,
+    image: str | None = None,
+    on_line: Callable[[str], None] = print,
+) -> LocalResult:
+    """Run the training job of ``request`` here and lay its results out under ``run_dir``."""
+    job = request["TrainingJobName"]
+    sm = prepare(run_dir, request, dataset)
+    environment = {**request.get("Environment", {}), "TRAINING_JOB_NAME": job}
+    argv, env = container_command(command, sm, environment, engine, image)
+    status, reason = "Failed", ""
+    try:
+        process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        assert process.stdout is not None
+        for line in process.stdout:
+            on_line(line.rstrip("\n"))
+        code = process.wait()
+        status = "Completed" if code == 0 else "Failed"
+        if code != 0:
+            failure = sm / "output" / "failure"
+            reason = failure.read_text()[:1024].strip() if failure.is_file() else f"exit code {code}"
+    except FileNotFoundError:
+        reason = f"cannot run {argv[0]!r}: install the package (pip install -e .) or pass --engine with a built image"
+    except KeyboardInterrupt:
+        process.terminate()  # the container checkpoints on SIGTERM, as on a SageMaker stop
+        process.wait()
+        status, reason = "Stopped", "stopped by the user"
+    finally:
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        shutil.copytree(sm / "checkpoints", run_dir / "checkpoints")
+        output = run_dir / "output" / job / "output"
+        _pack(sm / "output" / "data", output / "output.tar.gz")
+        if status == "Completed":
+            _pack(sm / "model", output / "model.tar.gz")
+    return LocalResult(job, status, reason)

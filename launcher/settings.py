@@ -1,0 +1,104 @@
+"""Launch settings: one typed model, merged from defaults < config file < environment < flags.
+
+The config file is ``roadsense-launch.toml`` in the working directory (top-level keys), or
+else the ``[tool.roadsense.launch]`` table of ``pyproject.toml`` there; ``--config PATH``
+names another file. Keys are the field names of :class:`LaunchSettings`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+DEFAULT_CONFIG_FILE = "roadsense-launch.toml"
+
+
+class SettingsError(ValueError):
+    """A launch setting is unknown or invalid; the message names the source and the key."""
+
+
+class LaunchSettings(BaseModel):
+    """Where and how a training job runs. Every field can come from the file, env or a flag."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    region: str = "il-central-1"
+    profile: str | None = Field(None, description="AWS profile; None = the default credential chain.")
+    bucket: str = "saferide-training-results"
+    role_arn: str | None = Field(None, description="SageMaker execution role; None = the infra stack's output.")
+    image_uri: str | None = Field(None, description="Training image; None = build and push one.")
+    instance_type: str = "ml.c6i.xlarge"
+    instance_count: int = Field(1, ge=1, le=100)
+    volume_size_gb: int = Field(30, ge=1, le=16384)
+    max_runtime_s: int = Field(24 * 3600, ge=60, le=28 * 24 * 3600)
+    spot_max_wait_s: int = Field(48 * 3600, ge=60, le=28 * 24 * 3600, description="Spot only: runtime plus time spent waiting for capacity.")
+    stack_name: str = "roadsense"
+    ecr_repository: str = "roadsense-training"
+    codebuild_project: str = "roadsense-image"
+    runs_dir: Path = Path("runs")
+    container_command: str = Field(
+        "roadsense-container",
+        description="Command --local runs (a test hook: a script that fakes the container).",
+    )
+
+
+# Environment variables read on top of the config file; boto3 itself also honours
+# AWS_ENDPOINT_URL, so a moto server is reached without the launcher knowing about it.
+_ENV_KEYS: dict[str, str] = {
+    "AWS_DEFAULT_REGION": "region",
+    "AWS_REGION": "region",  # listed second: it wins, as in the AWS CLI
+    "AWS_PROFILE": "profile",
+    "ROADSENSE_LAUNCH_BUCKET": "bucket",
+    "ROADSENSE_LAUNCH_ROLE_ARN": "role_arn",
+    "ROADSENSE_LAUNCH_IMAGE_URI": "image_uri",
+    "ROADSENSE_CONTAINER_CMD": "container_command",
+}
+
+
+def read_config_file(path: Path | None = None, cwd: Path | None = None) -> dict[str, Any]:
+    """The launch table of ``path``, or of the default files in ``cwd``; {} if there is none."""
+    base = cwd or Path.cwd()
+    if path is not None:
+        if not path.is_file():
+            raise SettingsError(f"--config {path}: no such file")
+        return _table(path)
+    if (base / DEFAULT_CONFIG_FILE).is_file():
+        return _table(base / DEFAULT_CONFIG_FILE)
+    if (base / "pyproject.toml").is_file():
+        return _table(base / "pyproject.toml")
+    return {}
+
+
+def _table(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"{path}: cannot read it ({exc})") from None
+    if path.name == "pyproject.toml":
+        return dict(data.get("tool", {}).get("roadsense", {}).get("launch", {}))
+    # roadsense-launch.toml may hold the keys at top level or under [launch].
+    return dict(data.get("launch", data))
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    config_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> LaunchSettings:
+    """Defaults < config file < environment < flags (flags that are None are not given)."""
+    merged: dict[str, Any] = read_config_file(config_file, cwd)
+    environ = os.environ if env is None else env
+    for var, key in _ENV_KEYS.items():
+        if environ.get(var):
+            merged[key] = environ[var]
+    merged.update({k: v for k, v in (flags or {}).items() if v is not None})
+    try:
+        return LaunchSettings.model_validate(merged)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise SettingsError(f"launch settings: {problems}") from None

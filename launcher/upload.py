@@ -1,0 +1,113 @@
+"""Uploads a folder to S3: the dataset channel, or a local run's results.
+
+Each object carries its SHA-256 in its metadata, so a second upload skips what is already
+there (S3's own ETag is not a content hash for multipart uploads). Large files go up in
+parts, which boto3's transfer manager does above ``multipart_threshold``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import botocore.exceptions
+from boto3.s3.transfer import TransferConfig
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+SHA256_METADATA = "sha256"  # stored as x-amz-meta-sha256
+MULTIPART_THRESHOLD = 64 * 1024 * 1024
+
+
+class DatasetError(ValueError):
+    """The dataset folder is not fit to upload; the message names the file."""
+
+
+@dataclass
+class UploadResult:
+    uploaded: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1024 * 1024), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _manifest_hashes(manifest: dict[str, Any]) -> dict[str, str]:
+    """Relative path -> sha256 from ``files`` ({path: hash} or [{path, sha256}]) in the manifest."""
+    files = manifest.get("files", {})
+    if isinstance(files, dict):
+        return {str(k): str(v) for k, v in files.items()}
+    return {str(f["path"]): str(f["sha256"]) for f in files if isinstance(f, dict) and "path" in f and "sha256" in f}
+
+
+def verify_dataset(folder: Path) -> int:
+    """Check ``folder/manifest.json`` and every hash it lists; returns the number of files checked."""
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        raise DatasetError(f"{folder}: no manifest.json; generate the dataset with roadsense first")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{manifest_path}: not JSON ({exc})") from None
+    hashes = _manifest_hashes(manifest)
+    if not hashes:
+        raise DatasetError(f"{manifest_path}: lists no file hashes ('files'), so the dataset cannot be verified")
+    for relative, expected in hashes.items():
+        path = folder / relative
+        if not path.is_file():
+            raise DatasetError(f"{path}: listed in manifest.json but missing")
+        if sha256_of(path) != expected.removeprefix("sha256:"):
+            raise DatasetError(f"{path}: hash differs from manifest.json (the dataset was changed after generation)")
+    return len(hashes)
+
+
+def _remote_sha256(s3: Any, bucket: str, key: str) -> str | None:
+    try:
+        return s3.head_object(Bucket=bucket, Key=key).get("Metadata", {}).get(SHA256_METADATA)
+    except botocore.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+            return None
+        raise
+
+
+def upload_tree(
+    s3: Any,
+    folder: Path,
+    bucket: str,
+    prefix: str,
+    show_progress: bool = True,
+    multipart_threshold: int = MULTIPART_THRESHOLD,
+    exclude: tuple[str, ...] = (),
+) -> UploadResult:
+    """Upload every file under ``folder`` to ``s3://bucket/prefix<relative path>``, skipping unchanged ones.
+
+    ``exclude`` names top-level entries of ``folder`` to leave out.
+    """
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).parts[0] not in exclude)
+    transfer = TransferConfig(multipart_threshold=multipart_threshold, multipart_chunksize=max(multipart_threshold, 5 * 1024 * 1024))
+    result = UploadResult()
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    with Progress(*columns, disable=not show_progress, transient=True) as progress:
+        task = progress.add_task(f"upload to s3://{bucket}/{prefix}", total=sum(p.stat().st_size for p in files))
+        for path in files:
+            key = prefix + path.relative_to(folder).as_posix()
+            digest = sha256_of(path)
+            if _remote_sha256(s3, bucket, key) == digest:
+                result.skipped.append(key)
+                progress.advance(task, path.stat().st_size)
+                continue
+            s3.upload_file(
+                str(path), bucket, key,
+                ExtraArgs={"Metadata": {SHA256_METADATA: digest}},
+                Config=transfer,
+                Callback=lambda sent: progress.advance(task, sent),
+            )
+            result.uploaded.append(key)
+    return result
