@@ -1,0 +1,146 @@
+"""The CreateTrainingJob request, run ids, job names, settings and the cost estimate: pure functions."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from launcher.cost import SPOT_TYPICAL_DISCOUNT, estimate
+from launcher.layout import RunIdError, job_name, validate_run_id
+from launcher.launch import LaunchOptions, plan, training_config
+from launcher.request import RequestError, request_problems
+from launcher.settings import LaunchSettings, SettingsError, load_settings
+from launcher.sweep import child_run_ids, grid, schedule, split_values
+from roadsense.config import ConfigError, PipelineConfig
+from roadsense.metric_lines import METRIC_DEFINITIONS
+
+IMAGE = "123456789012.dkr.ecr.il-central-1.amazonaws.com/roadsense-training:abc123"
+ROLE = "arn:aws:iam::123456789012:role/roadsense-sagemaker"
+
+
+def _request(**option_overrides: object) -> dict:
+    options = LaunchOptions(run_id="cloud_prod_001", preset="smoke", sets=("seed=3",), **option_overrides)
+    request, _ = plan(options, LaunchSettings(), ROLE, IMAGE, "abc123")
+    return request
+
+
+def test_request_carries_the_launch_settings() -> None:
+    request = _request()
+    assert request["ResourceConfig"]["InstanceType"] == "ml.c6i.xlarge"
+    assert request["ResourceConfig"]["InstanceCount"] == 1
+    assert request["AlgorithmSpecification"]["TrainingImage"] == IMAGE
+    assert request["AlgorithmSpecification"]["MetricDefinitions"] == METRIC_DEFINITIONS
+    assert request["RoleArn"] == ROLE
+    assert request["OutputDataConfig"]["S3OutputPath"] == "s3://saferide-training-results/cloud_prod_001/output"
+    assert request["CheckpointConfig"]["S3Uri"] == "s3://saferide-training-results/cloud_prod_001/checkpoints"
+    assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 86400}
+    assert request["EnableManagedSpotTraining"] is False
+    assert request["Environment"]["ROADSENSE_RUN_ID"] == "cloud_prod_001"
+    tags = {t["Key"]: t["Value"] for t in request["Tags"]}
+    assert tags == {"roadsense:run-id": "cloud_prod_001", "roadsense:git-commit": "abc123", "roadsense:preset": "smoke"}
+    assert "InputDataConfig" not in request
+
+
+def test_hyperparameters_are_strings_that_round_trip() -> None:
+    hyper = _request()["HyperParameters"]
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in hyper.items())
+    assert hyper["seed"] == "3" and hyper["instance_type"] == "ml.c6i.xlarge"
+    assert PipelineConfig.from_hyperparameters(hyper).train.seed == 3
+
+
+def test_spot_and_dataset() -> None:
+    request = _request(spot=True, dataset=Path("ds"))
+    assert request["EnableManagedSpotTraining"] is True
+    assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 86400, "MaxWaitTimeInSeconds": 172800}
+    channel = request["InputDataConfig"][0]
+    assert channel["ChannelName"] == "dataset"
+    assert channel["DataSource"]["S3DataSource"]["S3Uri"] == "s3://saferide-training-results/cloud_prod_001/dataset"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r: r.update(TrainingJobName="cloud_prod_001"), "no underscores"),
+        (lambda r: r["ResourceConfig"].update(InstanceType="c6i.xlarge"), "InstanceType"),
+        (lambda r: r["HyperParameters"].update(seed=3), "must be strings"),
+        (lambda r: r["HyperParameters"].update({f"k{i}": "v" for i in range(100)}), "at most 100"),
+        (lambda r: r.update(EnableManagedSpotTraining=True, StoppingCondition={"MaxRuntimeInSeconds": 100, "MaxWaitTimeInSeconds": 50}), "MaxWaitTimeInSeconds"),
+        (lambda r: r["OutputDataConfig"].update(S3OutputPath="saferide/out"), "S3 URI"),
+        (lambda r: r.update(RoleArn="roadsense"), "RoleArn"),
+    ],
+)
+def test_validation_catches_what_moto_accepts(change, message: str) -> None:
+    request = _request()
+    assert request_problems(request) == []
+    change(request)
+    assert any(message in problem for problem in request_problems(request))
+
+
+def test_bad_instance_type_is_refused_before_aws() -> None:
+    with pytest.raises(RequestError, match="InstanceType"):
+        plan(LaunchOptions(run_id="r1", sets=("instance_price_per_hour=1",)), LaunchSettings(instance_type="ml.bogus"), ROLE, IMAGE, "abc")
+
+
+@pytest.mark.parametrize("bad", ["", "_x", "a b", "a/b", "x" * 41, "run.1"])
+def test_run_id_rules(bad: str) -> None:
+    with pytest.raises(RunIdError):
+        validate_run_id(bad)
+
+
+def test_job_name_is_legal_and_unique_per_attempt() -> None:
+    now = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    assert job_name("cloud_prod_001", now, "ab12") == "cloud-prod-001-20250102-030405-ab12"
+    longest = job_name("a" * 40)
+    assert re.match(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$", longest)
+    assert job_name("r1") != job_name("r1")
+
+
+def test_settings_precedence(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text('[tool.roadsense.launch]\nbucket = "from-pyproject"\nregion = "eu-west-1"\ninstance_count = 2\n')
+    settings = load_settings({"instance_count": 3, "bucket": None}, env={"AWS_REGION": "il-central-1"}, cwd=tmp_path)
+    assert (settings.bucket, settings.region, settings.instance_count) == ("from-pyproject", "il-central-1", 3)
+    (tmp_path / "roadsense-launch.toml").write_text('bucket = "from-file"\n')
+    assert load_settings(env={}, cwd=tmp_path).bucket == "from-file"
+    with pytest.raises(SettingsError, match="instance_typo"):
+        load_settings({"instance_typo": "x"}, env={}, cwd=tmp_path)
+
+
+def test_cost_estimate_from_steps_and_price() -> None:
+    config = training_config("production", {}, "ml.c6i.xlarge")
+    cost = estimate(config)
+    assert cost is not None
+    expected_hours = 2_000_000 / 700 / 3600 + 0.25
+    assert cost.hours == pytest.approx(expected_hours)
+    assert cost.on_demand_usd == pytest.approx(expected_hours * 0.238)
+    assert cost.spot_usd == pytest.approx(cost.on_demand_usd * (1 - SPOT_TYPICAL_DISCOUNT))
+
+
+def test_other_instance_needs_a_price() -> None:
+    with pytest.raises(ConfigError, match="instance_price_per_hour"):
+        training_config("smoke", {}, "ml.c6i.2xlarge")
+    config = training_config("smoke", {"instance_price_per_hour": "0.5"}, "ml.c6i.2xlarge")
+    assert estimate(config).steps_per_second == 1400  # scales with vCPUs
+
+
+def test_sweep_grid_and_scheduling() -> None:
+    assert split_values("[0.8,1.2],[0.9,1.1]") == ["[0.8,1.2]", "[0.9,1.1]"]
+    points = grid([0, 1], ["learning_rate=1e-4,3e-4"])
+    assert points == [
+        {"seed": "0", "learning_rate": "1e-4"}, {"seed": "0", "learning_rate": "3e-4"},
+        {"seed": "1", "learning_rate": "1e-4"}, {"seed": "1", "learning_rate": "3e-4"},
+    ]
+    assert child_run_ids("grid", 2) == ["grid-001", "grid-002"]
+    # Each job stays "running" for two checks; never more than 2 at once.
+    checks: dict[int, int] = {}
+    running_counts = []
+
+    def finished(item: int) -> bool:
+        checks[item] = checks.get(item, 0) + 1
+        return checks[item] > 2
+
+    started = schedule(range(5), lambda i: (running_counts.append(sum(1 for k in checks if checks[k] <= 2) + 1), i)[1], finished, 2, sleep=lambda s: None)
+    assert started == [0, 1, 2, 3, 4]
+    assert max(running_counts) <= 2
