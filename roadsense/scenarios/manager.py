@@ -1,0 +1,53 @@
+"""Which scenario the env loads at each reset (domain.md, invariant 3).
+
+Training draws scenarios at random, seeded, with replacement. Evaluation runs the fixed,
+sorted list in order and starts over at the end, so every evaluation sees the same
+scenarios in the same order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+
+from roadsense.scenarios.dataset import Dataset
+from roadsense.scenarios.scenario import SPLITS, Split
+
+
+class ScenarioManager:
+    """Hands out ``(scenario_id, sumocfg_path)`` pairs, one per episode."""
+
+    def __init__(self, dataset: Dataset, split: str, seed: int) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        checked = cast(Split, split)
+        self._scenarios = [(i, dataset.sumocfg(checked, i)) for i in dataset.ids(checked)]
+        self._random = split == "train"
+        self._rng = np.random.default_rng(seed)
+        self._cursor = 0
+
+    @classmethod
+    def single(cls, sumocfg: Path) -> "ScenarioManager":
+        """Always the one scenario ``sumocfg``; its id is the name of its folder."""
+        path = Path(sumocfg).resolve()
+        if not path.is_file():
+            raise FileNotFoundError(f"no SUMO configuration at {sumocfg}")
+        manager = cls.__new__(cls)
+        manager._scenarios = [(path.parent.name, path)]
+        manager._random = False
+        manager._rng = np.random.default_rng(0)
+        manager._cursor = 0
+        return manager
+
+    def __len__(self) -> int:
+        return len(self._scenarios)
+
+    def next(self) -> tuple[str, Path]:
+        """The scenario of the next episode."""
+        if self._random:
+            return self._scenarios[int(self._rng.integers(len(self._scenarios)))]
+        scenario = self._scenarios[self._cursor]
+        self._cursor = (self._cursor + 1) % len(self._scenarios)
+        return scenario

@@ -1,0 +1,282 @@
+"""Scenario generation, datasets and selection, against the real SUMO of the wheel."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import typer
+
+import roadsense.v2v
+from typer.testing import CliRunner
+
+from roadsense.config import DatasetConfig
+from roadsense.scenarios import (
+    Dataset,
+    DatasetError,
+    InvariantError,
+    ScenarioManager,
+    builtin_scenario,
+    generate_dataset,
+    verify_dataset,
+)
+from roadsense.scenarios import scenario as scenario_module
+from roadsense.scenarios.commands import generate_command, verify_command
+from roadsense.scenarios.invariants import check_routes
+from roadsense.scenarios.generate import write_scenario
+from roadsense.scenarios.network import EDGE_ID, build_network
+from roadsense.scenarios.scenario import ScenarioSpec, VehicleType, train_specs
+from roadsense.sim.sumo_home import sumo_binary
+
+SHIPPED_PARAMS = Path(roadsense.v2v.__file__).parent / "espnow_params.json"
+SMALL = DatasetConfig(train_count=10, eval_count=10, dataset_seed=3, eval_dataset_seed=4)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Built-in scenarios go to a throwaway cache, not the user's ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    params = tmp_path_factory.mktemp("params") / "params.json"
+    params.write_text(json.dumps({**json.loads(SHIPPED_PARAMS.read_text()), "gps_noise_m": 1.5}))
+    return generate_dataset(tmp_path_factory.mktemp("ds") / "small", SMALL, "params-hash", emulator_params_file=params)
+
+
+@pytest.fixture
+def dataset_copy(small_dataset: Path, tmp_path: Path) -> Path:
+    """A private copy to tamper with."""
+    return Path(shutil.copytree(small_dataset, tmp_path / "copy"))
+
+
+def _first_step(sumocfg: Path) -> dict[str, tuple[str, float]]:
+    """Start SUMO on ``sumocfg``, run one step, return ``{vehicle: (edge, position m)}``."""
+    import libsumo  # one libsumo simulation per process: always closed before the next
+
+    libsumo.start([sumo_binary("sumo"), "-c", str(sumocfg)])
+    try:
+        libsumo.simulationStep()
+        return {v: (libsumo.vehicle.getRoadID(v), libsumo.vehicle.getLanePosition(v)) for v in libsumo.vehicle.getIDList()}
+    finally:
+        libsumo.close()
+
+
+def test_every_scenario_loads_with_the_convoy_in_formation(small_dataset: Path) -> None:
+    dataset = Dataset.open(small_dataset)
+    configs = [(dataset.sumocfg(s, i), dataset.peer_count(s, i)) for s in ("train", "eval") for i in dataset.ids(s)]
+    configs.append((builtin_scenario(n_peers=3, road="curved"), 3))
+    for sumocfg, peers in configs:
+        vehicles = _first_step(sumocfg)
+        assert sorted(vehicles) == [f"V{i:03d}" for i in range(1, peers + 2)], sumocfg
+        ego_edge, ego_pos = vehicles.pop("V001")
+        assert ego_edge == EDGE_ID
+        for vehicle, (edge, position) in vehicles.items():
+            assert edge == EDGE_ID and position > ego_pos, f"{sumocfg}: {vehicle} is not ahead of the ego"
+
+
+def test_the_tightest_draw_still_departs_every_car_at_zero(tmp_path: Path) -> None:
+    """Longest headway, weakest brakes, closest spacing: SUMO must still insert every car at t = 0."""
+    cfg = DatasetConfig()
+    slowest = VehicleType(speed_factor=cfg.speed_factor_range[0], sigma=0.0, decel=cfg.decel_range[0], tau=cfg.tau_range[1])
+    for peers in range(1, 6):
+        spec = ScenarioSpec(f"tight-{peers}", "eval", peers, "straight", slowest)
+        write_scenario(tmp_path / spec.scenario_id, spec, build_network("straight"), cfg.scenario_end_s)
+        assert len(_first_step(tmp_path / spec.scenario_id / "scenario.sumocfg")) == peers + 1
+
+
+def test_generation_is_deterministic_and_fast(tmp_path: Path) -> None:
+    """Production size (25 train + 40 eval), twice: identical bytes, same manifest but created_at."""
+    manifests = []
+    for name in ("a", "b"):
+        start = time.perf_counter()
+        root = generate_dataset(tmp_path / name, DatasetConfig(), "params-hash")
+        assert time.perf_counter() - start < 20.0
+        manifest = json.loads((root / "manifest.json").read_text())
+        manifest.pop("created_at")
+        manifests.append(manifest)
+    assert manifests[0] == manifests[1]
+    assert len(manifests[0]["files"]) == 3 * 65
+    for relative, digest in manifests[0]["files"].items():
+        assert _sha256(tmp_path / "a" / relative) == _sha256(tmp_path / "b" / relative) == digest, relative
+
+
+def test_different_seeds_give_different_scenarios() -> None:
+    draws = {seed: train_specs(DatasetConfig(dataset_seed=seed, train_count=5)) for seed in (1, 2)}
+    assert draws[1] != draws[2]
+    assert train_specs(DatasetConfig(dataset_seed=1, train_count=5)) == draws[1]
+
+
+def test_eval_peer_counts_are_balanced(small_dataset: Path) -> None:
+    dataset = Dataset.open(small_dataset)
+    counts = Counter(dataset.peer_count("eval", i) for i in dataset.ids("eval"))
+    assert counts == {1: 2, 2: 2, 3: 2, 4: 2, 5: 2}
+    assert dataset.manifest["splits"]["eval"]["peer_count_distribution"] == {str(n): 2 for n in range(1, 6)}
+
+
+@pytest.mark.parametrize(("drop_prob", "expected_mean"), [(0.0, 5.0), (0.4, 3.0), (0.9, 1.0)])
+def test_train_dropout_keeps_at_least_one_peer(drop_prob: float, expected_mean: float) -> None:
+    specs = train_specs(DatasetConfig(train_count=2000, peer_drop_prob=drop_prob))
+    counts = [s.peer_count for s in specs]
+    assert min(counts) >= 1 and max(counts) <= 5
+    assert sum(counts) / len(counts) == pytest.approx(expected_mean, abs=0.15)
+
+
+def test_a_sound_dataset_verifies_and_ships_its_emulator_params(small_dataset: Path) -> None:
+    assert verify_dataset(small_dataset) == []
+    dataset = Dataset.open(small_dataset)
+    assert dataset.dataset_id == dataset.manifest["dataset_id"]
+    assert dataset.emulator_params is not None
+    assert json.loads(dataset.emulator_params.read_text())["gps_noise_m"] == 1.5
+    assert "emulator_params.json" in dataset.manifest["files"]
+
+
+def _edit_manifest(root: Path, edit) -> None:
+    manifest = json.loads((root / "manifest.json").read_text())
+    edit(manifest)
+    (root / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _rename_first_train_id(manifest: dict, new_id: str) -> None:
+    manifest["splits"]["train"]["scenarios"][0]["id"] = new_id
+
+
+def _tamper(root: Path, how: str) -> str:
+    """Damage the dataset copy at ``root``; return a phrase the problem report must contain."""
+    routes = root / "train" / "train-0000" / "routes.rou.xml"
+    if how == "modified file":
+        routes.write_text(routes.read_text().replace('departPos="10.00"', 'departPos="11.00"'))
+        return "train/train-0000/routes.rou.xml: sha256 does not match"
+    if how == "missing file":
+        (root / "eval" / "eval-0003" / "network.net.xml").unlink()
+        return "eval/eval-0003/network.net.xml: missing"
+    if how == "unlisted file":
+        (root / "train" / "extra.xml").write_text("<x/>")
+        return "train/extra.xml: not listed"
+    if how == "parent id":
+        _edit_manifest(root, lambda m: _rename_first_train_id(m, "../../etc"))
+        return "'../../etc' is not a plain folder name"
+    if how == "absolute path":
+        _edit_manifest(root, lambda m: m["files"].update({"/etc/passwd": "0" * 64}))
+        return "'/etc/passwd'"
+    if how == "empty split":
+        _edit_manifest(root, lambda m: m["splits"]["eval"].update(scenarios=[]))
+        return "splits.eval: the split has no scenarios"
+    if how == "non-JSON manifest":
+        (root / "manifest.json").write_text("this is not json {")
+        return "manifest.json: not valid JSON"
+    if how == "peer behind the ego":
+        # Consistent hashes, broken invariant: only the scenario check can catch it.
+        routes.write_text(re.sub(r'(id="V002".*?departPos=")[^"]*', r"\g<1>5.00", routes.read_text()))
+        _edit_manifest(root, lambda m: m["files"].update({"train/train-0000/routes.rou.xml": _sha256(routes)}))
+        return "V002 departs behind or inside the ego"
+    raise AssertionError(how)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["modified file", "missing file", "unlisted file", "parent id", "absolute path", "empty split", "non-JSON manifest", "peer behind the ego"],
+)
+def test_verify_refuses_a_damaged_dataset(dataset_copy: Path, how: str) -> None:
+    expected = _tamper(dataset_copy, how)
+    problems = verify_dataset(dataset_copy)
+    assert any(expected in p for p in problems), problems
+    with pytest.raises(DatasetError, match="does not verify"):
+        Dataset.open(dataset_copy)
+
+
+def test_train_selection_is_random_but_seeded(small_dataset: Path) -> None:
+    dataset = Dataset.open(small_dataset)
+
+    def draws(seed: int) -> list[str]:
+        manager = ScenarioManager(dataset, "train", seed)
+        return [manager.next()[0] for _ in range(50)]
+
+    assert draws(0) == draws(0)
+    assert draws(0) != draws(1)
+    assert len(set(draws(0))) < 50 and draws(0) != sorted(draws(0))  # with replacement, not in order
+    assert set(draws(0)) <= set(dataset.ids("train"))
+
+
+def test_eval_selection_is_sequential_and_cycles(small_dataset: Path) -> None:
+    dataset = Dataset.open(small_dataset)
+    manager = ScenarioManager(dataset, "eval", seed=123)
+    ids = dataset.ids("eval")
+    picks = [manager.next() for _ in range(2 * len(ids))]
+    assert [scenario_id for scenario_id, _ in picks] == ids + ids
+    assert picks[0][1] == dataset.sumocfg("eval", ids[0]) and picks[0][1].is_file()
+
+
+def test_single_scenario_manager_uses_the_folder_name() -> None:
+    sumocfg = builtin_scenario()
+    manager = ScenarioManager.single(sumocfg)
+    assert manager.next() == manager.next() == (sumocfg.parent.name, sumocfg.resolve())
+    assert builtin_scenario() == sumocfg  # cached
+
+
+def test_a_broken_invariant_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bad = tmp_path / "bad.rou.xml"
+    bad.write_text('<routes><vehicle id="V002" depart="0"/><vehicle id="V001" depart="1"/></routes>')
+    with pytest.raises(InvariantError, match="V001 must be the first vehicle"):
+        check_routes(bad)
+    # A generator bug (peers spaced backwards) stops generation and leaves nothing behind.
+    monkeypatch.setattr(scenario_module, "PEER_GAPS_M", {n: -40.0 for n in range(1, 6)})
+    with pytest.raises(InvariantError, match="behind or inside the ego"):
+        generate_dataset(tmp_path / "out", SMALL, "params-hash")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.rou.xml"]
+
+
+def test_generate_refuses_a_non_empty_output(small_dataset: Path) -> None:
+    with pytest.raises(FileExistsError, match="not empty"):
+        generate_dataset(small_dataset, SMALL, "params-hash")
+
+
+def _cli() -> typer.Typer:
+    app = typer.Typer()
+    app.command("generate")(generate_command)
+    app.command("verify")(verify_command)
+    return app
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--train-count", "-1"), ("--eval-count", "0"), ("--peer-drop-prob", "1.5"), ("--seed", "-3")]
+)
+def test_generate_cli_names_the_bad_flag(tmp_path: Path, flag: str, value: str) -> None:
+    result = CliRunner().invoke(_cli(), ["generate", "--output", str(tmp_path / "ds"), flag, value])
+    assert result.exit_code == 2
+    assert flag in result.output
+    assert not (tmp_path / "ds").exists()
+
+
+def test_generate_cli_refuses_invalid_emulator_params(tmp_path: Path) -> None:
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps({**json.loads(SHIPPED_PARAMS.read_text()), "loss_prob": [0.1, 1.7]}))
+    result = CliRunner().invoke(_cli(), ["generate", "--output", str(tmp_path / "ds"), "--emulator-params", str(params)])
+    assert result.exit_code == 2 and "--emulator-params" in result.output and "loss_prob" in result.output
+    assert not (tmp_path / "ds").exists()
+
+
+def test_cli_generates_and_verifies(tmp_path: Path, dataset_copy: Path) -> None:
+    runner = CliRunner()
+    out = tmp_path / "ds"
+    args = ["generate", "--output", str(out), "--train-count", "2", "--eval-count", "5", "--emulator-params", str(SHIPPED_PARAMS)]
+    result = runner.invoke(_cli(), args)
+    assert result.exit_code == 0, result.output
+    assert runner.invoke(_cli(), ["verify", str(out)]).exit_code == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["emulator_params_hash"] == roadsense.v2v.params_hash(roadsense.v2v.load_params(None))
+    expected = _tamper(dataset_copy, "modified file")
+    result = runner.invoke(_cli(), ["verify", str(dataset_copy)])
+    assert result.exit_code == 1 and expected in result.output
