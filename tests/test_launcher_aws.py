@@ -1,0 +1,224 @@
+"""The launcher against moto (in-process) and botocore's Stubber for what moto does not do."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+from moto import mock_aws
+
+from launcher import aws, jobs
+from launcher.fetch import UnsafeArchiveError, safe_extract
+from launcher.launch import LaunchOptions, launch
+from launcher.layout import RunLayout
+from launcher.settings import LaunchSettings
+from launcher.upload import DatasetError, upload_tree, verify_dataset
+
+REGION = "il-central-1"
+BUCKET = "saferide-training-results"
+
+
+@pytest.fixture
+def moto_env(monkeypatch: pytest.MonkeyPatch):
+    for var in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        session = boto3.Session(region_name=REGION)
+        session.client("s3").create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+        role = session.client("iam").create_role(RoleName="roadsense-sagemaker", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+        yield session, role
+
+
+def _settings(role: str, **changes: object) -> LaunchSettings:
+    image = "123456789012.dkr.ecr.il-central-1.amazonaws.com/roadsense-training:abc"
+    return LaunchSettings(role_arn=role, image_uri=image, **changes)
+
+
+def _push_image(session: boto3.Session) -> None:
+    ecr = session.client("ecr")
+    ecr.create_repository(repositoryName="roadsense-training")
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json", "config": {}, "layers": []})
+    ecr.put_image(repositoryName="roadsense-training", imageManifest=manifest, imageTag="abc")
+
+
+def _dataset(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "train.xml").write_text("<routes/>")
+    digest = hashlib.sha256(b"<routes/>").hexdigest()
+    (folder / "manifest.json").write_text(json.dumps({"files": {"train.xml": digest}}))
+    return folder
+
+
+def test_preflight_errors_are_one_line_with_a_fix(moto_env) -> None:
+    session, role = moto_env
+    with pytest.raises(aws.LaunchError, match="does not exist. Fix: deploy the infrastructure"):
+        aws.preflight(session, _settings(role, bucket="no-such-bucket"), check_image=False)
+    with pytest.raises(aws.LaunchError, match="role .* does not exist"):
+        aws.preflight(session, _settings("arn:aws:iam::123456789012:role/missing"), check_image=False)
+    with pytest.raises(aws.LaunchError, match="not in ECR"):
+        aws.preflight(session, _settings(role), check_image=True)
+    _push_image(session)
+    assert aws.preflight(session, _settings(role), check_image=True).role_arn == role
+
+
+def test_bucket_in_another_region_is_named(moto_env) -> None:
+    session, role = moto_env
+    with pytest.raises(aws.LaunchError, match=f"bucket .* is in {REGION}"):
+        aws.preflight(boto3.Session(region_name="eu-west-1"), _settings(role, region="eu-west-1"), check_image=False)
+
+
+def test_no_credentials_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    import botocore.exceptions
+
+    assert "no AWS credentials found. Fix: aws configure" in str(aws.translate(botocore.exceptions.NoCredentialsError()))
+
+
+def test_launch_creates_job_and_record_and_refuses_a_duplicate(moto_env, tmp_path: Path) -> None:
+    session, role = moto_env
+    _push_image(session)
+    settings = _settings(role)
+    options = LaunchOptions(run_id="cloud_prod_001", preset="smoke", dataset=_dataset(tmp_path / "ds"))
+    first = launch(options, settings)
+    described = session.client("sagemaker").describe_training_job(TrainingJobName=first.job_name)
+    assert described["ResourceConfig"]["InstanceType"] == "ml.c6i.xlarge"
+    assert described["HyperParameters"]["preset"] == "smoke"
+    s3 = session.client("s3")
+    record = json.loads(s3.get_object(Bucket=BUCKET, Key="cloud_prod_001/launch.json")["Body"].read())
+    assert record["attempts"][0]["job_name"] == first.job_name
+    assert record["attempts"][0]["request"]["RoleArn"] == role
+    assert s3.head_object(Bucket=BUCKET, Key="cloud_prod_001/dataset/train.xml")
+
+    with pytest.raises(aws.LaunchError, match="already holds a run"):
+        launch(options, settings)
+    s3.put_object(Bucket=BUCKET, Key="cloud_prod_001/checkpoints/ckpt_1.zip", Body=b"x")
+    resumed = launch(LaunchOptions(run_id="cloud_prod_001", preset="smoke", resume=True), settings)
+    assert resumed.job_name != first.job_name
+    assert s3.list_objects_v2(Bucket=BUCKET, Prefix="cloud_prod_001/checkpoints/")["KeyCount"] == 1
+    launch(LaunchOptions(run_id="cloud_prod_001", preset="smoke", force=True), settings)
+    assert s3.list_objects_v2(Bucket=BUCKET, Prefix="cloud_prod_001/checkpoints/")["KeyCount"] == 0
+    record = json.loads(s3.get_object(Bucket=BUCKET, Key="cloud_prod_001/launch.json")["Body"].read())
+    assert len(record["attempts"]) == 3
+
+
+def test_upload_skips_unchanged_objects(moto_env, tmp_path: Path) -> None:
+    session, _ = moto_env
+    folder = _dataset(tmp_path / "ds")
+    (folder / "big.bin").write_bytes(b"\0" * (6 * 1024 * 1024))  # multipart above the 5 MiB threshold
+    s3 = session.client("s3")
+    first = upload_tree(s3, folder, BUCKET, "r1/dataset/", show_progress=False, multipart_threshold=5 * 1024 * 1024)
+    assert sorted(first.uploaded) == ["r1/dataset/big.bin", "r1/dataset/manifest.json", "r1/dataset/train.xml"]
+    (folder / "train.xml").write_text("<routes></routes>")
+    second = upload_tree(s3, folder, BUCKET, "r1/dataset/", show_progress=False, multipart_threshold=5 * 1024 * 1024)
+    assert second.uploaded == ["r1/dataset/train.xml"]
+    assert sorted(second.skipped) == ["r1/dataset/big.bin", "r1/dataset/manifest.json"]
+
+
+def test_dataset_manifest_is_verified(tmp_path: Path) -> None:
+    folder = _dataset(tmp_path / "ds")
+    assert verify_dataset(folder) == 1
+    (folder / "train.xml").write_text("changed")
+    with pytest.raises(DatasetError, match="hash differs"):
+        verify_dataset(folder)
+
+
+def _tar(path: Path, member: tarfile.TarInfo, data: bytes = b"") -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        member.size = len(data)
+        tar.addfile(member, io.BytesIO(data) if data else None)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "link", "reason"),
+    [
+        ("../escape.txt", tarfile.REGTYPE, "", "'..'"),
+        ("/etc/evil", tarfile.REGTYPE, "", "absolute"),
+        ("link", tarfile.SYMTYPE, "../../etc/passwd", "symlink"),
+        ("hard", tarfile.LNKTYPE, "../outside", "hard link"),
+        ("dev", tarfile.CHRTYPE, "", "device"),
+    ],
+)
+def test_fetch_refuses_unsafe_members(tmp_path: Path, name: str, kind: bytes, link: str, reason: str) -> None:
+    member = tarfile.TarInfo(name)
+    member.type, member.linkname = kind, link
+    archive = _tar(tmp_path / "model.tar.gz", member, b"x" if kind == tarfile.REGTYPE else b"")
+    with pytest.raises(UnsafeArchiveError, match=reason):
+        safe_extract(archive, tmp_path / "out")
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_safe_extract_keeps_normal_members(tmp_path: Path) -> None:
+    archive = _tar(tmp_path / "model.tar.gz", tarfile.TarInfo("metrics.json"), b"{}")
+    assert safe_extract(archive, tmp_path / "out") == ["metrics.json"]
+    assert (tmp_path / "out" / "metrics.json").read_text() == "{}"
+
+
+def _describe(status: str, secondary: str, reason: str = "") -> dict:
+    response = {
+        "TrainingJobName": "job-1", "TrainingJobArn": "arn:aws:sagemaker:il-central-1:123456789012:training-job/job-1",
+        "TrainingJobStatus": status, "SecondaryStatus": secondary, "AlgorithmSpecification": {"TrainingInputMode": "File"},
+        "ModelArtifacts": {"S3ModelArtifacts": ""}, "ResourceConfig": {"VolumeSizeInGB": 30},
+        "StoppingCondition": {}, "CreationTime": datetime(2025, 1, 1, tzinfo=timezone.utc),
+    }
+    if reason:
+        response["FailureReason"] = reason
+    return response
+
+
+def _log_page(messages: list[str], token: str) -> dict:
+    return {"events": [{"timestamp": 1, "message": m, "ingestionTime": 1} for m in messages], "nextForwardToken": token}
+
+
+def test_follow_reports_transitions_logs_and_failure_reason() -> None:
+    sagemaker = boto3.client("sagemaker", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="y")
+    logs = boto3.client("logs", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="y")
+    with Stubber(sagemaker) as sm_stub, Stubber(logs) as logs_stub:
+        sm_stub.add_response("describe_training_job", _describe("InProgress", "Starting"))
+        logs_stub.add_client_error("describe_log_streams", "ResourceNotFoundException")
+        sm_stub.add_response("describe_training_job", _describe("InProgress", "Training"))
+        logs_stub.add_response("describe_log_streams", {"logStreams": [{"logStreamName": "job-1/algo-1-1"}]})
+        logs_stub.add_response("get_log_events", _log_page(["[train] timesteps=1024 total_timesteps=4096 fps=700"], "t1"))
+        logs_stub.add_response("get_log_events", _log_page([], "t1"))
+        sm_stub.add_response("describe_training_job", _describe("Failed", "Failed", "sim errors: SUMO crashed 20 times"))
+        logs_stub.add_response("describe_log_streams", {"logStreams": [{"logStreamName": "job-1/algo-1-1"}]})
+        logs_stub.add_response("get_log_events", _log_page(["Traceback: boom"], "t2"))
+        logs_stub.add_response("get_log_events", _log_page([], "t2"))
+        lines, statuses = [], []
+        final = jobs.follow_job(sagemaker, logs, "job-1", lines.append, lambda s: statuses.append(s.secondary_status), sleep=lambda s: None)
+        sm_stub.assert_no_pending_responses()
+    assert statuses == ["Starting", "Training", "Failed"]
+    assert lines == ["[train] timesteps=1024 total_timesteps=4096 fps=700", "Traceback: boom"]
+    assert final.status == "Failed" and final.failure_reason == "sim errors: SUMO crashed 20 times"
+
+
+def test_stop_calls_stop_only_for_a_running_job() -> None:
+    sagemaker = boto3.client("sagemaker", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="y")
+    with Stubber(sagemaker) as stub:
+        stub.add_response("describe_training_job", _describe("InProgress", "Training"))
+        stub.add_response("stop_training_job", {}, {"TrainingJobName": "job-1"})
+        stub.add_response("describe_training_job", _describe("Stopping", "Stopping"))
+        assert jobs.stop_job(sagemaker, "job-1").status == "Stopping"
+        stub.add_response("describe_training_job", _describe("Completed", "Completed"))
+        assert jobs.stop_job(sagemaker, "job-1").status == "Completed"
+        stub.assert_no_pending_responses()
+
+
+def test_quota_error_is_translated() -> None:
+    sagemaker = boto3.client("sagemaker", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="y")
+    with Stubber(sagemaker) as stub:
+        stub.add_client_error("create_training_job", "ResourceLimitExceeded", "account-level service limit 'ml.c6i.xlarge for training job usage' is 0")
+        with pytest.raises(Exception) as caught:
+            sagemaker.create_training_job(TrainingJobName="j", RoleArn="arn:aws:iam::123456789012:role/r", AlgorithmSpecification={"TrainingInputMode": "File"},
+                                          OutputDataConfig={"S3OutputPath": "s3://b/o"}, ResourceConfig={"InstanceType": "ml.c6i.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30},
+                                          StoppingCondition={"MaxRuntimeInSeconds": 60})
+    message = str(aws.translate(caught.value))
+    assert "quota" in message and "Service Quotas" in message
