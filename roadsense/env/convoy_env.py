@@ -12,6 +12,8 @@ Rewards use what the ego received (the mesh distance); termination uses ground t
 
 from __future__ import annotations
 
+import math
+import random
 from pathlib import Path
 from typing import Any
 
@@ -94,13 +96,8 @@ class ConvoyEnv(gym.Env):
             )
         peers = sorted(v for v in self._vehicle.getIDList() if v != EGO_ID)
         self._ids = [EGO_ID, *peers]
-        self._length = np.array([self._vehicle.getLength(v) for v in self._ids])
+        self._peer_lengths = [self._vehicle.getLength(v) for v in peers]
         n = len(self._ids)
-        self._pos = np.zeros((n, 2))
-        self._speed = np.zeros(n)
-        self._accel = np.zeros(n)
-        self._heading = np.zeros(n)
-        self._lanepos = np.zeros(n)
 
         rank = options.get("hazard_rank")
         if rank is not None and not 1 <= int(rank) <= len(peers):
@@ -113,6 +110,7 @@ class ConvoyEnv(gym.Env):
         self._hazard_speed = 0.0
 
         self.emulator.reset(np.random.default_rng(int(self.np_random.integers(2**63))), n)
+        self._slot_rng = random.Random(int(self.np_random.integers(2**63)))
         for _ in range(self.config.warmup_steps):
             self.backend.step()
             self._read_states()
@@ -124,14 +122,14 @@ class ConvoyEnv(gym.Env):
         self.braking_signal = 0.0  # warm-up must not leave a signal behind
         self._speed_mode = SPEED_MODE_SUMO
         self._ego_stack[:] = 0.0
-        self._prev_ego_speed = float(self._speed[0])
+        self._prev_ego_speed = self._ego_speed
         self._summary = _EpisodeSummary(scenario_id, len(peers), self.hazard)
         view = self._view(reception)
         return self._observe(view), {"scenario_id": scenario_id, "n_peers": len(peers), "hazard_step": start,
                                      "emulator": dict(self.emulator.episode_params)}
 
     def step(self, action):
-        a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], 0.0, 1.0))
+        a = min(1.0, max(0.0, float(np.asarray(action).reshape(-1)[0])))
         try:
             self._apply_hazard()
             self._apply_ego_action(a)
@@ -143,7 +141,7 @@ class ConvoyEnv(gym.Env):
         self.t += 1
 
         view = self._view(reception)
-        ego_speed = float(self._speed[0])
+        ego_speed = self._ego_speed
         decel = max(0.0, (self._prev_ego_speed - ego_speed) / STEP_S)
         self._prev_ego_speed = ego_speed
         terms = reward_terms(view.distance, decel, a, self.braking_signal, view.closing_speed, ego_speed)
@@ -168,24 +166,26 @@ class ConvoyEnv(gym.Env):
 
     def _read_states(self) -> None:
         vehicle = self._vehicle
-        for i, vid in enumerate(self._ids):
-            x, y = vehicle.getPosition(vid)
-            self._pos[i, 0] = x
-            self._pos[i, 1] = y
-            self._speed[i] = vehicle.getSpeed(vid)
-            self._accel[i] = vehicle.getAcceleration(vid)
-            self._heading[i] = vehicle.getAngle(vid)
-            self._lanepos[i] = vehicle.getLanePosition(vid)
+        rows = [
+            (*vehicle.getPosition(vid), vehicle.getSpeed(vid), vehicle.getAcceleration(vid),
+             90.0 - vehicle.getAngle(vid), vehicle.getLanePosition(vid))  # SUMO's compass angle -> CCW from +x
+            for vid in self._ids
+        ]
+        self._ego_x, self._ego_y, self._ego_speed, self._ego_accel, self._ego_heading, _ = rows[0]
+        self._lanepos_list = [row[5] for row in rows]
+        state = np.array(rows)
+        self._pos, self._speed, self._accel = state[:, :2], state[:, 2], state[:, 3]
+        self._heading, self._lanepos = state[:, 4], state[:, 5]
 
     def _true_gap(self) -> float:
         """Ground-truth bumper-to-bumper gap from the ego to the nearest peer ahead, m."""
-        gaps = self._lanepos[1:] - self._length[1:] - self._lanepos[0]
-        ahead = gaps[gaps > -self._length[1:]]
-        return float(ahead.min()) if ahead.size else float("inf")
+        ego = self._lanepos_list[0]
+        gaps = [p - length - ego for p, length in zip(self._lanepos_list[1:], self._peer_lengths) if p > ego]
+        return min(gaps, default=math.inf)
 
     def _view(self, reception) -> PeerView:
-        view = visible_peers(self._pos[0], float(self._speed[0]), float(self._heading[0]), reception)
-        if view.index.size and view.min_accel <= BRAKING_ACCEL:
+        view = visible_peers(self._ego_x, self._ego_y, self._ego_speed, self._ego_heading, reception)
+        if view.index and view.min_accel <= BRAKING_ACCEL:
             self.braking_signal = 1.0
         else:
             self.braking_signal *= SIGNAL_DECAY
@@ -194,18 +194,18 @@ class ConvoyEnv(gym.Env):
 
     def _observe(self, view: PeerView) -> dict[str, np.ndarray]:
         self._ego_stack[1:] = self._ego_stack[:-1]
-        self._ego_stack[0] = ego_frame(float(self._speed[0]), float(self._accel[0]), view, self.braking_signal)
-        peers, mask = fill_peer_slots(view, self.np_random)
+        self._ego_stack[0] = ego_frame(self._ego_speed, self._ego_accel, view, self.braking_signal)
+        peers, mask = fill_peer_slots(view, self._slot_rng)
         return {"ego": self._ego_stack.reshape(-1).copy(), "peers": peers, "peer_mask": mask}
 
     def _apply_ego_action(self, a: float) -> None:
         vehicle = self._vehicle
         if a > BRAKING_ACTION:
             self._set_ego_mode(SPEED_MODE_COMMAND)
-            vehicle.setSpeed(EGO_ID, max(0.0, float(self._speed[0]) - MAX_DECEL * a * STEP_S))
+            vehicle.setSpeed(EGO_ID, max(0.0, self._ego_speed - MAX_DECEL * a * STEP_S))
         elif self.t >= self.hazard.start_step + CF_OVERRIDE_DELAY:
             self._set_ego_mode(SPEED_MODE_COMMAND)
-            vehicle.setSpeed(EGO_ID, float(self._speed[0]))
+            vehicle.setSpeed(EGO_ID, self._ego_speed)
         else:
             self._set_ego_mode(SPEED_MODE_SUMO)
             vehicle.setSpeed(EGO_ID, -1.0)
@@ -295,7 +295,7 @@ class _EpisodeSummary:
             self.reaction_step = env.t - self.plan.start_step
         if not self.hazard_received:
             j = self.hazard_peer - 1
-            self.hazard_received = bool(reception.valid[j] and reception.accel[j] <= BRAKING_ACCEL)
+            self.hazard_received = bool(reception.valid[j]) and reception.accel[j] <= BRAKING_ACCEL
 
     def finish(self, collided: bool, sim_error: str | None) -> dict[str, Any]:
         return {

@@ -8,8 +8,6 @@ from roadsense.scenarios.dataset import Dataset
 from roadsense.scenarios.generate import builtin_scenario
 from roadsense.scenarios.manager import ScenarioManager
 
-EMULATOR_PARAMS_FILE = "emulator_params.json"
-
 
 class ScenarioSource:
     """Picks the next scenario for the env; a dataset is verified once, when it is opened."""
@@ -25,8 +23,7 @@ class ScenarioSource:
             if path.is_dir():
                 self.dataset = Dataset.open(path)
                 self._single = None
-                params = self.dataset.root / EMULATOR_PARAMS_FILE
-                self.emulator_params_file = params if params.exists() else None
+                self.emulator_params_file = self.dataset.emulator_params
             elif path.suffix == ".sumocfg" and path.is_file():
                 self._single = path
             else:

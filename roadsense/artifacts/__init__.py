@@ -1,0 +1,1 @@
+"""What a run leaves behind: status.json during the run, then the package with full provenance."""

@@ -1,0 +1,157 @@
+"""`roadsense`: the pipeline's command line. Each command is a thin wrapper over the library.
+
+Exit codes: 0 success; 1 a stage failed; 2 bad input (the message names the field and the
+fix); 130 / 143 stopped by Ctrl-C / SIGTERM after writing a checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Annotated, Iterator, Optional
+
+import typer
+
+from roadsense.config import ConfigError, PipelineConfig, parse_set_options
+from roadsense.scenarios.commands import generate_command, verify_command
+
+app = typer.Typer(help="RoadSense training pipeline: generate, train, evaluate, run.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+dataset_app = typer.Typer(help="Inspect datasets.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks that print one JSON line.", no_args_is_help=True)
+app.add_typer(dataset_app, name="dataset")
+app.add_typer(bench_app, name="bench")
+app.command("generate")(generate_command)
+dataset_app.command("verify")(verify_command)
+
+PresetOpt = Annotated[str, typer.Option("--preset", help="smoke | standard | production: the defaults to start from.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: --set key=value (repeatable).")]
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn the errors a user can fix into one clear line and an exit code, never a traceback."""
+    from roadsense.evaluation.matrix import CoverageError
+    from roadsense.scenarios.dataset import DatasetError
+    from roadsense.sim.backend import SimulationError
+    from roadsense.training.train import TrainingAborted, TrainingInterrupted
+    from roadsense.v2v import ParamsError
+
+    try:
+        yield
+    except (ConfigError, DatasetError, CoverageError, ParamsError, FileNotFoundError, FileExistsError) as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from None
+    except TrainingInterrupted as exc:
+        typer.secho(f"interrupted: {exc}", err=True, fg=typer.colors.YELLOW)
+        raise typer.Exit(143 if "SIGTERM" in str(exc) else 130) from None
+    except (TrainingAborted, SimulationError, OSError) as exc:
+        typer.secho(f"failed: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1) from None
+
+
+def _config(preset: str, sets: list[str] | None, **flags: object) -> PipelineConfig:
+    overrides: dict[str, object] = parse_set_options(sets or [])
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    return PipelineConfig.from_overrides(preset, overrides)
+
+
+@app.command()
+def train(
+    dataset: Annotated[Optional[Path], typer.Option("--dataset", help="Dataset folder; default: the built-in scenario.")] = None,
+    output: Annotated[Path, typer.Option("--output", help="Folder for model.zip, vecnormalize.pkl, checkpoints/ and logs/.")] = Path("runs/train"),
+    total_timesteps: Annotated[Optional[int], typer.Option("--total-timesteps", help="Env steps in total.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Training seed (PPO and env seeds).")] = None,
+    n_envs: Annotated[Optional[int], typer.Option("--n-envs", help="Parallel envs; default one per CPU.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest valid checkpoint.")] = False,
+    preset: PresetOpt = "production",
+    sets: SetOpt = None,
+) -> None:
+    """Train the Deep Sets PPO policy."""
+    from roadsense.training.train import train as run_training
+
+    with _user_errors():
+        config = _config(preset, sets, total_timesteps=total_timesteps, seed=seed, n_envs=n_envs)
+        if dataset is not None:
+            from roadsense.scenarios.dataset import Dataset
+
+            dataset = Dataset.open(dataset).root
+        output.mkdir(parents=True, exist_ok=True)
+        config.save(output / "config.json")
+        result = run_training(dataset, output, config, resume=resume)
+        typer.echo(f"trained to {result.num_timesteps} steps at {result.steps_per_s:.0f} steps/s: {result.model_path}")
+
+
+@app.command()
+def evaluate(
+    dataset: Annotated[Path, typer.Option("--dataset", help="Dataset whose eval split is the matrix.")],
+    output: Annotated[Path, typer.Option("--output", help="Folder for metrics.json, report.md and the plots.")],
+    model: Annotated[Optional[Path], typer.Option("--model", help="model.zip to evaluate.")] = None,
+    policy: Annotated[Optional[str], typer.Option("--policy", help="Evaluate a baseline instead: never-brake | rule-based.")] = None,
+    episodes_per_bucket: Annotated[Optional[int], typer.Option("--episodes-per-bucket", help="Episodes per (peers, rank) bucket.")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Processes; default one per CPU.")] = None,
+    preset: PresetOpt = "production",
+    sets: SetOpt = None,
+) -> None:
+    """Evaluate a model (or a baseline) and the baselines on the deterministic matrix."""
+    from roadsense.evaluation.evaluate import evaluate as run_evaluation
+    from roadsense.evaluation.policies import BASELINES
+
+    with _user_errors():
+        if (model is None) == (policy is None):
+            raise ConfigError("give exactly one of --model PATH or --policy never-brake|rule-based")
+        if policy is not None and policy not in BASELINES:
+            raise ConfigError(f"--policy {policy!r}: choose one of {', '.join(BASELINES)}")
+        if model is not None and not model.is_file():
+            raise FileNotFoundError(f"--model {model}: no such file")
+        config = _config(preset, sets, episodes_per_bucket=episodes_per_bucket, eval_workers=workers)
+        metrics = run_evaluation(str(model) if model else policy, dataset, output, config)
+        typer.echo(json.dumps(metrics["overall"], indent=2))
+
+
+@app.command()
+def run(
+    output: Annotated[Path, typer.Option("--output", help="Run folder (resumes if it holds a run with the same settings).")],
+    preset: PresetOpt = "production",
+    sets: SetOpt = None,
+    dataset: Annotated[Optional[Path], typer.Option("--dataset", help="Use (after verifying) this dataset instead of generating one.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate everything and print the plan; run nothing.")] = False,
+) -> None:
+    """The whole pipeline: dataset -> train -> evaluate -> package."""
+    from roadsense.pipeline import RunPaths, plan_run, run_pipeline
+
+    with _user_errors():
+        config = _config(preset, sets)
+        paths = RunPaths.under(output)
+        plan = plan_run(paths, config, dataset)
+        if dry_run:
+            typer.echo(json.dumps({"plan": plan, "config": config.flat()}, indent=2))
+            return
+        typer.echo(f"plan: {json.dumps(plan)}")
+        record = run_pipeline(paths, config, dataset)
+        typer.echo(f"done in {record['wall_s']:.0f} s: {output}/report.md")
+
+
+@bench_app.command("env")
+def bench_env(
+    steps: Annotated[int, typer.Option("--steps", help="Env steps to time.")] = 20_000,
+) -> None:
+    """One env with random actions (resets included) against raw libsumo on the same scenario."""
+    from roadsense.bench import bench_env as run_bench
+
+    typer.echo(json.dumps(run_bench(steps)))
+
+
+@bench_app.command("train")
+def bench_train(
+    steps: Annotated[int, typer.Option("--steps", help="Env steps to train for (production PPO settings).")] = 16_384,
+    n_envs: Annotated[int, typer.Option("--n-envs", help="Parallel envs; 0 = one per CPU.")] = 0,
+    sets: SetOpt = None,
+) -> None:
+    """PPO training throughput with the production settings."""
+    from roadsense.bench import bench_train as run_bench
+
+    with _user_errors():
+        typer.echo(json.dumps(run_bench(steps, n_envs, parse_set_options(sets or []))))
+

@@ -1,0 +1,31 @@
+"""How long a run should take, from measured throughput. The one place these figures live.
+
+The figures were measured on this project's 2-core development machine (see the README's
+performance section); a machine with more CPUs runs one env per CPU, so they scale per CPU.
+"""
+
+from __future__ import annotations
+
+from roadsense.config import PipelineConfig
+from roadsense.evaluation.matrix import PEER_COUNTS
+
+TRAIN_STEPS_PER_S_PER_CPU = 450.0  # PPO env steps/s incl. updates (production settings)
+EVAL_STEPS_PER_S_PER_CPU = 1500.0  # env steps/s of one evaluation worker
+GENERATE_S_PER_SCENARIO = 0.05
+EPISODE_STEPS_MEAN_FRACTION = 0.8  # episodes that collide end early
+
+
+def stage_seconds(config: PipelineConfig, cpus: int) -> dict[str, float]:
+    """Expected wall seconds of each pipeline stage on ``cpus`` CPUs."""
+    dc, ec = config.dataset, config.evaluation
+    n_envs = config.train.n_envs or cpus
+    buckets = sum(PEER_COUNTS)
+    policies = 1 + len(ec.baselines)
+    eval_steps = buckets * ec.episodes_per_bucket * policies * config.env.episode_steps * EPISODE_STEPS_MEAN_FRACTION
+    eval_workers = ec.eval_workers or cpus
+    return {
+        "dataset": (dc.train_count + dc.eval_count) * GENERATE_S_PER_SCENARIO,
+        "train": config.train.total_timesteps / (TRAIN_STEPS_PER_S_PER_CPU * min(n_envs, cpus)),
+        "evaluate": eval_steps / (EVAL_STEPS_PER_S_PER_CPU * min(eval_workers, cpus)),
+        "package": 5.0,
+    }
