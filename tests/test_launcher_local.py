@@ -1,0 +1,122 @@
+"""``--local`` end to end: results laid out as in S3, published to a moto server, fetched back.
+
+The fast test fakes the container with a tiny script (the ROADSENSE_CONTAINER_CMD hook);
+the slow one runs the real adapter, roadsense-container, with the smoke preset.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tarfile
+from pathlib import Path
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+from typer.testing import CliRunner
+
+from launcher.cli import app
+
+REGION = "il-central-1"
+BUCKET = "saferide-training-results"
+
+FAKE_CONTAINER = '''
+import json, os, pathlib, sys
+root = pathlib.Path(os.environ["ROADSENSE_SM_ROOT"])
+hyper = json.loads((root / "input/config/hyperparameters.json").read_text())
+resumed = sorted(p.name for p in (root / "checkpoints").iterdir())
+print("[train] timesteps=2048 total_timesteps=4096 fps=900", flush=True)
+if hyper["seed"] == "13":
+    (root / "output/failure").write_text("simulated failure")
+    sys.exit(2)
+(root / "checkpoints" / f"ckpt_{len(resumed)}.zip").write_text("weights")
+(root / "model/metrics.json").write_text(json.dumps({"policy": {"collision_rate": 0.1, "success_rate": 0.9}, "resumed_from": resumed}))
+(root / "output/data/train.log").write_text("log")
+print("[eval] collision_rate=0.1 success_rate=0.9", flush=True)
+'''
+
+
+@pytest.fixture
+def moto_server(monkeypatch: pytest.MonkeyPatch):
+    server = ThreadedMotoServer(port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    for var in ("AWS_PROFILE", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REGION", REGION)
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+    yield s3
+    server.stop()
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def test_local_run_publishes_and_fetches(moto_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    script = tmp_path / "fake_container.py"
+    script.write_text(FAKE_CONTAINER)
+    monkeypatch.setenv("ROADSENSE_CONTAINER_CMD", f"{sys.executable} {script}")
+    runs = tmp_path / "runs"
+    result = _invoke("--run-id", "local_001", "--preset", "smoke", "--local", "--runs-dir", str(runs))
+    assert result.exit_code == 0, result.output
+    record = json.loads((runs / "local_001" / "launch.json").read_text())
+    job = record["attempts"][0]["job_name"]
+    assert (runs / "local_001" / "output" / job / "output" / "model.tar.gz").is_file()
+    keys = {o["Key"] for o in moto_server.list_objects_v2(Bucket=BUCKET, Prefix="local_001/")["Contents"]}
+    assert keys == {
+        "local_001/launch.json", "local_001/checkpoints/ckpt_0.zip",
+        f"local_001/output/{job}/output/model.tar.gz", f"local_001/output/{job}/output/output.tar.gz",
+    }
+
+    assert _invoke("--run-id", "local_001", "--local", "--runs-dir", str(runs)).exit_code == 1  # duplicate
+    assert _invoke("--run-id", "local_001", "--preset", "smoke", "--local", "--resume", "--runs-dir", str(runs)).exit_code == 0
+
+    fetched = tmp_path / "fetched"
+    assert _invoke("fetch", "local_001", "--to", str(fetched)).exit_code == 0
+    metrics = json.loads((fetched / "model" / "metrics.json").read_text())
+    assert metrics["resumed_from"] == ["ckpt_0.zip"]  # the second attempt started from the first's checkpoint
+    assert (fetched / "output-data" / "train.log").read_text() == "log"
+
+
+def test_local_failure_reason_and_exit_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    script = tmp_path / "fake_container.py"
+    script.write_text(FAKE_CONTAINER)
+    monkeypatch.setenv("ROADSENSE_CONTAINER_CMD", f"{sys.executable} {script}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens: results stay local
+    result = CliRunner().invoke(app, ["--run-id", "bad", "--preset", "smoke", "--set", "seed=13", "--local", "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "simulated failure" in result.output
+
+
+def test_dry_run_json_needs_no_aws(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    result = _invoke(
+        "--run-id", "cloud_prod_001", "--dry-run", "--json", "--spot",
+        "--image-uri", "123456789012.dkr.ecr.il-central-1.amazonaws.com/roadsense-training:abc",
+        "--role-arn", "arn:aws:iam::123456789012:role/roadsense-sagemaker",
+    )
+    assert result.exit_code == 0, result.output
+    request = json.loads(result.output)
+    assert request["EnableManagedSpotTraining"] is True
+    assert request["TrainingJobName"].startswith("cloud-prod-001-")
+
+
+@pytest.mark.slow
+def test_real_adapter_local_run_end_to_end(moto_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real container adapter (SUMO + PPO, smoke preset) through --local, then fetch from 'S3'."""
+    monkeypatch.delenv("ROADSENSE_CONTAINER_CMD", raising=False)
+    runs = tmp_path / "runs"
+    result = _invoke("--run-id", "e2e_smoke", "--preset", "smoke", "--local", "--runs-dir", str(runs))
+    assert result.exit_code == 0, result.output
+    fetched = tmp_path / "fetched"
+    assert _invoke("fetch", "e2e_smoke", "--to", str(fetched)).exit_code == 0
+    metrics = json.loads((fetched / "model" / "metrics.json").read_text())
+    assert metrics
+    with tarfile.open(next((runs / "e2e_smoke" / "output").glob("*/output/model.tar.gz"))) as tar:
+        assert "model.zip" in tar.getnames()
