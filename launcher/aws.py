@@ -13,12 +13,8 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config
 
-from launcher.infra import stack_outputs
+from launcher.infra import OUTPUT_ROLE_ARN, stack_outputs
 from launcher.settings import LaunchSettings
-
-# Keys of the infra stack's outputs (launcher/infra.py deploys the stack).
-OUTPUT_ROLE_ARN = "TrainingRoleArn"
-OUTPUT_REPOSITORY_URI = "RepositoryUri"
 
 INFRA_FIX = "deploy the infrastructure: roadsense-launch infra deploy (see infra/)"
 

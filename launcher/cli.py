@@ -173,10 +173,10 @@ def upload(ctx: typer.Context, run_id: str, dataset: Annotated[Path, typer.Optio
     """Verify a dataset and upload it to the run's dataset prefix (unchanged files are skipped)."""
     with user_errors():
         settings = _state(ctx).settings()
-        count = verify_dataset(dataset)
+        verify_dataset(dataset)
         layout = RunLayout(settings.bucket, run_id)
         result = upload_tree(aws.make_session(settings).client("s3"), dataset, layout.bucket, layout.dataset_key)
-        display.console.print(f"{count} files verified; {len(result.uploaded)} uploaded, {len(result.skipped)} unchanged -> {layout.dataset_uri}")
+        display.console.print(f"dataset verified; {len(result.uploaded)} uploaded, {len(result.skipped)} unchanged -> {layout.dataset_uri}")
 
 
 @app.command()

@@ -8,7 +8,6 @@ parts, which boto3's transfer manager does above ``multipart_threshold``.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,8 @@ from typing import Any
 import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+from roadsense.scenarios.dataset import verify_dataset as verify_scenarios
 
 SHA256_METADATA = "sha256"  # stored as x-amz-meta-sha256
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
@@ -39,33 +40,12 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _manifest_hashes(manifest: dict[str, Any]) -> dict[str, str]:
-    """Relative path -> sha256 from ``files`` ({path: hash} or [{path, sha256}]) in the manifest."""
-    files = manifest.get("files", {})
-    if isinstance(files, dict):
-        return {str(k): str(v) for k, v in files.items()}
-    return {str(f["path"]): str(f["sha256"]) for f in files if isinstance(f, dict) and "path" in f and "sha256" in f}
-
-
-def verify_dataset(folder: Path) -> int:
-    """Check ``folder/manifest.json`` and every hash it lists; returns the number of files checked."""
-    manifest_path = folder / "manifest.json"
-    if not manifest_path.is_file():
-        raise DatasetError(f"{folder}: no manifest.json; generate the dataset with roadsense first")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{manifest_path}: not JSON ({exc})") from None
-    hashes = _manifest_hashes(manifest)
-    if not hashes:
-        raise DatasetError(f"{manifest_path}: lists no file hashes ('files'), so the dataset cannot be verified")
-    for relative, expected in hashes.items():
-        path = folder / relative
-        if not path.is_file():
-            raise DatasetError(f"{path}: listed in manifest.json but missing")
-        if sha256_of(path) != expected.removeprefix("sha256:"):
-            raise DatasetError(f"{path}: hash differs from manifest.json (the dataset was changed after generation)")
-    return len(hashes)
+def verify_dataset(folder: Path) -> None:
+    """Refuse a dataset that fails roadsense's own verification (manifest hashes, layout, invariants)."""
+    problems = verify_scenarios(folder)
+    if problems:
+        more = f" (and {len(problems) - 1} more; roadsense verify shows all)" if len(problems) > 1 else ""
+        raise DatasetError(f"dataset {folder} is not valid: {problems[0]}{more}")
 
 
 def _remote_sha256(s3: Any, bucket: str, key: str) -> str | None:

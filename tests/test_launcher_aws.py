@@ -86,7 +86,7 @@ def test_launch_creates_job_and_record_and_refuses_a_duplicate(moto_env, tmp_pat
     session, role = moto_env
     _push_image(session)
     settings = _settings(role)
-    options = LaunchOptions(run_id="cloud_prod_001", preset="smoke", dataset=_dataset(tmp_path / "ds"))
+    options = LaunchOptions(run_id="cloud_prod_001", preset="smoke")
     first = launch(options, settings)
     described = session.client("sagemaker").describe_training_job(TrainingJobName=first.job_name)
     assert described["ResourceConfig"]["InstanceType"] == "ml.c6i.xlarge"
@@ -95,7 +95,6 @@ def test_launch_creates_job_and_record_and_refuses_a_duplicate(moto_env, tmp_pat
     record = json.loads(s3.get_object(Bucket=BUCKET, Key="cloud_prod_001/launch.json")["Body"].read())
     assert record["attempts"][0]["job_name"] == first.job_name
     assert record["attempts"][0]["request"]["RoleArn"] == role
-    assert s3.head_object(Bucket=BUCKET, Key="cloud_prod_001/dataset/train.xml")
 
     with pytest.raises(aws.LaunchError, match="already holds a run"):
         launch(options, settings)
@@ -122,12 +121,13 @@ def test_upload_skips_unchanged_objects(moto_env, tmp_path: Path) -> None:
     assert sorted(second.skipped) == ["r1/dataset/big.bin", "r1/dataset/manifest.json"]
 
 
-def test_dataset_manifest_is_verified(tmp_path: Path) -> None:
-    folder = _dataset(tmp_path / "ds")
-    assert verify_dataset(folder) == 1
-    (folder / "train.xml").write_text("changed")
-    with pytest.raises(DatasetError, match="hash differs"):
-        verify_dataset(folder)
+def test_a_dataset_that_fails_verification_is_refused(tmp_path: Path, moto_env) -> None:
+    session, role = moto_env
+    with pytest.raises(DatasetError, match="is not valid"):
+        verify_dataset(_dataset(tmp_path / "ds"))  # a manifest, but not one roadsense wrote
+    with pytest.raises(DatasetError):
+        launch(LaunchOptions(run_id="r2", preset="smoke", dataset=tmp_path / "ds"), _settings(role))
+    assert session.client("s3").list_objects_v2(Bucket=BUCKET, Prefix="r2/")["KeyCount"] == 0
 
 
 def _tar(path: Path, member: tarfile.TarInfo, data: bytes = b"") -> Path:
