@@ -106,7 +106,7 @@ class MeshEmulator:
     def reset(self, rng: np.random.Generator, n_vehicles: int) -> None:
         """Start an episode with ``n_vehicles`` (ego + peers): draw its randomisation from ``rng``, forget links and messages."""
         if not 1 <= n_vehicles <= self.max_peers + 1:
-            raise ValueError(f"n_vehicles={n_vehicles} must be in [1, max_peers + 1 = {self.max_peers + 1}]")
+            raise ValueError(f"n_vehicles={n_vehicles} must be the ego plus 0..max_peers={self.max_peers} peers")
         p = self.params
         if self.domain_randomization:
             r = p.randomization
@@ -140,6 +140,7 @@ class MeshEmulator:
         # Never heard from: origin -inf makes the age inf, so the peer is invalid until a message arrives.
         self._held = np.full((n - 1, ORIGIN_MS + 1), np.nan)
         self._held[:, ORIGIN_MS] = -np.inf
+        self._held[:, HOPS] = 0
         self._link_lost = np.zeros((n, n), dtype=bool)  # [sender, receiver]: lost in the previous step
         self._build_paths(n)
 
@@ -169,7 +170,7 @@ class MeshEmulator:
                         hops.append(n_relays + 1)
         self._path_index = np.array(rows, dtype=np.intp).reshape(-1, width)
         self._path_hops = np.array(hops, dtype=np.int64)
-        self._paths_per_source = len(hops)
+        self._paths_per_source = max(len(hops), 1)  # 1 without peers keeps the (0, K) reshape valid
         self._first_path = np.arange(n - 1) * len(hops)
         self._route_values = np.zeros(zero + 1)
         self._link_ms = self._route_values[: n * n].reshape(n, n)

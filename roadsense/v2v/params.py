@@ -13,7 +13,7 @@ import json
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -131,11 +131,13 @@ def _explain(exc: ValidationError) -> str:
         key = ".".join(str(part) for part in err["loc"])
         if err["type"] == "extra_forbidden":
             clauses.append(f"unknown key {key!r}; remove it{_did_you_mean(err['loc'])}")
+        elif err["type"] == "missing":
+            clauses.append(f"missing key {key!r}; add it (the shipped {DEFAULT_PARAMS_FILE} lists every key)")
         elif not key:
             # Cross-field checks name their keys in the message itself.
             clauses.append(err["msg"].removeprefix("Value error, "))
         else:
-            clauses.append(f"{key} = {_shown(err.get('input'))}: {err['msg'].removeprefix('Value error, ')}")
+            clauses.append(f"{key} = {err.get('input')!r}: {err['msg'].removeprefix('Value error, ')}")
     return "; ".join(clauses)
 
 
@@ -145,6 +147,3 @@ def _did_you_mean(loc: tuple[int | str, ...]) -> str:
     close = difflib.get_close_matches(str(loc[-1]), known, n=1)
     return f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(known)})"
 
-
-def _shown(value: Any) -> str:
-    return "{...}" if isinstance(value, dict) else repr(value)
