@@ -295,7 +295,7 @@ class _EpisodeSummary:
             self.reaction_step = env.t - self.plan.start_step
         if not self.hazard_received:
             j = self.hazard_peer - 1
-            self.hazard_received = bool(reception.valid[j]) and reception.accel[j] <= BRAKING_ACCEL
+            self.hazard_received = bool(reception.valid[j] and reception.accel[j] <= BRAKING_ACCEL)
 
     def finish(self, collided: bool, sim_error: str | None) -> dict[str, Any]:
         return {

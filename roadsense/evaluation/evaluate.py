@@ -29,16 +29,15 @@ def evaluate(policy: str, dataset_path: Path, output: Path, config: PipelineConf
     baselines = tuple(b for b in (ec.baselines if baselines is None else baselines) if b != policy)
     output.mkdir(parents=True, exist_ok=True)
 
+    episodes_by_policy = run_episodes(plan, [policy, *baselines], dataset.root, config.env, ec.eval_workers)
     results: dict[str, dict[str, Any]] = {}
-    for name in (policy, *baselines):
-        episodes = run_episodes(plan, name, dataset.root, config.env, ec.eval_workers)
+    for name, episodes in episodes_by_policy.items():
         metrics = compute_metrics(episodes)
         metrics["reaction_times_s"] = [e["reaction_time_s"] for e in episodes if e["reaction"]]
         results[name] = metrics
-        if name == policy:
-            with open(output / "episodes.jsonl", "w") as fh:
-                for episode in episodes:
-                    fh.write(json.dumps(episode, sort_keys=True) + "\n")
+    with open(output / "episodes.jsonl", "w") as fh:
+        for episode in episodes_by_policy[policy]:
+            fh.write(json.dumps(episode, sort_keys=True) + "\n")
 
     metrics = results[policy]
     metrics["policy"] = policy if policy in ("never-brake", "rule-based") else "model"

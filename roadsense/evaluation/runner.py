@@ -1,4 +1,8 @@
-"""Run the planned episodes, in parallel processes, with results that do not depend on how many."""
+"""Run the planned episodes in parallel processes, with results that do not depend on how many.
+
+Every task is (policy, episode spec); each worker loads a policy the first time it meets it,
+so one pool serves the model and its baselines.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import multiprocessing as mp
 import os
 import signal
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from roadsense.config import EnvConfig
 from roadsense.evaluation.matrix import EpisodeSpec
@@ -14,44 +18,54 @@ from roadsense.evaluation.matrix import EpisodeSpec
 _worker: dict[str, Any] = {}
 
 
-def _init_worker(policy: str, dataset: str, env_config: dict[str, Any]) -> None:
+def _init_worker(dataset: str, env_config: dict[str, Any]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     import torch
 
     torch.set_num_threads(1)
     from roadsense.env.convoy_env import ConvoyEnv
-    from roadsense.evaluation.policies import load_policy
 
     _worker["env"] = ConvoyEnv(Path(dataset), split="eval", config=EnvConfig.model_validate(env_config))
-    _worker["act"] = load_policy(policy)
+    _worker["policies"] = {}
 
 
-def _run_episode(spec: EpisodeSpec) -> dict[str, Any]:
-    env, act = _worker["env"], _worker["act"]
+def _policy(name: str) -> Callable:
+    from roadsense.evaluation.policies import load_policy
+
+    policies = _worker["policies"]
+    if name not in policies:
+        policies[name] = load_policy(name)
+    return policies[name]
+
+
+def _run_episode(task: tuple[str, EpisodeSpec]) -> dict[str, Any]:
+    name, spec = task
+    env, act = _worker["env"], _policy(name)
     obs, _ = env.reset(seed=spec.seed, options={"scenario_id": spec.scenario_id, "hazard_rank": spec.hazard_rank})
     while True:
         obs, _, terminated, truncated, info = env.step(act(obs))
         if terminated or truncated:
             summary = dict(info["episode_summary"])
-            summary.update(episode=spec.episode, bucket_n=spec.n_peers, bucket_k=spec.hazard_rank)
+            summary.update(policy=name, episode=spec.episode, bucket_n=spec.n_peers, bucket_k=spec.hazard_rank)
             return summary
 
 
-def run_episodes(plan: list[EpisodeSpec], policy: str, dataset: Path, env_config: EnvConfig,
-                 workers: int = 0) -> list[dict[str, Any]]:
-    """One summary per planned episode, in plan order; ``workers`` 0 = one per CPU."""
-    workers = min(len(plan), workers or len(os.sched_getaffinity(0)))
+def run_episodes(plan: list[EpisodeSpec], policies: list[str], dataset: Path, env_config: EnvConfig,
+                 workers: int = 0) -> dict[str, list[dict[str, Any]]]:
+    """Per policy, one summary per planned episode in plan order; ``workers`` 0 = one per CPU."""
+    tasks = [(name, spec) for name in policies for spec in plan]
+    workers = min(len(tasks), workers or len(os.sched_getaffinity(0)))
     ctx = mp.get_context("forkserver")
-    pool = ctx.Pool(workers, _init_worker, (policy, str(dataset), env_config.model_dump(mode="json")))
+    pool = ctx.Pool(workers, _init_worker, (str(dataset), env_config.model_dump(mode="json")))
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        results = pool.map(_run_episode, plan, chunksize=1)
+        results = pool.map(_run_episode, tasks, chunksize=1)
         pool.close()
-        return results
     finally:
         pool.terminate()  # stops every worker and its SUMO, also on error or SIGTERM
         pool.join()
         signal.signal(signal.SIGTERM, previous)
+    return {name: [r for r in results if r["policy"] == name] for name in policies}
 
 
 def _raise_interrupt(signum: int, _frame) -> None:

@@ -1,0 +1,1 @@
+"""Thin adapters that map outside contracts (SageMaker) onto the pipeline."""
