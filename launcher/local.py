@@ -20,6 +20,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sysconfig
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +71,21 @@ def container_command(
         env_flags = [flag for key, value in environment.items() for flag in ("-e", f"{key}={value}")]
         argv = [engine, "run", "--rm", "-v", f"{sm.resolve()}:/opt/ml", *env_flags, str(image), "train"]
         return argv, dict(os.environ)
-    return [*shlex.split(command), "train"], {**os.environ, **environment, "ROADSENSE_SM_ROOT": str(sm.resolve())}
+    program, *args = shlex.split(command)
+    return [_find_program(program), *args, "train"], {**os.environ, **environment, "ROADSENSE_SM_ROOT": str(sm.resolve())}
+
+
+def _find_program(program: str) -> str:
+    """``program`` from PATH, else from this interpreter's scripts folder.
+
+    roadsense-container is installed beside roadsense-launch; a virtualenv that is not
+    activated (``.venv/bin/roadsense-launch ...``, ``.venv/bin/python -m pytest``) has that
+    folder outside PATH.
+    """
+    if shutil.which(program):
+        return program
+    beside = Path(sysconfig.get_path("scripts")) / program
+    return str(beside) if beside.is_file() else program
 
 
 def _pack(folder: Path, archive: Path) -> None:
