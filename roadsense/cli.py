@@ -155,3 +155,7 @@ def bench_train(
     with _user_errors():
         typer.echo(json.dumps(run_bench(steps, n_envs, parse_set_options(sets or []))))
 
+
+
+if __name__ == "__main__":  # python -m roadsense.cli, as the tests run it
+    app()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 from stable_baselines3.common.logger import KVWriter
@@ -27,7 +28,7 @@ class MetricLineWriter(KVWriter):
         values: dict[str, float | int] = {"timesteps": int(step), "total_timesteps": self.total}
         for key, name in _NAMES.items():
             value = key_values.get(key)
-            if isinstance(value, (int, float)):
+            if isinstance(value, numbers.Real):  # SB3 logs numpy float32 for some metrics
                 values[name] = float(value)
         emit(TRAIN_TAG, values)
 

@@ -1,0 +1,72 @@
+"""Checkpoints are complete or absent; damaged ones are skipped with a warning, never loaded."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import gymnasium as gym
+import pytest
+from stable_baselines3 import PPO
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+from roadsense.training.checkpoints import (
+    latest_valid_checkpoint,
+    list_checkpoints,
+    prune_checkpoints,
+    save_checkpoint,
+)
+
+
+@pytest.fixture(scope="module")
+def model_and_norm():
+    venv = VecNormalize(DummyVecEnv([lambda: gym.make("Pendulum-v1")]), norm_obs=False)
+    return PPO("MlpPolicy", venv, n_steps=64, batch_size=32, device="cpu", seed=0), venv
+
+
+def test_save_then_load_the_newest(tmp_path: Path, model_and_norm) -> None:
+    model, norm = model_and_norm
+    save_checkpoint(tmp_path, model, norm, 100, milestone=False)
+    save_checkpoint(tmp_path, model, norm, 200, milestone=False)
+    newest = latest_valid_checkpoint(tmp_path)
+    assert newest is not None and newest.num_timesteps == 200
+    loaded = PPO.load(newest.model, device="cpu")
+    assert loaded.policy.state_dict().keys() == model.policy.state_dict().keys()
+    assert not any(p.name.startswith(".tmp") for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("damage", ["truncate-model", "garbage-vecnorm", "no-state", "bad-state-json"])
+def test_a_damaged_checkpoint_is_skipped_with_a_warning(tmp_path: Path, model_and_norm, damage: str,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    model, norm = model_and_norm
+    save_checkpoint(tmp_path, model, norm, 100, milestone=False)
+    newest = save_checkpoint(tmp_path, model, norm, 200, milestone=False)
+    if damage == "truncate-model":
+        data = newest.model.read_bytes()
+        newest.model.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage-vecnorm":
+        newest.vecnormalize.write_bytes(b"not a pickle")
+    elif damage == "no-state":
+        (newest.path / "state.json").unlink()
+    else:
+        (newest.path / "state.json").write_text("{")
+    with caplog.at_level(logging.WARNING):
+        chosen = latest_valid_checkpoint(tmp_path)
+    assert chosen is not None and chosen.num_timesteps == 100
+    assert "skipping checkpoint" in caplog.text and newest.path.name in caplog.text
+
+
+def test_an_unfinished_write_is_not_a_checkpoint(tmp_path: Path, model_and_norm) -> None:
+    model, norm = model_and_norm
+    (tmp_path / ".tmp-step_000000000300-123").mkdir()
+    assert list_checkpoints(tmp_path) == []
+    assert latest_valid_checkpoint(tmp_path) is None
+
+
+def test_prune_keeps_the_newest_and_the_milestones(tmp_path: Path, model_and_norm) -> None:
+    model, norm = model_and_norm
+    for step in (100, 200, 300, 400, 500):
+        save_checkpoint(tmp_path, model, norm, step, milestone=step == 200)
+    prune_checkpoints(tmp_path, keep=2)
+    kept = sorted(int(p.name.split("_")[1]) for p in list_checkpoints(tmp_path))
+    assert kept == [200, 400, 500]

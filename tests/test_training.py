@@ -1,0 +1,106 @@
+"""Real PPO on real SUMO: train, stop, resume, and never lose a step or leave a SUMO behind."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from stable_baselines3 import PPO
+
+from roadsense.metric_lines import parse_line
+from roadsense.training.checkpoints import latest_valid_checkpoint
+from roadsense.training.train import train
+from tests.conftest import TINY, tiny_config
+
+pytestmark = pytest.mark.slow
+
+
+def _process_group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # state ppid pgrp ...
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def test_short_training_writes_a_model_that_loads_and_acts(tiny_dataset: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    result = train(tiny_dataset, tmp_path, tiny_config())
+    assert result.num_timesteps == TINY["total_timesteps"]
+    assert result.resumed_from == 0 and result.n_envs == 2
+    for name in ("model.zip", "vecnormalize.pkl"):
+        assert (tmp_path / name).is_file()
+    assert (tmp_path / "logs" / "progress.csv").is_file()
+    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "logs").iterdir())
+    model = PPO.load(tmp_path / "model.zip", device="cpu")
+    assert model.observation_space["peers"].shape == (8, 6)
+    assert latest_valid_checkpoint(tmp_path / "checkpoints").num_timesteps == TINY["total_timesteps"]
+
+    parsed = [parse_line(line) for line in capsys.readouterr().out.splitlines()]
+    updates = [values for tag, values in filter(None, parsed) if tag == "train"]
+    assert [u["timesteps"] for u in updates] == [256.0, 512.0]  # one line per PPO update
+    assert {"fps", "ep_rew_mean", "explained_variance", "approx_kl", "std"} <= set(updates[-1])
+
+
+def test_resume_continues_from_the_checkpoint_to_the_exact_total(tiny_dataset: Path, tmp_path: Path) -> None:
+    train(tiny_dataset, tmp_path, tiny_config(total_timesteps=256))
+    resumed = train(tiny_dataset, tmp_path, tiny_config(total_timesteps=700), resume=True)
+    assert resumed.resumed_from == 256
+    # 700 is not a multiple of the 256-step rollout: the last rollout is shortened (to a multiple of n_envs).
+    assert resumed.num_timesteps == 700
+    assert latest_valid_checkpoint(tmp_path / "checkpoints").num_timesteps == 700
+    assert PPO.load(tmp_path / "model.zip", device="cpu").num_timesteps == 700
+
+
+def test_resume_skips_a_corrupt_newest_checkpoint(tiny_dataset: Path, tmp_path: Path) -> None:
+    train(tiny_dataset, tmp_path, tiny_config(total_timesteps=512))
+    newest = latest_valid_checkpoint(tmp_path / "checkpoints")
+    newest.model.write_bytes(b"truncated")
+    resumed = train(tiny_dataset, tmp_path, tiny_config(total_timesteps=768), resume=True)
+    assert resumed.resumed_from == 256 and resumed.num_timesteps == 768
+
+
+def test_sigterm_checkpoints_stops_every_sumo_and_resumes(tiny_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "roadsense.cli", "train", "--dataset", str(tiny_dataset), "--output", str(out),
+           "--preset", "smoke", "--total-timesteps", "100000", "--n-envs", "2",
+           "--set", "n_steps=256", "--set", "checkpoint_every=256", "--set", "episode_steps=150",
+           "--set", "hazard_step=60"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + 180
+    seen_update = False
+    for line in proc.stdout:  # wait until PPO is mid-training
+        if line.startswith("[train] timesteps=512"):
+            seen_update = True
+            break
+        assert time.monotonic() < deadline, "training did not start in time"
+    assert seen_update, "training ended before an update was logged"
+    proc.send_signal(signal.SIGTERM)
+    stopped_at = time.monotonic()
+    rest, _ = proc.communicate(timeout=60)
+    assert time.monotonic() - stopped_at < 30
+    assert proc.returncode == 143, rest
+    assert "checkpoint saved" in rest
+
+    deadline = time.monotonic() + 15
+    while _process_group_members(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _process_group_members(proc.pid) == [], "a worker (and its libsumo SUMO) outlived the trainer"
+
+    checkpoint = latest_valid_checkpoint(out / "checkpoints")
+    assert checkpoint is not None and checkpoint.num_timesteps >= 512 and checkpoint.num_timesteps % 256 == 0
+    PPO.load(checkpoint.model, device="cpu")
+    resumed = train(tiny_dataset, out, tiny_config(total_timesteps=checkpoint.num_timesteps + 256), resume=True)
+    assert resumed.resumed_from == checkpoint.num_timesteps
+    assert resumed.num_timesteps == checkpoint.num_timesteps + 256
