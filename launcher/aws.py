@@ -14,7 +14,7 @@ import botocore.exceptions
 from botocore.config import Config
 
 from launcher.infra import OUTPUT_ROLE_ARN, stack_outputs
-from launcher.settings import LaunchSettings
+from launcher.settings import STACK_FIELDS, LaunchSettings, with_stack_outputs
 
 INFRA_FIX = "deploy the infrastructure: roadsense-launch infra deploy (see infra/)"
 
@@ -39,9 +39,33 @@ def make_session(settings: LaunchSettings) -> boto3.Session:
         ) from None
 
 
+# For probes whose failure only means "AWS is not here": give up fast.
+QUICK = Config(connect_timeout=3, read_timeout=5, retries={"max_attempts": 1})
+
+
 def quick_client(session: boto3.Session, service: str):  # noqa: ANN201 - boto3 clients are untyped
-    """A client that gives up fast: for probes whose failure only means 'AWS is not here'."""
-    return session.client(service, config=Config(connect_timeout=3, read_timeout=5, retries={"max_attempts": 1}))
+    """A client that gives up fast (:data:`QUICK`)."""
+    return session.client(service, config=QUICK)
+
+
+def with_stack_defaults(settings: LaunchSettings) -> LaunchSettings:
+    """``settings`` completed from the infra stack's outputs (see launcher.settings for the precedence).
+
+    AWS is asked only if a stack-provided field is unset and there are credentials. A stack
+    that cannot be read leaves the built-in defaults in place: commands that need AWS then
+    fail in their pre-flight with a precise message, and a dry run or a local run does not
+    need the stack at all.
+    """
+    if set(STACK_FIELDS.values()) <= settings.model_fields_set:
+        return settings
+    session = make_session(settings)
+    if session.get_credentials() is None:
+        return settings
+    try:
+        outputs = stack_outputs(session, settings.stack_name, QUICK)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+        return settings
+    return with_stack_outputs(settings, outputs)
 
 
 _CLIENT_ERRORS: dict[str, tuple[str, str]] = {
@@ -136,10 +160,10 @@ def check_bucket(session: boto3.Session, bucket: str, region: str) -> None:
 
 
 def resolve_role(session: boto3.Session, settings: LaunchSettings) -> str:
-    """The execution role: the setting, else the infra stack's output; it must exist in IAM."""
-    role_arn = settings.role_arn or stack_outputs(session, settings.stack_name).get(OUTPUT_ROLE_ARN)
+    """The execution role of the settings (the infra stack's output unless given); it must exist in IAM."""
+    role_arn = settings.role_arn
     if not role_arn:
-        raise LaunchError(f"no SageMaker execution role (stack {settings.stack_name!r} has no {OUTPUT_ROLE_ARN} output)", f"{INFRA_FIX}, or pass --role-arn")
+        raise LaunchError(f"no SageMaker execution role (no --role-arn, and stack {settings.stack_name!r} has no {OUTPUT_ROLE_ARN} output)", f"{INFRA_FIX}, or pass --role-arn")
     try:
         session.client("iam").get_role(RoleName=role_arn.rsplit("/", 1)[-1])
     except botocore.exceptions.ClientError as exc:

@@ -19,6 +19,7 @@ import botocore.exceptions
 import typer
 
 from launcher import aws, display, image, jobs, record, sweep
+from launcher.codebuild import BuildError
 from launcher.fetch import RunNotFoundError, UnsafeArchiveError, extract_results, fetch_run
 from launcher.infra import infra_app
 from launcher.launch import LaunchOptions, Launched, dry_run_request, git_commit, launch
@@ -33,7 +34,7 @@ app.add_typer(infra_app, name="infra", help="Deploy, inspect or delete the AWS i
 
 _USER_ERRORS = (
     aws.LaunchError, ConfigError, SettingsError, RunIdError, RequestError, DatasetError,
-    UnsafeArchiveError, RunNotFoundError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
+    UnsafeArchiveError, RunNotFoundError, BuildError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
 )
 
 
@@ -42,9 +43,13 @@ class _State:
     settings_flags: dict[str, Any]
     config_file: Path | None
     template: LaunchOptions
+    _settings: LaunchSettings | None = None
 
     def settings(self) -> LaunchSettings:
-        return load_settings(self.settings_flags, self.config_file)
+        """Flags, environment and config file, completed from the infra stack (read once per command)."""
+        if self._settings is None:
+            self._settings = aws.with_stack_defaults(load_settings(self.settings_flags, self.config_file))
+        return self._settings
 
 
 @contextlib.contextmanager
@@ -54,7 +59,7 @@ def user_errors() -> Iterator[None]:
         yield
     except _USER_ERRORS as exc:
         message = str(aws.translate(exc)) if isinstance(exc, botocore.exceptions.BotoCoreError | botocore.exceptions.ClientError) else str(exc)
-        display.errors.print(f"[red]error:[/] {message}", markup=True, highlight=False)
+        display.error_line(f"error: {message}")
         raise typer.Exit(1) from None
 
 
@@ -69,7 +74,8 @@ def main(
     role_arn: Annotated[Optional[str], typer.Option(help="SageMaker execution role (default: the infra stack's).")] = None,
     region: Annotated[Optional[str], typer.Option(help="AWS region (default il-central-1).")] = None,
     profile: Annotated[Optional[str], typer.Option(help="AWS profile.")] = None,
-    bucket: Annotated[Optional[str], typer.Option(help="Results bucket (default saferide-training-results).")] = None,
+    bucket: Annotated[Optional[str], typer.Option(help="Results bucket (default: the infra stack's, else saferide-training-results).")] = None,
+    stack_name: Annotated[Optional[str], typer.Option(help="Infra stack whose outputs are the defaults (default roadsense).")] = None,
     instance_type: Annotated[Optional[str], typer.Option(help="Training instance (default ml.c6i.xlarge).")] = None,
     instance_count: Annotated[Optional[int], typer.Option(help="Instances (default 1).")] = None,
     max_runtime_hours: Annotated[Optional[float], typer.Option(help="Max runtime (default 24).")] = None,
@@ -88,10 +94,10 @@ def main(
 ) -> None:
     """Launch a training run (no subcommand), or manage runs (subcommands)."""
     if engine not in (None, "docker", "podman") or builder not in ("codebuild", "local"):
-        display.errors.print("error: --engine is docker or podman; --builder is codebuild or local")
+        display.error_line("error: --engine is docker or podman; --builder is codebuild or local")
         raise typer.Exit(2)
     flags: dict[str, Any] = {
-        "region": region, "profile": profile, "bucket": bucket, "role_arn": role_arn, "image_uri": image_uri,
+        "region": region, "profile": profile, "bucket": bucket, "stack_name": stack_name, "role_arn": role_arn, "image_uri": image_uri,
         "instance_type": instance_type, "instance_count": instance_count, "runs_dir": runs_dir,
         "max_runtime_s": None if max_runtime_hours is None else int(max_runtime_hours * 3600),
         "spot_max_wait_s": None if max_wait_hours is None else int(max_wait_hours * 3600),
@@ -104,7 +110,7 @@ def main(
     if ctx.invoked_subcommand is not None:
         return
     if not run_id:
-        display.errors.print("error: --run-id is required to launch (or give a subcommand; see --help)")
+        display.error_line("error: --run-id is required to launch (or give a subcommand; see --help)")
         raise typer.Exit(2)
     with user_errors():
         settings = ctx.obj.settings()
@@ -121,7 +127,7 @@ def main(
 
 def _report(result: Launched) -> None:
     if result.status in ("Failed", "Stopped"):
-        display.errors.print(f"[red]{result.job_name} {result.status}[/]: {result.failure_reason}")
+        display.error_line(f"{result.job_name} {result.status}: {result.failure_reason}")
         raise typer.Exit(1)
     if result.status == "Completed":
         display.console.print(f"[green]{result.job_name} Completed[/]")
@@ -146,9 +152,15 @@ def build(
     engine: Annotated[str, typer.Option(help="docker or podman.")] = "docker",
     tag: Annotated[Optional[str], typer.Option(help="Image tag (default the git commit).")] = None,
     build_arg: Annotated[list[str], typer.Option(help="KEY=VALUE for the Dockerfile (BASE_IMAGE, WHEELHOUSE).")] = [],  # noqa: B006
+    codebuild: Annotated[bool, typer.Option("--codebuild", help="Build and push in the infra stack's CodeBuild project instead (--tag = the commit to build).")] = False,
 ) -> None:
-    """Build the training image here (container/Dockerfile, context = repo root)."""
+    """Build the training image here (container/Dockerfile, context = repo root), or in CodeBuild."""
     with user_errors():
+        if codebuild:
+            # CodeBuild clones the source repository, so the commit must have been pushed there.
+            settings = _state(ctx).settings()
+            print(image.build_with_codebuild(aws.make_session(settings), settings, tag or git_commit()))
+            return
         args = dict(item.split("=", 1) for item in build_arg)
         name = image.build_locally(engine, tag or git_commit(), Path.cwd(), args)
         display.console.print(f"built {name}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -12,6 +13,12 @@ from roadsense.metric_lines import TRAIN_TAG, parse_line
 
 console = Console()
 errors = Console(stderr=True)
+
+
+def error_line(text: str) -> None:
+    """``text`` in red on stderr as one line: never wrapped (scripts and tests read it whole), and
+    never read as markup (AWS messages and paths may hold [brackets])."""
+    errors.print(f"[red]{escape(text)}[/]", soft_wrap=True, highlight=False)
 
 
 class MetricProgress:

@@ -25,6 +25,7 @@ from typing import Annotated, Any
 import boto3
 import botocore.exceptions
 import typer
+from botocore.config import Config
 from rich.console import Console
 from rich.markup import escape
 
@@ -78,9 +79,12 @@ class StackSpec:
     required: dict[str, str]  # parameter without a default -> the deploy option that sets it
 
 
-def stack_outputs(session: boto3.Session, stack_name: str = DEFAULT_STACK) -> dict[str, str]:
-    """The stack's outputs as ``{key: value}``; ``{}`` if the stack does not exist."""
-    stack = _describe(session.client("cloudformation"), stack_name)
+def stack_outputs(session: boto3.Session, stack_name: str = DEFAULT_STACK, client_config: Config | None = None) -> dict[str, str]:
+    """The stack's outputs as ``{key: value}``; ``{}`` if the stack does not exist.
+
+    ``client_config`` lets a caller that can do without the stack give up fast.
+    """
+    stack = _describe(session.client("cloudformation", config=client_config), stack_name)
     if stack is None:
         return {}
     return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}

@@ -1,8 +1,21 @@
-"""Launch settings: one typed model, merged from defaults < config file < environment < flags.
+"""Launch settings: one typed model; each field from the first source that sets it.
 
-The config file is ``roadsense-launch.toml`` in the working directory (top-level keys), or
-else the ``[tool.roadsense.launch]`` table of ``pyproject.toml`` there; ``--config PATH``
-names another file. Keys are the field names of :class:`LaunchSettings`.
+Precedence, highest first:
+
+1. command-line flags (``--bucket``, ``--role-arn``...);
+2. environment variables (:data:`_ENV_KEYS`: ``AWS_REGION``, ``AWS_PROFILE``,
+   ``ROADSENSE_LAUNCH_BUCKET``...);
+3. the config file: ``roadsense-launch.toml`` in the working directory (top-level keys or a
+   ``[launch]`` table), or else the ``[tool.roadsense.launch]`` table of ``pyproject.toml``
+   there; ``--config PATH`` names another file. Keys are the field names of
+   :class:`LaunchSettings`;
+4. the outputs of the infra stack (``roadsense-launch infra deploy``): bucket, role ARN,
+   ECR repository and CodeBuild project (:func:`with_stack_outputs`);
+5. the built-in defaults below.
+
+:func:`load_settings` merges 1-3 and 5 without touching AWS; the CLI then fills step 4
+from the stack (:func:`launcher.aws.with_stack_defaults`), which needs AWS only when a
+stack-provided field is still unset.
 """
 
 from __future__ import annotations
@@ -13,6 +26,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from launcher.infra import DEFAULT_STACK, OUTPUT_BUCKET, OUTPUT_PROJECT, OUTPUT_REPOSITORY_URI, OUTPUT_ROLE_ARN
 
 DEFAULT_CONFIG_FILE = "roadsense-launch.toml"
 
@@ -36,7 +51,7 @@ class LaunchSettings(BaseModel):
     volume_size_gb: int = Field(30, ge=1, le=16384)
     max_runtime_s: int = Field(24 * 3600, ge=60, le=28 * 24 * 3600)
     spot_max_wait_s: int = Field(48 * 3600, ge=60, le=28 * 24 * 3600, description="Spot only: runtime plus time spent waiting for capacity.")
-    stack_name: str = "roadsense"
+    stack_name: str = Field(DEFAULT_STACK, description="The infra stack whose outputs fill unset fields.")
     ecr_repository: str = "roadsense-training"
     codebuild_project: str = "roadsense-image"
     runs_dir: Path = Path("runs")
@@ -90,7 +105,11 @@ def load_settings(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
 ) -> LaunchSettings:
-    """Defaults < config file < environment < flags (flags that are None are not given)."""
+    """Defaults < config file < environment < flags (flags that are None are not given).
+
+    Only the keys some source gave end up in ``model_fields_set``: that is how
+    :func:`with_stack_outputs` knows which fields it may fill.
+    """
     merged: dict[str, Any] = read_config_file(config_file, cwd)
     environ = os.environ if env is None else env
     for var, key in _ENV_KEYS.items():
@@ -102,3 +121,22 @@ def load_settings(
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise SettingsError(f"launch settings: {problems}") from None
+
+
+# Stack output -> the setting it provides.
+STACK_FIELDS: dict[str, str] = {
+    OUTPUT_BUCKET: "bucket",
+    OUTPUT_ROLE_ARN: "role_arn",
+    OUTPUT_REPOSITORY_URI: "ecr_repository",
+    OUTPUT_PROJECT: "codebuild_project",
+}
+
+
+def with_stack_outputs(settings: LaunchSettings, outputs: Mapping[str, str]) -> LaunchSettings:
+    """``settings`` with every stack-provided field that no flag, variable or file set taken from ``outputs``."""
+    values = {field: outputs[key] for key, field in STACK_FIELDS.items() if outputs.get(key)}
+    if "ecr_repository" in values:
+        # The output is the repository URI, <registry>/<name>; the launcher composes URIs from the name.
+        values["ecr_repository"] = values["ecr_repository"].split("/", 1)[-1]
+    unset = {field: value for field, value in values.items() if field not in settings.model_fields_set}
+    return settings.model_copy(update=unset) if unset else settings

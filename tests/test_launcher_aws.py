@@ -1,4 +1,4 @@
-"""The launcher against moto (in-process) and botocore's Stubber for what moto does not do."""
+"""The launcher against moto (in-process) and botocore's Stubber for what moto does not do (CodeBuild, job states)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
+from typer.testing import CliRunner
 
-from launcher import aws, jobs
+from launcher import aws, infra, jobs
+from launcher.cli import app
 from launcher.fetch import UnsafeArchiveError, safe_extract
 from launcher.launch import LaunchOptions, launch
 from launcher.layout import RunLayout
-from launcher.settings import LaunchSettings
+from launcher.settings import LaunchSettings, load_settings
 from launcher.upload import DatasetError, upload_tree, verify_dataset
 
 REGION = "il-central-1"
@@ -222,3 +224,112 @@ def test_quota_error_is_translated() -> None:
                                           StoppingCondition={"MaxRuntimeInSeconds": 60})
     message = str(aws.translate(caught.value))
     assert "quota" in message and "Service Quotas" in message
+
+
+# --- the infra stack's outputs as defaults ------------------------------------------------
+
+STACK_ROLE = "arn:aws:iam::123456789012:role/roadsense-sagemaker"  # the role moto_env creates
+
+
+def _deploy_stack(session: boto3.Session, name: str = "roadsense") -> None:
+    """A stack with the four outputs the launcher reads (moto's CloudFormation skips CodeBuild
+    projects, so the real template would give no project output; test_infra checks that the
+    real template has these outputs)."""
+    outputs = {
+        infra.OUTPUT_BUCKET: {"Ref": "Bucket"},
+        infra.OUTPUT_ROLE_ARN: STACK_ROLE,
+        infra.OUTPUT_REPOSITORY_URI: "123456789012.dkr.ecr.il-central-1.amazonaws.com/team/stack-repo",
+        infra.OUTPUT_PROJECT: "stack-project",
+    }
+    template = {
+        "Resources": {"Bucket": {"Type": "AWS::S3::Bucket", "Properties": {"BucketName": "stack-bucket"}}},
+        "Outputs": {key: {"Value": value} for key, value in outputs.items()},
+    }
+    session.client("cloudformation").create_stack(StackName=name, TemplateBody=json.dumps(template))
+
+
+def test_stack_outputs_fill_only_what_no_flag_env_or_file_sets(moto_env, tmp_path: Path) -> None:
+    session, _ = moto_env
+    assert aws.with_stack_defaults(load_settings(env={}, cwd=tmp_path)) == LaunchSettings()  # no stack: built-in defaults
+    _deploy_stack(session)
+
+    from_stack = aws.with_stack_defaults(load_settings(env={}, cwd=tmp_path))
+    assert (from_stack.bucket, from_stack.role_arn, from_stack.ecr_repository, from_stack.codebuild_project) == (
+        "stack-bucket", STACK_ROLE, "team/stack-repo", "stack-project",
+    )
+    other_stack = aws.with_stack_defaults(load_settings({"stack_name": "absent"}, env={}, cwd=tmp_path))
+    assert other_stack.bucket == "saferide-training-results" and other_stack.role_arn is None
+    (tmp_path / "roadsense-launch.toml").write_text('bucket = "file-bucket"\ncodebuild_project = "file-project"\n')
+    from_file = aws.with_stack_defaults(load_settings(env={}, cwd=tmp_path))
+    assert (from_file.bucket, from_file.codebuild_project, from_file.role_arn) == ("file-bucket", "file-project", STACK_ROLE)
+    from_env = aws.with_stack_defaults(load_settings(env={"ROADSENSE_LAUNCH_BUCKET": "env-bucket"}, cwd=tmp_path))
+    assert from_env.bucket == "env-bucket"
+    from_flag = aws.with_stack_defaults(load_settings({"bucket": "flag-bucket"}, env={"ROADSENSE_LAUNCH_BUCKET": "env-bucket"}, cwd=tmp_path))
+    assert from_flag.bucket == "flag-bucket"
+
+
+def test_dry_run_takes_bucket_and_role_from_the_stack(moto_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    session, _ = moto_env
+    _deploy_stack(session)
+    monkeypatch.chdir(tmp_path)  # no config file
+    result = CliRunner().invoke(app, ["--run-id", "r1", "--preset", "smoke", "--dry-run", "--json", "--image-uri", "example.org/roadsense:1"])
+    assert result.exit_code == 0, result.output
+    request = json.loads(result.output)
+    assert request["RoleArn"] == STACK_ROLE
+    assert request["OutputDataConfig"]["S3OutputPath"] == "s3://stack-bucket/r1/output"
+
+
+# --- build --codebuild --------------------------------------------------------------------
+
+
+class _StubbedSession:
+    """Stands in for the boto3 session: hands out the given (stubbed) clients, and has credentials."""
+
+    def __init__(self, clients: dict[str, object]) -> None:
+        self._clients = clients
+
+    def client(self, service: str, **_: object) -> object:
+        return self._clients[service]
+
+    def get_credentials(self) -> object:
+        return object()
+
+
+def _stubbed_build(monkeypatch: pytest.MonkeyPatch, final_build: dict) -> CliRunner:
+    """``build --codebuild --tag abc123`` against stubs: the stack names the project, CodeBuild ends with ``final_build``."""
+    keys = {"region_name": REGION, "aws_access_key_id": "x", "aws_secret_access_key": "y"}
+    cloudformation, codebuild = boto3.client("cloudformation", **keys), boto3.client("codebuild", **keys)
+    cfn_stub, build_stub = Stubber(cloudformation), Stubber(codebuild)
+    cfn_stub.add_response("describe_stacks", {"Stacks": [{
+        "StackName": "roadsense", "CreationTime": datetime(2025, 1, 1, tzinfo=timezone.utc), "StackStatus": "CREATE_COMPLETE",
+        "Outputs": [{"OutputKey": infra.OUTPUT_PROJECT, "OutputValue": "stack-project"}],
+    }]}, {"StackName": "roadsense"})
+    build_stub.add_response("start_build", {"build": {"id": "stack-project:1"}}, {"projectName": "stack-project", "sourceVersion": "abc123"})
+    build_stub.add_response("batch_get_builds", {"builds": [{"id": "stack-project:1", **final_build}]}, {"ids": ["stack-project:1"]})
+    monkeypatch.setattr(aws, "make_session", lambda settings: _StubbedSession({"cloudformation": cloudformation, "codebuild": codebuild}))
+    with cfn_stub, build_stub:
+        result = CliRunner().invoke(app, ["build", "--codebuild", "--tag", "abc123"])
+        cfn_stub.assert_no_pending_responses()
+        build_stub.assert_no_pending_responses()
+    return result
+
+
+def test_build_codebuild_starts_the_stack_project_and_prints_the_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    uri = "123456789012.dkr.ecr.il-central-1.amazonaws.com/roadsense-training:abc123"
+    result = _stubbed_build(monkeypatch, {
+        "currentPhase": "COMPLETED", "buildStatus": "SUCCEEDED",
+        "exportedEnvironmentVariables": [{"name": "IMAGE_URI", "value": uri}],
+    })
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1] == uri
+
+
+def test_build_codebuild_failure_is_one_line_and_exit_1(monkeypatch: pytest.MonkeyPatch) -> None:
+    result = _stubbed_build(monkeypatch, {
+        "currentPhase": "COMPLETED", "buildStatus": "FAILED",
+        "phases": [{"phaseType": "BUILD", "phaseStatus": "FAILED", "contexts": [{"statusCode": "COMMAND_EXECUTION_ERROR", "message": "docker build exit 1"}]}],
+        "logs": {"deepLink": "https://console.example/log"},
+    })
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
+    assert "FAILED in BUILD (docker build exit 1)" in result.stderr and "https://console.example/log" in result.stderr
