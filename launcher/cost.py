@@ -1,9 +1,8 @@
-"""What a job is expected to take and cost, from the config's step count and a throughput table.
+"""What a job is expected to take and cost on SageMaker.
 
-The throughput figures are the one place to update once runs are measured: PPO steps per
-second of the whole job (all envs) on each instance type. ml.c6i.xlarge is set
-conservatively (~700 steps/s) until a cloud run measures it; other sizes scale with their
-vCPUs because the pipeline runs one SUMO env per CPU.
+The time comes from roadsense's own estimate (``roadsense/estimate.py``, the one place the
+pipeline's throughput figures live) for the instance's vCPUs; the launcher only adds what
+SageMaker itself costs in time and money: the instance start-up and the spot discount.
 """
 
 from __future__ import annotations
@@ -12,12 +11,10 @@ import re
 from dataclasses import dataclass
 
 from roadsense.config import PipelineConfig
+from roadsense.estimate import stage_seconds
 
-STEPS_PER_SECOND: dict[str, float] = {"ml.c6i.xlarge": 700.0}
-STEPS_PER_SECOND_PER_VCPU = STEPS_PER_SECOND["ml.c6i.xlarge"] / 4
-
-# Scenario generation, evaluation, packaging and instance start-up, on top of training.
-OVERHEAD_HOURS = 0.25
+# Instance start-up and image download before the container runs; not part of the pipeline.
+STARTUP_SECONDS = 5 * 60
 
 # Managed spot typically costs about 70 % less than on-demand (AWS quotes "up to 90 %");
 # the real price varies by hour and region, so this is a planning figure only.
@@ -50,19 +47,14 @@ def vcpus(instance_type: str) -> int | None:
     return 4 * int(match[1] or 1)
 
 
-def steps_per_second(instance_type: str) -> float | None:
-    if instance_type in STEPS_PER_SECOND:
-        return STEPS_PER_SECOND[instance_type]
-    cpus = vcpus(instance_type)
-    return cpus * STEPS_PER_SECOND_PER_VCPU if cpus else None
-
-
 def estimate(config: PipelineConfig, instance_count: int = 1) -> CostEstimate | None:
-    """Hours and USD for ``config`` on its own ``cost.instance_type``; None if throughput is unknown."""
+    """Hours and USD for ``config`` on its own ``cost.instance_type``; None for an unknown size."""
     instance = config.cost.instance_type
-    rate = steps_per_second(instance)
-    if rate is None:
+    cpus = vcpus(instance)
+    if cpus is None:
         return None
-    hours = config.train.total_timesteps / rate / 3600 + OVERHEAD_HOURS
+    stages = stage_seconds(config, cpus)
+    hours = (sum(stages.values()) + STARTUP_SECONDS) / 3600
     on_demand = hours * config.cost.instance_price_per_hour * instance_count
-    return CostEstimate(instance, rate, hours, on_demand, on_demand * (1 - SPOT_TYPICAL_DISCOUNT))
+    steps_per_second = config.train.total_timesteps / stages["train"]
+    return CostEstimate(instance, steps_per_second, hours, on_demand, on_demand * (1 - SPOT_TYPICAL_DISCOUNT))

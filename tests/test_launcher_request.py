@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from launcher.cost import SPOT_TYPICAL_DISCOUNT, estimate
+from launcher.cost import SPOT_TYPICAL_DISCOUNT, STARTUP_SECONDS, estimate, vcpus
 from launcher.layout import RunIdError, job_name, validate_run_id
 from launcher.launch import LaunchOptions, plan, training_config
 from launcher.request import RequestError, request_problems
 from launcher.settings import LaunchSettings, SettingsError, load_settings
 from launcher.sweep import child_run_ids, grid, schedule, split_values
 from roadsense.config import ConfigError, PipelineConfig
+from roadsense.estimate import TRAIN_STEPS_PER_S_PER_CPU, stage_seconds
 from roadsense.metric_lines import METRIC_DEFINITIONS
 
 IMAGE = "123456789012.dkr.ecr.il-central-1.amazonaws.com/roadsense-training:abc123"
@@ -108,21 +109,24 @@ def test_settings_precedence(tmp_path: Path) -> None:
         load_settings({"instance_typo": "x"}, env={}, cwd=tmp_path)
 
 
-def test_cost_estimate_from_steps_and_price() -> None:
+def test_cost_estimate_uses_roadsense_throughput_for_the_instance_vcpus() -> None:
     config = training_config("production", {}, "ml.c6i.xlarge")
     cost = estimate(config)
     assert cost is not None
-    expected_hours = 2_000_000 / 700 / 3600 + 0.25
-    assert cost.hours == pytest.approx(expected_hours)
-    assert cost.on_demand_usd == pytest.approx(expected_hours * 0.238)
+    stages = stage_seconds(config, 4)  # ml.c6i.xlarge has 4 vCPUs
+    assert cost.steps_per_second == pytest.approx(TRAIN_STEPS_PER_S_PER_CPU * 4)
+    assert cost.hours == pytest.approx((sum(stages.values()) + STARTUP_SECONDS) / 3600)
+    assert cost.on_demand_usd == pytest.approx(cost.hours * config.cost.instance_price_per_hour)
     assert cost.spot_usd == pytest.approx(cost.on_demand_usd * (1 - SPOT_TYPICAL_DISCOUNT))
+    assert estimate(config, instance_count=2).on_demand_usd == pytest.approx(2 * cost.on_demand_usd)
 
 
-def test_other_instance_needs_a_price() -> None:
+def test_other_instance_needs_a_price_and_scales_with_its_vcpus() -> None:
     with pytest.raises(ConfigError, match="instance_price_per_hour"):
         training_config("smoke", {}, "ml.c6i.2xlarge")
-    config = training_config("smoke", {"instance_price_per_hour": "0.5"}, "ml.c6i.2xlarge")
-    assert estimate(config).steps_per_second == 1400  # scales with vCPUs
+    config = training_config("production", {"instance_price_per_hour": "0.5"}, "ml.c6i.2xlarge")
+    assert estimate(config).steps_per_second == pytest.approx(TRAIN_STEPS_PER_S_PER_CPU * 8)
+    assert vcpus("ml.m5.large") == 2 and vcpus("ml.c6i.24xlarge") == 96 and vcpus("ml.c6i.bogus") is None
 
 
 def test_sweep_grid_and_scheduling() -> None:
