@@ -149,7 +149,7 @@ class ConvoyEnv(gym.Env):
         gap = self._true_gap()
         collided = gap < COLLISION_GAP_M
         truncated = self.t >= self.config.episode_steps and not collided
-        self._summary.record(self, terms, reward, gap, decel, reception)
+        self._summary.record(self, terms, reward, gap, decel, a > BRAKING_ACTION, reception)
 
         info: dict[str, Any] = {"reward_terms": terms._asdict(), "true_gap_m": gap, "scenario_id": self.scenario_id}
         if collided or truncated:
@@ -281,7 +281,8 @@ class _EpisodeSummary:
         self.hazard_peer = peer
         self.hazard_rank = rank
 
-    def record(self, env: ConvoyEnv, terms, reward: float, gap: float, decel: float, reception) -> None:
+    def record(self, env: ConvoyEnv, terms, reward: float, gap: float, decel: float, commanded: bool,
+               reception) -> None:
         self.steps += 1
         self.reward += reward
         self.steps_gap_lt_10 += gap < 10.0
@@ -291,7 +292,9 @@ class _EpisodeSummary:
         if self.hazard_peer is None:
             return
         self.min_gap_post_hazard = min(self.min_gap_post_hazard, gap)
-        if self.reaction_step is None and decel > DECEL_THRESHOLD:
+        # A reaction is the policy's own braking: SUMO's car-following also brakes the ego in the
+        # first steps after the hazard, and counting that would credit never-brake with reactions.
+        if self.reaction_step is None and commanded and decel > DECEL_THRESHOLD:
             self.reaction_step = env.t - self.plan.start_step
         if not self.hazard_received:
             j = self.hazard_peer - 1

@@ -1,0 +1,107 @@
+"""Evaluation: the planned matrix, coverage checked first, results independent of worker count."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from roadsense.cli import app
+from roadsense.evaluation.evaluate import evaluate
+from roadsense.evaluation.matrix import CoverageError, plan_matrix
+from roadsense.evaluation.metrics import compute_metrics
+from roadsense.scenarios.dataset import Dataset
+from roadsense.scenarios.generate import generate_dataset
+from roadsense.training.train import train
+from roadsense.v2v import load_params, params_hash
+from tests.conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("model")
+    return train(tiny_dataset, out, tiny_config()).model_path
+
+
+def test_the_plan_covers_every_bucket_in_a_fixed_order(tiny_dataset: Path) -> None:
+    plan = plan_matrix(Dataset.open(tiny_dataset), episodes_per_bucket=2, eval_seed=7)
+    buckets = sorted({(s.n_peers, s.hazard_rank) for s in plan})
+    assert buckets == [(n, k) for n in range(1, 6) for k in range(1, n + 1)]  # 15 buckets
+    assert len(plan) == 30
+    assert plan == plan_matrix(Dataset.open(tiny_dataset), episodes_per_bucket=2, eval_seed=7)
+    assert len({s.seed for s in plan}) == len(plan)
+    assert plan != plan_matrix(Dataset.open(tiny_dataset), episodes_per_bucket=2, eval_seed=8)
+
+
+def test_an_impossible_matrix_fails_before_any_episode_runs(tmp_path: Path) -> None:
+    config = tiny_config(eval_count=3)  # peer counts 1..3 only: no scenario for 4 or 5 peers
+    dataset = generate_dataset(tmp_path / "ds", config.dataset, params_hash(load_params(None)))
+    start = time.monotonic()
+    with pytest.raises(CoverageError, match="4, 5 peer"):
+        evaluate("never-brake", dataset, tmp_path / "eval", config)
+    assert time.monotonic() - start < 5
+    assert not (tmp_path / "eval" / "episodes.jsonl").exists()
+
+
+def test_metrics_aggregate_per_count_and_bucket() -> None:
+    def episode(n: int, k: int, collision: bool, reward: float, reaction: float | None) -> dict:
+        return {"bucket_n": n, "bucket_k": k, "collision": collision, "reward": reward, "sim_error": None,
+                "hazard_received": True, "reaction": reaction is not None, "reaction_time_s": reaction,
+                "min_gap_post_hazard_m": 3.0 if collision else 12.0}
+
+    metrics = compute_metrics([episode(1, 1, False, 10.0, 0.5), episode(1, 1, True, -50.0, None),
+                               episode(2, 1, False, -2000.0, 1.5), episode(2, 2, False, 5.0, None)])
+    overall = metrics["overall"]
+    assert overall["episodes"] == 4
+    assert overall["collision_rate"] == 0.25 and overall["success_rate"] == 0.75
+    assert overall["behavioral_success_rate"] == 0.5  # the -2000 episode does not count
+    assert overall["reaction_rate"] == 0.5 and overall["mean_reaction_time_s"] == 1.0
+    assert metrics["per_peer_count"]["1"]["collision_rate"] == 0.5
+    assert set(metrics["per_bucket"]) == {"n1_k1", "n2_k1", "n2_k2"}
+
+
+@pytest.mark.slow
+def test_a_model_is_evaluated_with_its_baselines_and_a_report(tiny_model: Path, tiny_dataset: Path,
+                                                              tmp_path: Path) -> None:
+    metrics = evaluate(str(tiny_model), tiny_dataset, tmp_path, tiny_config())
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["overall"] == metrics["overall"]
+    for section in ("overall", "per_peer_count", "per_bucket"):
+        assert section in written
+    for key in ("episodes", "collision_rate", "success_rate", "behavioral_success_rate", "reaction_rate",
+                "mean_reaction_time_s", "mean_min_distance_post_hazard_m"):
+        assert key in written["overall"]
+    assert written["overall"]["episodes"] == 15 and len(written["per_bucket"]) == 15
+    assert set(written["baselines"]) == {"never-brake", "rule-based"}
+    assert written["baselines"]["never-brake"]["overall"]["reaction_rate"] == 0.0
+    report = (tmp_path / "report.md").read_text()
+    assert "baseline: never-brake" in report and "baseline: rule-based" in report
+    for picture in ("bucket_heatmap.png", "reaction_times.png"):
+        assert (tmp_path / picture).read_bytes()[:4] == b"\x89PNG"
+    assert len((tmp_path / "episodes.jsonl").read_text().splitlines()) == 15
+
+
+@pytest.mark.slow
+def test_the_same_model_evaluates_identically_whatever_the_worker_count(tiny_model: Path, tiny_dataset: Path,
+                                                                         tmp_path: Path) -> None:
+    one = evaluate(str(tiny_model), tiny_dataset, tmp_path / "a", tiny_config(eval_workers=1), baselines=())
+    two = evaluate(str(tiny_model), tiny_dataset, tmp_path / "b", tiny_config(eval_workers=2), baselines=())
+    assert one["overall"] == two["overall"] and one["per_bucket"] == two["per_bucket"]
+    assert (tmp_path / "a" / "episodes.jsonl").read_text() == (tmp_path / "b" / "episodes.jsonl").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--policy", "always-brake"], "choose one of never-brake, rule-based"),
+        ([], "exactly one of --model"),
+        (["--model", "missing.zip"], "no such file"),
+    ],
+)
+def test_evaluate_cli_refuses_bad_input(tiny_dataset: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    result = CliRunner().invoke(app, ["evaluate", "--dataset", str(tiny_dataset), "--output", str(tmp_path), *args])
+    assert result.exit_code == 2
+    assert message in result.output
