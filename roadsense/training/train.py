@@ -150,6 +150,7 @@ def _train_loop(model: PPO, venv: VecNormalize, config: PipelineConfig, output: 
                 model.train()
 
                 elapsed = time.monotonic() - started
+                model.logger.record("time/total_timesteps", model.num_timesteps)
                 model.logger.record("time/fps", (model.num_timesteps - start_steps) / max(elapsed, 1e-9))
                 model.logger.record("rollout/ep_rew_mean", safe_mean([ep["r"] for ep in model.ep_info_buffer]))
                 model.logger.record("rollout/ep_len_mean", safe_mean([ep["l"] for ep in model.ep_info_buffer]))
