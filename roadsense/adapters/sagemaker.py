@@ -147,6 +147,10 @@ class _Tee:
         os.dup2(write_fd, 1)
         os.dup2(write_fd, 2)
         os.close(write_fd)
+        # Python-level writers may have been swapped (test runners, IDEs); point them at the fds.
+        self._streams = (sys.stdout, sys.stderr)
+        sys.stdout = open(1, "w", buffering=1, closefd=False)
+        sys.stderr = open(2, "w", buffering=1, closefd=False)
         self._thread = threading.Thread(target=self._pump, args=(read_fd,), daemon=True)
         self._thread.start()
         return self
@@ -160,8 +164,9 @@ class _Tee:
                 log.flush()
 
     def __exit__(self, *exc: object) -> None:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        sys.stdout.close()
+        sys.stderr.close()
+        sys.stdout, sys.stderr = self._streams
         os.dup2(self._saved[0], 1)  # closes our pipe ends; the pump sees EOF once workers are gone
         os.dup2(self._saved[1], 2)
         self._thread.join(timeout=10)
