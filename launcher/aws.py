@@ -101,7 +101,8 @@ def translate(exc: Exception) -> LaunchError:
         return LaunchError(f"cannot reach AWS ({exc})", "check the network, --region and AWS_ENDPOINT_URL")
     if isinstance(exc, botocore.exceptions.ClientError):
         error = exc.response.get("Error", {})
-        code, message = str(error.get("Code", "")), str(error.get("Message", "")).strip()
+        # AWS messages may end in a period; the problem text adds its own.
+        code, message = str(error.get("Code", "")), str(error.get("Message", "")).strip().rstrip(".")
         if code in _CLIENT_ERRORS:
             problem, fix = _CLIENT_ERRORS[code]
             return LaunchError(problem.format(message=message or exc.operation_name), fix)

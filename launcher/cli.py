@@ -137,13 +137,38 @@ def _state(ctx: typer.Context) -> _State:
     return ctx.obj
 
 
-def _job_of(settings: LaunchSettings, run_id: str) -> tuple[Any, str]:
-    """A session and the latest job name of ``run_id`` (from its launch record)."""
+@dataclasses.dataclass(frozen=True)
+class _LatestJob:
+    """The latest attempt of a run, from its launch record in S3."""
+
+    session: Any
+    layout: RunLayout
+    name: str
+    local: bool  # ran with --local and was published: there is no SageMaker job and no CloudWatch log
+
+
+def _latest_job(settings: LaunchSettings, run_id: str) -> _LatestJob:
     session = aws.make_session(settings)
-    found = record.read_record(session.client("s3"), RunLayout(settings.bucket, run_id))
+    layout = RunLayout(settings.bucket, run_id)
+    found = record.read_record(session.client("s3"), layout)
     if found is None:
         raise RunNotFoundError(f"run {run_id!r} has no launch record in s3://{settings.bucket}; see roadsense-launch list")
-    return session, record.latest_job(found)
+    attempt = found["attempts"][-1]
+    return _LatestJob(session, layout, attempt["job_name"], attempt["mode"] == "local")
+
+
+def _sagemaker_job(settings: LaunchSettings, run_id: str, fix_if_local: str) -> tuple[Any, str]:
+    """A session and the SageMaker job of ``run_id``'s latest attempt; a local run is refused with ``fix_if_local``."""
+    job = _latest_job(settings, run_id)
+    if job.local:
+        raise aws.LaunchError(f"run {run_id!r} ran on a local machine (--local), not on SageMaker", fix_if_local)
+    return job.session, job.name
+
+
+def _local_status(job: _LatestJob) -> jobs.JobStatus:
+    """A published local run's status: it published a model.tar.gz only if it completed."""
+    listing = job.session.client("s3").list_objects_v2(Bucket=job.layout.bucket, Prefix=job.layout.model_key(job.name), MaxKeys=1)
+    return jobs.JobStatus(job.name, "Completed" if listing.get("KeyCount") else "Failed", "ran locally (--local)")
 
 
 @app.command()
@@ -197,8 +222,8 @@ def status(ctx: typer.Context, run_id: Annotated[Optional[str], typer.Argument()
     with user_errors():
         settings = _state(ctx).settings()
         if run_id:
-            session, job = _job_of(settings, run_id)
-            rows = [jobs.describe_job(session.client("sagemaker"), job)]
+            job = _latest_job(settings, run_id)
+            rows = [_local_status(job) if job.local else jobs.describe_job(job.session.client("sagemaker"), job.name)]
         else:
             rows = jobs.list_jobs(aws.make_session(settings).client("sagemaker"))
         display.console.print(display.table(
@@ -211,10 +236,14 @@ def status(ctx: typer.Context, run_id: Annotated[Optional[str], typer.Argument()
 def logs(ctx: typer.Context, run_id: str, follow: Annotated[bool, typer.Option(help="Keep streaming until the job ends.")] = False) -> None:
     """Print a run's job log (CloudWatch); --follow adds a progress bar from its metric lines."""
     with user_errors():
-        session, job = _job_of(_state(ctx).settings(), run_id)
+        session, job = _sagemaker_job(
+            _state(ctx).settings(), run_id, f"roadsense-launch fetch {run_id}: its whole log is then in output-data/training.log")
         if not follow:
-            for line in jobs.LogReader(session.client("logs"), job).read_new():
+            lines = jobs.LogReader(session.client("logs"), job).read_new()
+            for line in lines:
                 print(line)
+            if not lines:
+                display.errors.print(f"{job} has no log lines yet (it writes them once its instance has started)", markup=False, highlight=False, soft_wrap=True)
             return
         with display.MetricProgress(job) as bar:
             final = jobs.follow_job(session.client("sagemaker"), session.client("logs"), job, bar.on_line,
@@ -226,7 +255,7 @@ def logs(ctx: typer.Context, run_id: str, follow: Annotated[bool, typer.Option(h
 def stop(ctx: typer.Context, run_id: str) -> None:
     """Stop a run's job (the container checkpoints first)."""
     with user_errors():
-        session, job = _job_of(_state(ctx).settings(), run_id)
+        session, job = _sagemaker_job(_state(ctx).settings(), run_id, "press Ctrl-C where it runs")
         result = jobs.stop_job(session.client("sagemaker"), job)
         display.console.print(f"{job}: {result.status} ({result.secondary_status})")
 
@@ -242,8 +271,10 @@ def fetch(
         settings = _state(ctx).settings()
         dest = to or settings.runs_dir / run_id
         if _state(ctx).template.local:
-            found = json.loads((settings.runs_dir / run_id / "launch.json").read_text())
-            model = extract_results(settings.runs_dir / run_id, record.latest_job(found), dest)
+            launch_file = settings.runs_dir / RunLayout(settings.bucket, run_id).launch_key
+            if not launch_file.is_file():
+                raise RunNotFoundError(f"run {run_id!r} has no launch record in {settings.runs_dir}")
+            model = extract_results(settings.runs_dir / run_id, record.latest_job(json.loads(launch_file.read_text())), dest)
         else:
             model = fetch_run(aws.make_session(settings).client("s3"), RunLayout(settings.bucket, run_id), dest)
         display.console.print(f"results in {model}")
@@ -259,9 +290,15 @@ def list_runs(ctx: typer.Context) -> None:
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket, Delimiter="/"):
             for prefix in page.get("CommonPrefixes", []):
                 run_id = prefix["Prefix"].rstrip("/")
-                found = record.read_record(s3, RunLayout(settings.bucket, run_id))
-                last = found["attempts"][-1] if found else {}
-                rows.append((run_id, last.get("job_name", "(no launch record)"), last.get("mode", ""), last.get("launched_at", ""), len(found["attempts"]) if found else 0))
+                layout = RunLayout(settings.bucket, run_id)
+                found = record.read_record(s3, layout)
+                if found is None:
+                    # A sweep's parent holds only sweep.json; anything else without a record is left over.
+                    is_sweep = s3.list_objects_v2(Bucket=layout.bucket, Prefix=layout.sweep_key, MaxKeys=1).get("KeyCount")
+                    rows.append((run_id, f"(sweep: compare {run_id})" if is_sweep else "(no launch record)", "", "", 0))
+                    continue
+                last = found["attempts"][-1]
+                rows.append((run_id, last["job_name"], last["mode"], last["launched_at"], len(found["attempts"])))
         display.console.print(display.table(f"runs in s3://{settings.bucket}", ["run id", "latest job", "mode", "launched", "attempts"], rows))
 
 
@@ -304,60 +341,63 @@ def sweep_command(
 
 
 def _write_sweep(settings: LaunchSettings, parent: str, text: str, local: bool) -> None:
+    """The parent's sweep.json: in --runs-dir for a local sweep, and in S3 (a local sweep only if
+    the bucket is reachable, as its children publish themselves)."""
     layout = RunLayout(settings.bucket, parent)
+    session = aws.make_session(settings)
     if local:
-        path = settings.runs_dir / parent / "sweep.json"
+        path = settings.runs_dir / layout.sweep_key
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-        return
-    aws.make_session(settings).client("s3").put_object(Bucket=layout.bucket, Key=layout.sweep_key, Body=text.encode())
+        if not aws.s3_reachable(session, settings.bucket):
+            return
+    session.client("s3").put_object(Bucket=layout.bucket, Key=layout.sweep_key, Body=text.encode())
 
 
 @app.command()
 def compare(ctx: typer.Context, parent: str) -> None:
-    """One table of a sweep's evaluation metrics (from each child's metrics.json)."""
+    """One table of a sweep's evaluation metrics (each child's overall metrics from its metrics.json)."""
     state = _state(ctx)
     with user_errors():
         settings = state.settings()
+        s3 = None if state.template.local else aws.make_session(settings).client("s3")
+        where = str(settings.runs_dir) if s3 is None else f"s3://{settings.bucket}"
         rows: list[tuple[str, dict[str, str], dict[str, float]]] = []
         with tempfile.TemporaryDirectory() as scratch:
-            source = settings.runs_dir if state.template.local else Path(scratch)
-            s3 = None if state.template.local else aws.make_session(settings).client("s3")
-            if s3 is not None:
-                s3.download_file(settings.bucket, RunLayout(settings.bucket, parent).sweep_key, str(source / "sweep.json"))
-                sweep_file = source / "sweep.json"
-            else:
-                sweep_file = source / parent / "sweep.json"
-            if not sweep_file.is_file():
-                raise RunNotFoundError(f"{parent!r} is not a sweep (no sweep.json)")
+            def run_file(key: str) -> Path | None:
+                return _run_file(settings, s3, key, Path(scratch) / key.replace("/", "_"))
+
+            sweep_key = RunLayout(settings.bucket, parent).sweep_key
+            sweep_file = run_file(sweep_key)
+            if sweep_file is None:
+                raise RunNotFoundError(f"{parent!r} is not a sweep: no {sweep_key} in {where}")
             for child, point in json.loads(sweep_file.read_text())["children"].items():
-                rows.append((child, point, _child_metrics(settings, child, source, s3)))
-        columns = sorted({key for _, _, metrics in rows for key in metrics})
+                layout = RunLayout(settings.bucket, child)
+                launch_file = run_file(layout.launch_key)
+                archive = run_file(layout.model_key(record.latest_job(json.loads(launch_file.read_text())))) if launch_file else None
+                rows.append((child, point, sweep.read_metrics(archive) if archive else {}))  # {}: no results yet
+        columns = [name for name in sweep.EVAL_METRICS if any(name in metrics for _, _, metrics in rows)]
         display.console.print(display.table(
             f"sweep {parent}", ["run id", "settings", *columns],
             [(child, " ".join(f"{k}={v}" for k, v in point.items()), *(_fmt(metrics.get(c)) for c in columns)) for child, point, metrics in rows],
         ))
 
 
-def _child_metrics(settings: LaunchSettings, child: str, source: Path, s3: Any) -> dict[str, float]:
-    """A child's evaluation metrics; {} while it has no results."""
-    layout = RunLayout(settings.bucket, child)
-    if s3 is not None:
-        found = record.read_record(s3, layout)
-        archive = source / f"{child}.tar.gz"
-        if found is None:
-            return {}
-        try:
-            s3.download_file(layout.bucket, layout.model_key(record.latest_job(found)), str(archive))
-        except botocore.exceptions.ClientError:
-            return {}
-    else:
-        launch_file = source / child / "launch.json"
-        if not launch_file.is_file():
-            return {}
-        job = record.latest_job(json.loads(launch_file.read_text()))
-        archive = source / child / "output" / job / "output" / "model.tar.gz"
-    return sweep.read_metrics(archive) if archive.is_file() else {}
+def _run_file(settings: LaunchSettings, s3: Any, key: str, download_to: Path) -> Path | None:
+    """The file at ``key`` of the runs' tree, or None if it is not there.
+
+    ``s3`` None means --local: the tree is --runs-dir, laid out like the bucket.
+    """
+    if s3 is None:
+        path = settings.runs_dir / key
+        return path if path.is_file() else None
+    try:
+        s3.download_file(settings.bucket, key, str(download_to))
+    except botocore.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+            return None
+        raise
+    return download_to
 
 
 def _fmt(value: float | None) -> str:

@@ -85,10 +85,17 @@ def fetch_run(s3: Any, layout: RunLayout, dest: Path) -> Path:
     if record is None:
         raise RunNotFoundError(f"run {layout.run_id!r} has no launch record in s3://{layout.bucket}")
     job = latest_job(record)
-    for key in (layout.model_key(job), layout.output_data_key(job)):
-        if not s3.list_objects_v2(Bucket=layout.bucket, Prefix=key, MaxKeys=1).get("KeyCount"):
-            continue  # extract_results says which one is missing, if it matters
+    model_key, output_key = layout.model_key(job), layout.output_data_key(job)
+    if not _exists(s3, layout.bucket, model_key):
+        raise RunNotFoundError(
+            f"job {job} has no results at s3://{layout.bucket}/{model_key} (still running, or failed: roadsense-launch status {layout.run_id})"
+        )
+    for key in [model_key] + ([output_key] if _exists(s3, layout.bucket, output_key) else []):
         local = dest / PurePosixPath(key).relative_to(layout.run_id)
         local.parent.mkdir(parents=True, exist_ok=True)
         s3.download_file(layout.bucket, key, str(local))
     return extract_results(dest, job, dest)
+
+
+def _exists(s3: Any, bucket: str, key: str) -> bool:
+    return bool(s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("KeyCount"))

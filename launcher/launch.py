@@ -164,8 +164,9 @@ def _launch_cloud_steps(options: LaunchOptions, settings: LaunchSettings, sessio
     record.write_record(s3, layout, record.add_attempt(record.read_record(s3, layout), options.run_id, record.new_attempt(request, commit, "sagemaker")))
     name = request["TrainingJobName"]
     display.console.print(f"[bold]{name}[/] created for run {options.run_id}" + (f"; {cost.describe()}" if cost else ""))
-    display.console.print(f"  follow:  roadsense-launch logs {options.run_id} --follow")
-    display.console.print(f"  console: https://{settings.region}.console.aws.amazon.com/sagemaker/home?region={settings.region}#/jobs/{name}")
+    # Never wrapped: a command and a URL to copy.
+    display.console.print(f"  follow:  roadsense-launch logs {options.run_id} --follow", soft_wrap=True)
+    display.console.print(f"  console: https://{settings.region}.console.aws.amazon.com/sagemaker/home?region={settings.region}#/jobs/{name}", soft_wrap=True)
     if not options.wait:
         return Launched(options.run_id, name, request)
     with display.MetricProgress(name, enabled=options.show_progress) as bar:

@@ -86,31 +86,19 @@ def sweep_record(parent: str, children: dict[str, dict[str, str]], preset: str) 
     return json.dumps({"parent_run_id": parent, "preset": preset, "children": children}, indent=2, sort_keys=True) + "\n"
 
 
-_EVAL_METRICS = [name for tag, name in PUBLISHED if tag == EVAL_TAG]
-
-
-def _numbers(data: Any, prefix: str = "") -> dict[str, float]:
-    """Numeric leaves of nested JSON as ``a.b.c`` keys."""
-    if isinstance(data, dict):
-        out: dict[str, float] = {}
-        for key, value in data.items():
-            out.update(_numbers(value, f"{prefix}{key}."))
-        return out
-    if isinstance(data, (int, float)) and not isinstance(data, bool):
-        return {prefix.rstrip("."): float(data)}
-    return {}
+EVAL_METRICS = [name for tag, name in PUBLISHED if tag == EVAL_TAG]
 
 
 def read_metrics(model_archive: Path) -> dict[str, float]:
-    """The evaluation metrics in ``metrics.json`` of a model.tar.gz (read in memory, nothing extracted).
+    """The trained policy's headline metrics from ``metrics.json`` in a model.tar.gz (read in memory).
 
-    Only the published evaluation metrics (metric_lines.PUBLISHED) are kept, with their
-    policy prefix if metrics.json nests them (e.g. ``policy.collision_rate``).
+    These are the published evaluation metrics (metric_lines.PUBLISHED) of its ``overall``
+    section; the per-bucket, per-peer-count and baseline sections are left to the report.
     """
     with tarfile.open(model_archive) as tar:
         try:
             member = tar.extractfile("metrics.json")
         except KeyError:
             return {}
-        numbers = _numbers(json.load(member)) if member else {}
-    return {key: value for key, value in numbers.items() if key.rsplit(".", 1)[-1] in _EVAL_METRICS}
+        overall = json.load(member).get("overall", {}) if member else {}
+    return {name: float(overall[name]) for name in EVAL_METRICS if isinstance(overall.get(name), (int, float))}

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from launcher import aws, infra, jobs
 from launcher.cli import app
-from launcher.fetch import UnsafeArchiveError, safe_extract
+from launcher.fetch import RunNotFoundError, UnsafeArchiveError, fetch_run, safe_extract
 from launcher.launch import LaunchOptions, launch
 from launcher.layout import RunLayout
 from launcher.settings import LaunchSettings, load_settings
@@ -82,6 +82,8 @@ def test_no_credentials_message(monkeypatch: pytest.MonkeyPatch) -> None:
     import botocore.exceptions
 
     assert "no AWS credentials found. Fix: aws configure" in str(aws.translate(botocore.exceptions.NoCredentialsError()))
+    not_found = botocore.exceptions.ClientError({"Error": {"Code": "ValidationException", "Message": "Could not find job 'j'."}}, "DescribeTrainingJob")
+    assert str(aws.translate(not_found)).startswith("AWS rejected the request: Could not find job 'j'. Fix:")
 
 
 def test_launch_creates_job_and_record_and_refuses_a_duplicate(moto_env, tmp_path: Path) -> None:
@@ -108,6 +110,9 @@ def test_launch_creates_job_and_record_and_refuses_a_duplicate(moto_env, tmp_pat
     assert s3.list_objects_v2(Bucket=BUCKET, Prefix="cloud_prod_001/checkpoints/")["KeyCount"] == 0
     record = json.loads(s3.get_object(Bucket=BUCKET, Key="cloud_prod_001/launch.json")["Body"].read())
     assert len(record["attempts"]) == 3
+    # moto reports the job Completed at once but writes no results: fetch names where it looked.
+    with pytest.raises(RunNotFoundError, match=f"no results at s3://{BUCKET}/cloud_prod_001/output/.*/model.tar.gz"):
+        fetch_run(s3, RunLayout(BUCKET, "cloud_prod_001"), tmp_path)
 
 
 def test_upload_skips_unchanged_objects(moto_env, tmp_path: Path) -> None:

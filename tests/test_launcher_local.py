@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import sys
+import sysconfig
 import tarfile
+import urllib.request
 from pathlib import Path
 
 import boto3
@@ -16,7 +18,9 @@ import pytest
 from moto.server import ThreadedMotoServer
 from typer.testing import CliRunner
 
+from launcher import display
 from launcher.cli import app
+from launcher.local import container_command
 
 REGION = "il-central-1"
 BUCKET = "saferide-training-results"
@@ -31,7 +35,12 @@ if hyper["seed"] == "13":
     (root / "output/failure").write_text("simulated failure")
     sys.exit(2)
 (root / "checkpoints" / f"ckpt_{len(resumed)}.zip").write_text("weights")
-(root / "model/metrics.json").write_text(json.dumps({"policy": {"collision_rate": 0.1, "success_rate": 0.9}, "resumed_from": resumed}))
+# metrics.json as roadsense writes it: the policy's "overall" section beside the finer ones.
+collision = 0.1 * (int(hyper["seed"]) + 1)
+(root / "model/metrics.json").write_text(json.dumps({
+    "policy": "model", "overall": {"collision_rate": collision, "success_rate": 1 - collision, "episodes": 15},
+    "per_bucket": {"n1_k1": {"collision_rate": 1.0}}, "resumed_from": resumed,
+}))
 (root / "output/data/train.log").write_text("log")
 print("[eval] collision_rate=0.1 success_rate=0.9", flush=True)
 '''
@@ -42,6 +51,8 @@ def moto_server(monkeypatch: pytest.MonkeyPatch):
     server = ThreadedMotoServer(port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
+    # Every moto server in this process shares moto's state: start each test from an empty account.
+    urllib.request.urlopen(urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST")).close()
     for var in ("AWS_PROFILE", "AWS_DEFAULT_REGION"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
@@ -83,6 +94,33 @@ def test_local_run_publishes_and_fetches(moto_server, tmp_path: Path, monkeypatc
     assert metrics["resumed_from"] == ["ckpt_0.zip"]  # the second attempt started from the first's checkpoint
     assert (fetched / "output-data" / "train.log").read_text() == "log"
 
+    # A published local run has no SageMaker job: status comes from its results, logs says where the log is.
+    status = _invoke("status", "local_001")
+    assert status.exit_code == 0 and "Completed" in status.output and "ran locally" in status.output
+    logs = _invoke("logs", "local_001")
+    assert logs.exit_code == 1 and "ran on a local machine" in logs.output and "fetch local_001" in logs.output
+
+
+def test_local_sweep_is_compared_from_s3_and_from_the_runs_dir(moto_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    script = tmp_path / "fake_container.py"
+    script.write_text(FAKE_CONTAINER)
+    monkeypatch.setenv("ROADSENSE_CONTAINER_CMD", f"{sys.executable} {script}")
+    monkeypatch.setattr(display.console, "width", 200)  # room for every column
+    runs = str(tmp_path / "runs")
+    swept = _invoke("--local", "--preset", "smoke", "--runs-dir", runs, "sweep", "grid", "--seeds", "0,1")
+    assert swept.exit_code == 0, swept.output
+    for local in ([], ["--local"]):
+        result = _invoke(*local, "--runs-dir", runs, "compare", "grid")
+        assert result.exit_code == 0, result.output
+        rows = {line.split()[1]: line.split() for line in result.output.splitlines() if "grid-00" in line}
+        assert rows["grid-001"][3:8:2] == ["seed=0", "0.1", "0.9"]
+        assert rows["grid-002"][3:8:2] == ["seed=1", "0.2", "0.8"]
+        header = next(line for line in result.output.splitlines() if "run id" in line)
+        assert header.split("┃")[3:-1] == [" collision_rate ", " success_rate "]  # the overall metrics, not per bucket
+    assert "not a sweep" in _invoke("compare", "grid-001").output
+    listed = _invoke("list").output
+    assert "(sweep: compare grid)" in listed and listed.count("local") == 2
+
 
 def test_local_failure_reason_and_exit_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     script = tmp_path / "fake_container.py"
@@ -105,6 +143,12 @@ def test_dry_run_json_needs_no_aws(monkeypatch: pytest.MonkeyPatch) -> None:
     request = json.loads(result.output)
     assert request["EnableManagedSpotTraining"] is True
     assert request["TrainingJobName"].startswith("cloud-prod-001-")
+
+
+def test_the_adapter_is_found_beside_the_interpreter_when_not_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # a virtualenv that is not activated
+    argv, _ = container_command("roadsense-container", tmp_path, {})
+    assert argv == [str(Path(sysconfig.get_path("scripts")) / "roadsense-container"), "train"]
 
 
 @pytest.mark.slow
