@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -104,3 +105,33 @@ def test_sigterm_checkpoints_stops_every_sumo_and_resumes(tiny_dataset: Path, tm
     resumed = train(tiny_dataset, out, tiny_config(total_timesteps=checkpoint.num_timesteps + 256), resume=True)
     assert resumed.resumed_from == checkpoint.num_timesteps
     assert resumed.num_timesteps == checkpoint.num_timesteps + 256
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def test_a_dead_env_worker_is_reported_with_its_scenarios(tiny_dataset: Path, tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "roadsense.cli", "train", "--dataset", str(tiny_dataset), "--output",
+           str(tmp_path), "--preset", "smoke", "--total-timesteps", "100000", "--n-envs", "2",
+           "--set", "n_steps=256", "--set", "episode_steps=150", "--set", "hazard_step=60"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    for line in proc.stdout:
+        if line.startswith("[train] timesteps=256"):
+            break
+    # The env workers are the forkserver's children (as SUMO runs in-process, killing one is a SUMO crash).
+    workers = [w for server in _children(proc.pid) for w in _children(server)]
+    assert len(workers) == 2
+    os.kill(workers[0], signal.SIGKILL)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1, rest
+    assert "env worker died" in rest and "train-000" in rest

@@ -36,7 +36,7 @@ from roadsense.training.checkpoints import (
     save_checkpoint,
 )
 from roadsense.training.metrics_writer import MetricLineWriter
-from roadsense.training.vec import default_n_envs, make_vec_env
+from roadsense.training.vec import close_vec_env, default_n_envs, make_vec_env
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def train(
         model.set_logger(_make_logger(log_dir, tc.total_timesteps))
         return _train_loop(model, venv, config, output, checkpoint_dir, start_steps, n_envs, progress)
     finally:
-        venv.close()  # stops every worker, and with it every SUMO
+        close_vec_env(venv)  # stops every worker, and with it every SUMO
 
 
 def _train_loop(model: PPO, venv: VecNormalize, config: PipelineConfig, output: Path, checkpoint_dir: Path,

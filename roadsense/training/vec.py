@@ -38,3 +38,19 @@ def make_vec_env(scenario: Path | None, config: EnvConfig, n_envs: int, seed: in
     venv = SubprocVecEnv([_env_factory(scenario, split, config) for _ in range(n_envs)], start_method="forkserver")
     venv.seed(seed)
     return VecMonitor(venv)
+
+
+def close_vec_env(venv: VecEnv) -> None:
+    """Close the envs and make sure every worker (and so every SUMO) is gone, even if one died.
+
+    SB3's close talks to each worker; a dead one breaks that conversation, and its error
+    must not hide the reason training stopped.
+    """
+    try:
+        venv.close()
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        pass
+    for process in getattr(venv.unwrapped, "processes", []):
+        if process.is_alive():
+            process.terminate()
+        process.join(timeout=5)
