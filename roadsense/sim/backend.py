@@ -14,6 +14,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,6 +44,33 @@ def sumo_args(sumocfg: Path, seed: int) -> list[str]:
         "--collision.check-junctions", "false",
         "--duration-log.disable", "true",
     ]
+
+
+_INPUT_KEYS = ("net-file", "route-files", "additional-files")
+
+
+def check_sumocfg(sumocfg: Path) -> None:
+    """Fail clearly, naming the problem, on a missing or unreadable config or a missing input file.
+
+    libsumo reports only "Process Error" for a missing net file (SUMO's own message goes to
+    stderr), and over TraCI SUMO accepts the connection before it loads the net, so both
+    backends check the inputs here first.
+    """
+    sumocfg = Path(sumocfg)
+    if not sumocfg.is_file():
+        raise SimulationError(f"SUMO config {sumocfg} does not exist")
+    try:
+        root = ET.parse(sumocfg).getroot()
+    except ET.ParseError as exc:
+        raise SimulationError(f"SUMO config {sumocfg} is not valid XML ({exc})") from None
+    for element in root.iter():
+        if element.tag in _INPUT_KEYS:
+            for name in (element.get("value") or "").split(","):
+                if name.strip() and not (sumocfg.parent / name.strip()).is_file():
+                    raise SimulationError(
+                        f"SUMO config {sumocfg}: its {element.tag} {name.strip()!r} does not exist "
+                        f"(looked for {sumocfg.parent / name.strip()})"
+                    )
 
 
 class SimBackend:
@@ -93,6 +121,7 @@ class LibsumoBackend(SimBackend):
             )
         import libsumo
 
+        check_sumocfg(sumocfg)
         sumo_binary()  # sets SUMO_HOME and PROJ_LIB before SUMO reads them
         try:
             libsumo.start([sumo_binary("sumo"), *sumo_args(Path(sumocfg), seed)])
@@ -132,6 +161,7 @@ class TraciBackend(SimBackend):
         import traci.connection
 
         self.close()
+        check_sumocfg(sumocfg)
         last_error: Exception | None = None
         for _ in range(3):  # a free port can be taken by someone else before SUMO binds it
             port = _free_port()
@@ -147,10 +177,19 @@ class TraciBackend(SimBackend):
             while time.monotonic() < deadline and self.process.poll() is None:
                 try:
                     self.api = traci.connection.Connection("localhost", port, self.process, None, False, None)
-                    return
                 except OSError as exc:
                     last_error = exc
                     time.sleep(0.01)
+                    continue
+                try:  # SUMO accepts the connection before loading; a failed load shows on the first command
+                    self.api.getVersion()
+                    return
+                except Exception:  # noqa: BLE001 - traci's FatalTraCIError: SUMO gave up while loading
+                    self.api = None
+                    stderr = self._reap().strip()[-500:]
+                    raise SimulationError(
+                        f"SUMO could not load {sumocfg}: {stderr or 'it closed the TraCI connection while loading'}"
+                    ) from None
             stderr = self._reap()
             if stderr:
                 raise SimulationError(f"SUMO could not load {sumocfg}: {stderr.strip()[-500:]}")
