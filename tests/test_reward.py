@@ -90,6 +90,14 @@ def test_far_braking(d: float, decel: float, expected: float) -> None:
     assert _terms(d=d, decel=decel, action=0.6).far_braking == expected
 
 
+@pytest.mark.parametrize("action", [0.0, 0.02])
+def test_sumo_braking_is_not_charged_to_the_policy(action: float) -> None:
+    """With the action at or below 0.02, SUMO drives the ego: its braking costs the policy nothing."""
+    terms = _terms(d=40.0, decel=3.0, action=action)
+    assert terms.comfort == 0.0 and terms.far_braking == 0.0
+    assert _terms(d=40.0, decel=3.0, action=0.03).comfort < 0.0
+
+
 @pytest.mark.parametrize(
     ("d", "closing", "action", "expected"),
     [
@@ -123,6 +131,7 @@ def test_early_reaction(action: float, b: float, d: float, expected: float) -> N
         (0.0, 0.0, 10.0, 0.0),  # no braking peer
         (0.5, 1.0, 10.0, 0.0),  # braking
         (0.0, 1.0, 0.0, 0.0), (0.0, 1.0, 0.1, 0.0),  # already stopped
+        (0.0, 0.01, 10.0, 0.0), (0.0, 0.011, 10.0, -0.055),  # a faded signal no longer counts
     ],
 )
 def test_ignoring_a_braking_peer(action: float, b: float, speed: float, expected: float) -> None:
@@ -130,10 +139,10 @@ def test_ignoring_a_braking_peer(action: float, b: float, speed: float, expected
 
 
 def test_total_is_the_sum_of_the_terms() -> None:
-    terms = reward_terms(8.0, 3.0, 0.0, 0.5, 2.0, 10.0)
+    terms = reward_terms(8.0, 3.0, 0.03, 0.5, 2.0, 10.0)
     assert terms.safety == pytest.approx(-5.0 + 9.0 * 3.0 / 15.0)
     assert terms.comfort == pytest.approx(-2.0 * 0.2)
-    assert terms.missed_warning == -3.0 and terms.ignoring_hazard == -2.5
+    assert terms.missed_warning == 0.0 and terms.ignoring_hazard == 0.0  # the policy brakes
     assert terms.far_braking == 0.0 and terms.early_reaction == 0.0
     assert terms.total == pytest.approx(sum(terms))
     assert REWARD_TERM_NAMES == ("safety", "comfort", "far_braking", "missed_warning", "early_reaction", "ignoring_hazard")

@@ -3,6 +3,14 @@
 All inputs are plain floats (this runs every env step; numpy scalars would only slow it).
 ``d`` is the nearest peer distance as received over the mesh (bumper to bumper, m), or
 ``inf`` when no peer is visible; ``decel`` is the ego's applied deceleration (m/s^2, >= 0).
+
+Two departures from the reference, both found by auditing hazard-free driving (see
+tests/test_reward.py): comfort and far-braking charge only deceleration the policy asked
+for, because with action 0 SUMO drives the ego and its driver imperfection (sigma) brakes at
+0.5-1.3 m/s^2 on 6 % of calm steps, a penalty the policy could neither cause nor avoid; and
+ignoring a braking peer, like the early-reaction bonus, needs a signal above 0.01, because
+the decaying signal never reaches zero and otherwise charged tiny penalties for hundreds of
+steps after a single noisy report.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ REWARD_TERM_NAMES = RewardTerms._fields
 
 BRAKING_ACTION = 0.02  # actions at or below this hand the ego back to SUMO
 DECEL_THRESHOLD = 0.5  # m/s^2: below this the ego is not braking
+SIGNAL_FLOOR = 0.01  # a braking signal at or below this has faded out
 
 
 def safety(d: float) -> float:
@@ -63,13 +72,15 @@ def reward_terms(
 
     Args:
         d: nearest received peer distance, m (``inf`` if none visible).
-        decel: applied ego deceleration, m/s^2 (>= 0).
+        decel: applied ego deceleration, m/s^2 (>= 0); counted only when the policy brakes.
         action: the policy's brake command in [0, 1].
         braking_signal: the decaying braking signal in [0, 1].
         closing_speed: max over visible peers of ego speed - peer speed, m/s.
         ego_speed: m/s.
     """
     braking = action > BRAKING_ACTION
+    decel = decel if braking else 0.0  # SUMO's own braking is not the policy's doing
+    signal_up = braking_signal > SIGNAL_FLOOR
     far = d > 35.0 and math.isfinite(d)
     far_braking = 0.0
     if far and decel >= 4.5:
@@ -77,6 +88,6 @@ def reward_terms(
     elif far and decel > DECEL_THRESHOLD:
         far_braking = -2.0
     missed = -3.0 if (d < 10.0 and closing_speed > 0.5 and not braking) else 0.0
-    early = 2.0 * braking_signal if (braking and braking_signal > 0.01 and d > 15.0) else 0.0
-    ignoring = -5.0 * braking_signal if (not braking and ego_speed > 0.1) else 0.0
+    early = 2.0 * braking_signal if (braking and signal_up and d > 15.0) else 0.0
+    ignoring = -5.0 * braking_signal if (not braking and signal_up and ego_speed > 0.1) else 0.0
     return RewardTerms(safety(d), comfort(decel, d), far_braking, missed, early, ignoring)
