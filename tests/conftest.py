@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -84,13 +85,16 @@ def params_file(tmp_path: Path) -> Callable[..., Path]:
     return write
 
 
-def child_sumo_processes() -> list[int]:
-    """PIDs of ``sumo`` processes (zombies included) whose parent is this test process.
+class Proc(NamedTuple):
+    pid: int
+    comm: str
+    state: str
+    ppid: int
+    pgrp: int
 
-    Only our own children are counted, so SUMO runs of other people on the machine do not
-    disturb the count.
-    """
-    me = os.getpid()
+
+def processes() -> list[Proc]:
+    """Every live or zombie process, read from /proc (no psutil needed)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -99,11 +103,30 @@ def child_sumo_processes() -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:  # exited meanwhile
             continue
-        # "pid (comm) state ppid ...": comm may hold spaces, so split after the last ')'.
-        match = re.match(r"\d+ \((.*)\) (\S) (\d+)", stat, re.S)
-        if match and match.group(1) in ("sumo", "sumo-gui") and int(match.group(3)) == me:
-            found.append(int(entry.name))
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces, so split after the last ')'.
+        match = re.match(r"(\d+) \((.*)\) (\S) (\d+) (\d+)", stat, re.S)
+        if match:
+            found.append(Proc(int(match[1]), match[2], match[3], int(match[4]), int(match[5])))
     return found
+
+
+def child_sumo_processes() -> list[int]:
+    """PIDs of ``sumo`` processes (zombies included) whose parent is this test process.
+
+    Only our own children are counted, so SUMO runs of other people on the machine do not
+    disturb the count.
+    """
+    me = os.getpid()
+    return [p.pid for p in processes() if p.comm in ("sumo", "sumo-gui") and p.ppid == me]
+
+
+def children(pid: int) -> list[int]:
+    return [p.pid for p in processes() if p.ppid == pid]
+
+
+def process_group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group: a trainer started with start_new_session and its workers."""
+    return [p.pid for p in processes() if p.pgrp == pgid and p.state != "Z"]
 
 
 @pytest.fixture

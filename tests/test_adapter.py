@@ -16,8 +16,7 @@ import pytest
 from roadsense.adapters.sagemaker import SageMakerPaths, main
 from roadsense.training.checkpoints import latest_valid_checkpoint
 from roadsense.training.train import train
-from tests.conftest import tiny_config
-from tests.test_training import _process_group_members
+from tests.conftest import process_group_members, tiny_config
 
 PACKAGE = ("model.zip", "metrics.json", "report.md", "manifest.json", "config.json", "provenance.json")
 
@@ -129,9 +128,9 @@ def test_sigterm_mid_training_then_a_restart_finishes_the_same_total(tiny_datase
     assert proc.returncode == 143
     assert "SIGTERM" in paths.failure.read_text()
     deadline = time.monotonic() + 15
-    while _process_group_members(proc.pid) and time.monotonic() < deadline:
+    while process_group_members(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _process_group_members(proc.pid) == []
+    assert process_group_members(proc.pid) == []
     saved = latest_valid_checkpoint(paths.checkpoints).num_timesteps
     assert 512 <= saved < 1536
 

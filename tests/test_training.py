@@ -15,24 +15,9 @@ from stable_baselines3 import PPO
 from roadsense.metric_lines import parse_line
 from roadsense.training.checkpoints import latest_valid_checkpoint
 from roadsense.training.train import train
-from tests.conftest import TINY, tiny_config
+from tests.conftest import TINY, children, process_group_members, tiny_config
 
 pytestmark = pytest.mark.slow
-
-
-def _process_group_members(pgid: int) -> list[int]:
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()  # state ppid pgrp ...
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
 
 
 def test_short_training_writes_a_model_that_loads_and_acts(tiny_dataset: Path, tmp_path: Path,
@@ -95,9 +80,9 @@ def test_sigterm_checkpoints_stops_every_sumo_and_resumes(tiny_dataset: Path, tm
     assert "checkpoint saved" in rest
 
     deadline = time.monotonic() + 15
-    while _process_group_members(proc.pid) and time.monotonic() < deadline:
+    while process_group_members(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _process_group_members(proc.pid) == [], "a worker (and its libsumo SUMO) outlived the trainer"
+    assert process_group_members(proc.pid) == [], "a worker (and its libsumo SUMO) outlived the trainer"
 
     checkpoint = latest_valid_checkpoint(out / "checkpoints")
     assert checkpoint is not None and checkpoint.num_timesteps >= 512 and checkpoint.num_timesteps % 256 == 0
@@ -105,19 +90,6 @@ def test_sigterm_checkpoints_stops_every_sumo_and_resumes(tiny_dataset: Path, tm
     resumed = train(tiny_dataset, out, tiny_config(total_timesteps=checkpoint.num_timesteps + 256), resume=True)
     assert resumed.resumed_from == checkpoint.num_timesteps
     assert resumed.num_timesteps == checkpoint.num_timesteps + 256
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
-                out.append(int(entry.name))
-    return out
 
 
 def test_a_dead_env_worker_is_reported_with_its_scenarios(tiny_dataset: Path, tmp_path: Path) -> None:
@@ -129,7 +101,7 @@ def test_a_dead_env_worker_is_reported_with_its_scenarios(tiny_dataset: Path, tm
         if line.startswith("[train] timesteps=256"):
             break
     # The env workers are the forkserver's children (as SUMO runs in-process, killing one is a SUMO crash).
-    workers = [w for server in _children(proc.pid) for w in _children(server)]
+    workers = [w for server in children(proc.pid) for w in children(server)]
     assert len(workers) == 2
     os.kill(workers[0], signal.SIGKILL)
     rest, _ = proc.communicate(timeout=60)
