@@ -6,7 +6,6 @@ so one pool serves the model and its baselines.
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import signal
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any, Callable
 
 from roadsense.config import EnvConfig
 from roadsense.evaluation.matrix import EpisodeSpec
+from roadsense.parallel import worker_context
 
 _worker: dict[str, Any] = {}
 
@@ -55,8 +55,7 @@ def run_episodes(plan: list[EpisodeSpec], policies: list[str], dataset: Path, en
     """Per policy, one summary per planned episode in plan order; ``workers`` 0 = one per CPU."""
     tasks = [(name, spec) for name in policies for spec in plan]
     workers = min(len(tasks), workers or len(os.sched_getaffinity(0)))
-    ctx = mp.get_context("forkserver")
-    pool = ctx.Pool(workers, _init_worker, (str(dataset), env_config.model_dump(mode="json")))
+    pool = worker_context().Pool(workers, _init_worker, (str(dataset), env_config.model_dump(mode="json")))
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         results = pool.map(_run_episode, tasks, chunksize=1)

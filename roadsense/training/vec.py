@@ -11,6 +11,7 @@ import gymnasium as gym
 from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv, VecMonitor
 
 from roadsense.config import EnvConfig
+from roadsense.parallel import START_METHOD, worker_context
 
 
 def default_n_envs() -> int:
@@ -35,7 +36,8 @@ def _env_factory(scenario: Path | None, split: str, config: EnvConfig) -> Callab
 
 def make_vec_env(scenario: Path | None, config: EnvConfig, n_envs: int, seed: int, split: str = "train") -> VecEnv:
     """``n_envs`` ConvoyEnvs in worker processes, seeded ``seed, seed+1, ...``, with episode stats."""
-    venv = SubprocVecEnv([_env_factory(scenario, split, config) for _ in range(n_envs)], start_method="forkserver")
+    worker_context()  # the preloading forkserver; SubprocVecEnv then starts its workers from it
+    venv = SubprocVecEnv([_env_factory(scenario, split, config) for _ in range(n_envs)], start_method=START_METHOD)
     venv.seed(seed)
     return VecMonitor(venv)
 
