@@ -186,7 +186,7 @@ def build(
             settings = _state(ctx).settings()
             print(image.build_with_codebuild(aws.make_session(settings), settings, tag or git_commit()))
             return
-        args = dict(item.split("=", 1) for item in build_arg)
+        args = {"ROADSENSE_GIT_COMMIT": git_commit(), **dict(item.split("=", 1) for item in build_arg)}
         name = image.build_locally(engine, tag or git_commit(), Path.cwd(), args)
         display.console.print(f"built {name}")
 

@@ -182,7 +182,8 @@ def _launch_cloud_steps(options: LaunchOptions, settings: LaunchSettings, sessio
 
 def _build_image(options: LaunchOptions, settings: LaunchSettings, session: boto3.Session, account: str, commit: str) -> str:
     if options.builder == "local":
-        local_name = image.build_locally(options.engine or "docker", commit, Path.cwd())
+        local_name = image.build_locally(options.engine or "docker", commit, Path.cwd(),
+                                         {"ROADSENSE_GIT_COMMIT": commit})
         return image.push(session, options.engine or "docker", local_name, settings, account)
     return image.build_with_codebuild(session, settings, commit)
 

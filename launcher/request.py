@@ -76,6 +76,7 @@ def build_request(spec: JobSpec, settings: LaunchSettings) -> dict[str, Any]:
         "Environment": {
             "ROADSENSE_RUN_ID": spec.run_id,
             "ROADSENSE_GIT_COMMIT": spec.git_commit,
+            "ROADSENSE_IMAGE": spec.image_uri,  # the provenance names the image the job really ran
             "PYTHONUNBUFFERED": "1",  # metric lines must reach CloudWatch as they are printed
         },
         "Tags": [{"Key": TAG_PREFIX + k, "Value": v} for k, v in tags.items()],

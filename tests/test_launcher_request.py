@@ -40,6 +40,7 @@ def test_request_carries_the_launch_settings() -> None:
     assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 86400}
     assert request["EnableManagedSpotTraining"] is False
     assert request["Environment"]["ROADSENSE_RUN_ID"] == "cloud_prod_001"
+    assert request["Environment"]["ROADSENSE_IMAGE"] == request["AlgorithmSpecification"]["TrainingImage"]
     tags = {t["Key"]: t["Value"] for t in request["Tags"]}
     assert tags == {"roadsense:run-id": "cloud_prod_001", "roadsense:git-commit": "abc123", "roadsense:preset": "smoke"}
     assert "InputDataConfig" not in request
