@@ -44,10 +44,6 @@ class RunStatus:
         self.stages[stage] = {"state": "succeeded", "wall_s": self._elapsed(stage), **details}
         self._write("succeeded" if stage == list(self.stages)[-1] else "running")
 
-    def skip(self, stage: str, reason: str) -> None:
-        self.stages[stage] = {"state": "skipped", "reason": reason}
-        self._write("running")
-
     def fail(self, stage: str, error: str) -> None:
         self.error = error
         self.stages[stage] = {"state": "failed", "wall_s": self._elapsed(stage), "error": error}
