@@ -167,3 +167,20 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("pipeline") / "dataset"
     return generate_dataset(root, tiny_config().dataset, params_hash(load_params(None)))
+
+
+# --- AWS, in-process moto --------------------------------------------------------------------
+
+
+@pytest.fixture
+def moto_session(monkeypatch: pytest.MonkeyPatch):
+    """A boto3 session in il-central-1 against in-process moto, with no real profile or endpoint in reach."""
+    import boto3
+    from moto import mock_aws
+
+    for var in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        yield boto3.Session(region_name="il-central-1")

@@ -21,7 +21,6 @@ import yaml
 from botocore.stub import Stubber
 from cfnlint.api import ManualArgs, lint_file
 from cfnlint.decode import decode
-from moto import mock_aws
 from moto.cloudformation.models import cloudformation_backends
 from typer.testing import CliRunner
 
@@ -235,16 +234,10 @@ def test_outputs_the_launcher_reads_are_present(template: dict[str, Any]) -> Non
 
 
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch):
-    for var in ("AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        yield boto3.Session(region_name="il-central-1")
+def aws(moto_session: boto3.Session) -> boto3.Session:
+    return moto_session
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning")  # moto: "not supported" for CodeBuild and the bucket policy
 def test_stack_creates_under_moto_and_outputs_are_read(aws: boto3.Session) -> None:
     assert infra.stack_outputs(aws) == {}
     aws.client("cloudformation").create_stack(

@@ -12,7 +12,6 @@ from pathlib import Path
 import boto3
 import pytest
 from botocore.stub import Stubber
-from moto import mock_aws
 from typer.testing import CliRunner
 
 from launcher import aws, infra, jobs
@@ -28,16 +27,11 @@ BUCKET = "saferide-training-results"
 
 
 @pytest.fixture
-def moto_env(monkeypatch: pytest.MonkeyPatch):
-    for var in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        session = boto3.Session(region_name=REGION)
-        session.client("s3").create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
-        role = session.client("iam").create_role(RoleName="roadsense-sagemaker", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
-        yield session, role
+def moto_env(moto_session: boto3.Session):
+    session = moto_session
+    session.client("s3").create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+    role = session.client("iam").create_role(RoleName="roadsense-sagemaker", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    return session, role
 
 
 def _settings(role: str, **changes: object) -> LaunchSettings:
