@@ -107,3 +107,17 @@ def test_a_dead_env_worker_is_reported_with_its_scenarios(tiny_dataset: Path, tm
     rest, _ = proc.communicate(timeout=60)
     assert proc.returncode == 1, rest
     assert "env worker died" in rest and "train-000" in rest
+
+
+def test_a_diverged_policy_stops_training() -> None:
+    import gymnasium as gym
+    import torch
+
+    from roadsense.training.train import TrainingAborted, _check_finite
+
+    model = PPO("MlpPolicy", gym.make("Pendulum-v1"), n_steps=64, batch_size=32, device="cpu")
+    _check_finite(model)  # a fresh policy is fine
+    with torch.no_grad():
+        model.policy.log_std.fill_(float("nan"))
+    with pytest.raises(TrainingAborted, match="log_std is not finite"):
+        _check_finite(model)

@@ -85,6 +85,9 @@ def train(
     checkpoint_dir = checkpoint_dir or output / "checkpoints"
     log_dir = log_dir or output / "logs"
     torch.set_num_threads(tc.torch_threads)
+    # torch re-validates the Gaussian's parameters on every sample and log_prob: a third of
+    # the rollout forward pass. Divergence is caught once per update instead (_check_finite).
+    torch.distributions.Distribution.set_default_validate_args(False)
     n_envs = tc.n_envs or default_n_envs()
     steps_per_env = max(1, tc.n_steps // n_envs)
 
@@ -148,6 +151,7 @@ def _train_loop(model: PPO, venv: VecNormalize, config: PipelineConfig, output: 
                     raise TrainingInterrupted(f"stopped by {stop.signal_name} at {before} steps; checkpoint saved")
                 model._update_current_progress_remaining(model.num_timesteps, total)
                 model.train()
+                _check_finite(model)
 
                 elapsed = time.monotonic() - started
                 model.logger.record("time/total_timesteps", model.num_timesteps)
@@ -184,6 +188,14 @@ def _finish(checkpoint: Checkpoint, output: Path, steps: int, new_steps: int, wa
     shutil.copyfile(checkpoint.vecnormalize, vecnorm_path)
     rate = new_steps / wall if wall > 0 else 0.0
     return TrainResult(model_path, vecnorm_path, steps, steps - new_steps, wall, rate, n_envs, sim_errors)
+
+
+def _check_finite(model: PPO) -> None:
+    """Stop at the first update that leaves a NaN or infinite weight: nothing after it can be trusted."""
+    for name, parameter in model.policy.named_parameters():
+        if not torch.isfinite(parameter).all():
+            raise TrainingAborted(f"the policy diverged at {model.num_timesteps} steps ({name} is not finite); "
+                                  "lower learning_rate or check the reward")
 
 
 def _fit_rollout_to(model: PPO, remaining: int, n_envs: int) -> None:
