@@ -172,15 +172,14 @@ class ConvoyEnv(gym.Env):
             for vid in self._ids
         ]
         self._ego_x, self._ego_y, self._ego_speed, self._ego_accel, self._ego_heading, _ = rows[0]
-        self._lanepos_list = [row[5] for row in rows]
+        self._lanepos = [row[5] for row in rows]  # a list: the gap check reads it every step
         state = np.array(rows)
-        self._pos, self._speed, self._accel = state[:, :2], state[:, 2], state[:, 3]
-        self._heading, self._lanepos = state[:, 4], state[:, 5]
+        self._pos, self._speed, self._accel, self._heading = state[:, :2], state[:, 2], state[:, 3], state[:, 4]
 
     def _true_gap(self) -> float:
         """Ground-truth bumper-to-bumper gap from the ego to the nearest peer ahead, m."""
-        ego = self._lanepos_list[0]
-        gaps = [p - length - ego for p, length in zip(self._lanepos_list[1:], self._peer_lengths) if p > ego]
+        ego = self._lanepos[0]
+        gaps = [p - length - ego for p, length in zip(self._lanepos[1:], self._peer_lengths) if p > ego]
         return min(gaps, default=math.inf)
 
     def _view(self, reception) -> PeerView:
@@ -222,10 +221,10 @@ class ConvoyEnv(gym.Env):
             return
         vehicle = self._vehicle
         if t == plan.start_step:
-            self._hazard_peer = self._pick_hazard_peer(plan.rank)
+            self._hazard_peer, rank = self._pick_hazard_peer(plan.rank)
             self._hazard_speed = float(self._speed[self._hazard_peer])
             vehicle.setSpeedMode(self._ids[self._hazard_peer], SPEED_MODE_COMMAND)
-            self._summary.hazard_started(self._hazard_peer, self._rank_of(self._hazard_peer))
+            self._summary.hazard_started(self._hazard_peer, rank)
         peer = self._ids[self._hazard_peer]
         if t < plan.start_step + plan.brake_steps:
             self._hazard_speed = max(0.0, self._hazard_speed - plan.decel * STEP_S)
@@ -234,19 +233,14 @@ class ConvoyEnv(gym.Env):
             vehicle.setSpeedMode(peer, SPEED_MODE_SUMO)
             vehicle.setSpeed(peer, -1.0)
 
-    def _peers_ahead(self) -> np.ndarray:
-        """Indices of peers ahead of the ego, nearest first (used only to choose the hazard peer)."""
-        ahead = np.flatnonzero(self._lanepos[1:] > self._lanepos[0]) + 1
-        return ahead[np.argsort(self._lanepos[ahead])]
-
-    def _pick_hazard_peer(self, rank: int | None) -> int:
-        ahead = self._peers_ahead()
+    def _pick_hazard_peer(self, rank: int | None) -> tuple[int, int]:
+        """(peer index, its rank among the peers ahead, 1 = nearest): the forced rank or a uniform draw."""
+        ego = self._lanepos[0]
+        ahead = sorted((i for i in range(1, len(self._ids)) if self._lanepos[i] > ego), key=self._lanepos.__getitem__)
         if rank is None:
-            return int(ahead[self.np_random.integers(ahead.size)])
-        return int(ahead[min(rank, ahead.size) - 1])
-
-    def _rank_of(self, index: int) -> int:
-        return int(np.flatnonzero(self._peers_ahead() == index)[0]) + 1
+            rank = int(self.np_random.integers(len(ahead))) + 1
+        rank = min(rank, len(ahead))
+        return ahead[rank - 1], rank
 
     def _end_on_error(self, exc: Exception):
         """A simulation error ends the episode (truncated) and says so in ``info``."""
