@@ -11,7 +11,7 @@ import multiprocessing as mp
 from multiprocessing.context import ForkServerContext
 
 START_METHOD = "forkserver"
-_PRELOAD = ["roadsense.env.convoy_env", "roadsense.evaluation.policies", "stable_baselines3"]
+_PRELOAD = ["roadsense.env.convoy_env", "roadsense.evaluation.policies", "roadsense.training.rollout"]
 
 
 def worker_context() -> ForkServerContext:

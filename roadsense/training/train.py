@@ -1,8 +1,10 @@
 """PPO training of the Deep Sets policy, resumable, readable top to bottom.
 
-The loop is SB3's own (collect a rollout, update), spelled out here so that checkpoints,
-the final shorter rollout (to stop at exactly ``total_timesteps``), the stop signal and
-the metric lines sit where a reader expects them.
+One iteration: every env worker collects its share of the rollout with the current weights
+(``rollout.py``), the trainer turns the segments into one batch (normalised rewards, values,
+GAE) and runs the PPO update (``ppo.py``), then logs and checkpoints. The model is an SB3
+``PPO`` and the reward normaliser SB3's ``VecNormalize``, so ``model.zip`` and
+``vecnormalize.pkl`` load with SB3 as usual.
 """
 
 from __future__ import annotations
@@ -12,17 +14,16 @@ import math
 import shutil
 import signal
 import sys
+import tempfile
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from stable_baselines3 import PPO
-from stable_baselines3.common.buffers import DictRolloutBuffer
-from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger, make_output_format
-from stable_baselines3.common.utils import safe_mean
 from stable_baselines3.common.vec_env import VecNormalize
 
 from roadsense.config import PipelineConfig
@@ -36,7 +37,9 @@ from roadsense.training.checkpoints import (
     save_checkpoint,
 )
 from roadsense.training.metrics_writer import MetricLineWriter
-from roadsense.training.vec import close_vec_env, default_n_envs, make_vec_env
+from roadsense.training.ppo import ppo_update
+from roadsense.training.rollout import Segment, build_batch
+from roadsense.training.vec import close_vec_env, default_n_envs, make_vec_env, scenario_file
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +88,6 @@ def train(
     checkpoint_dir = checkpoint_dir or output / "checkpoints"
     log_dir = log_dir or output / "logs"
     torch.set_num_threads(tc.torch_threads)
-    # torch re-validates the Gaussian's parameters on every sample and log_prob: a third of
-    # the rollout forward pass. Divergence is caught once per update instead (_check_finite).
-    torch.distributions.Distribution.set_default_validate_args(False)
     n_envs = tc.n_envs or default_n_envs()
     steps_per_env = max(1, tc.n_steps // n_envs)
 
@@ -98,68 +98,72 @@ def train(
     if start and start_steps >= tc.total_timesteps:
         return _finish(start, output, start_steps, 0, 0.0, n_envs, 0)
 
-    # Resumed envs get fresh seeds, derived from the training seed and the resume point.
-    env_seed = int(np.random.SeedSequence([tc.seed, start_steps]).generate_state(1)[0])
-    venv = make_vec_env(dataset, config.env, n_envs, env_seed)
-    try:
-        if start:
-            venv = VecNormalize.load(str(start.vecnormalize), venv)
-            model = PPO.load(start.model, env=venv, device="cpu")
-            model.set_random_seed(env_seed)
-        else:
-            venv = VecNormalize(venv, norm_obs=False, norm_reward=True, gamma=tc.gamma)
-            model = PPO(
-                "MultiInputPolicy",
-                venv,
-                learning_rate=tc.learning_rate,
-                n_steps=steps_per_env,
-                batch_size=tc.batch_size,
-                n_epochs=tc.n_epochs,
-                gamma=tc.gamma,
-                gae_lambda=tc.gae_lambda,
-                clip_range=tc.clip_range,
-                ent_coef=tc.ent_coef,
-                policy_kwargs=policy_kwargs(tc.peer_hidden, tc.log_std_init),
-                seed=tc.seed,
-                device="cpu",
-            )
-        model.set_logger(_make_logger(log_dir, tc.total_timesteps))
-        return _train_loop(model, venv, config, output, checkpoint_dir, start_steps, n_envs, progress)
-    finally:
-        close_vec_env(venv)  # stops every worker, and with it every SUMO
+    # Resumed runs get fresh env seeds and minibatch shuffles, derived from the training seed
+    # and the resume point.
+    seeds = np.random.SeedSequence([tc.seed, start_steps])
+    env_seed = int(seeds.generate_state(1)[0])
+    shuffle_rng = np.random.default_rng(seeds.spawn(1)[0])
+    kwargs = policy_kwargs(tc.peer_hidden, tc.log_std_init)
+    with tempfile.TemporaryDirectory(prefix="roadsense-envs-") as scenario_dir:
+        venv = make_vec_env(dataset, config.env, n_envs, env_seed, kwargs, Path(scenario_dir))
+        try:
+            if start:
+                venv = VecNormalize.load(str(start.vecnormalize), venv)
+                model = PPO.load(start.model, env=venv, device="cpu")
+            else:
+                venv = VecNormalize(venv, norm_obs=False, norm_reward=True, gamma=tc.gamma)
+                model = PPO(
+                    "MultiInputPolicy",
+                    venv,
+                    learning_rate=tc.learning_rate,
+                    n_steps=steps_per_env,
+                    batch_size=tc.batch_size,
+                    n_epochs=tc.n_epochs,
+                    gamma=tc.gamma,
+                    gae_lambda=tc.gae_lambda,
+                    clip_range=tc.clip_range,
+                    ent_coef=tc.ent_coef,
+                    policy_kwargs=kwargs,
+                    seed=tc.seed,
+                    device="cpu",
+                )
+            model.set_logger(_make_logger(log_dir, tc.total_timesteps))
+            scenario_files = [scenario_file(Path(scenario_dir), i) for i in range(n_envs)]
+            monitor = _RolloutMonitor(tc.total_timesteps, start_steps, tc.max_consecutive_sim_errors, scenario_files,
+                                      progress)
+            return _train_loop(model, venv, config, output, checkpoint_dir, start_steps, n_envs, monitor, shuffle_rng)
+        finally:
+            close_vec_env(venv)  # stops every worker, and with it every SUMO
 
 
 def _train_loop(model: PPO, venv: VecNormalize, config: PipelineConfig, output: Path, checkpoint_dir: Path,
-                start_steps: int, n_envs: int, progress: bool | None) -> TrainResult:
+                start_steps: int, n_envs: int, monitor: "_RolloutMonitor",
+                shuffle_rng: np.random.Generator) -> TrainResult:
     tc = config.train
     total = tc.total_timesteps
     model.num_timesteps = start_steps
-    monitor = _RolloutMonitor(total, start_steps, tc.max_consecutive_sim_errors, progress)
-    model._setup_learn(total - start_steps, monitor, reset_num_timesteps=False)
     last_checkpoint = start_steps
     started = time.monotonic()
 
     with _StopSignal() as stop:
-        monitor.stop = stop
         try:
             while model.num_timesteps < total:
-                _fit_rollout_to(model, total - model.num_timesteps, n_envs)
-                before = model.num_timesteps
-                if not model.collect_rollouts(model.env, monitor, model.rollout_buffer, model.n_steps):
-                    model.num_timesteps = before  # the unfinished rollout is not learned from
-                    save_checkpoint(checkpoint_dir, model, venv, before, milestone=False)
-                    raise TrainingInterrupted(f"stopped by {stop.signal_name} at {before} steps; checkpoint saved")
-                model._update_current_progress_remaining(model.num_timesteps, total)
-                model.train()
+                # The last rollout is shortened so that training ends at exactly `total` (to a multiple of n_envs).
+                steps_per_env = min(model.n_steps, math.ceil((total - model.num_timesteps) / n_envs))
+                weights = {name: value.numpy() for name, value in model.policy.state_dict().items()}
+                segments: list[Segment] = venv.env_method("collect", weights, steps_per_env)
+                if stop:  # the rollout in hand is not learned from: the checkpoint is the last update
+                    save_checkpoint(checkpoint_dir, model, venv, model.num_timesteps, milestone=False)
+                    raise TrainingInterrupted(
+                        f"stopped by {stop.signal_name} at {model.num_timesteps} steps; checkpoint saved")
+                monitor.record(segments)
+                batch = build_batch(segments, model.policy, venv, tc.gamma, tc.gae_lambda)
+                model.num_timesteps += steps_per_env * n_envs
+                stats = ppo_update(model.policy, batch, tc.n_epochs, tc.batch_size, tc.clip_range, tc.ent_coef,
+                                   shuffle_rng)
+                model._n_updates += tc.n_epochs
                 _check_finite(model)
-
-                elapsed = time.monotonic() - started
-                model.logger.record("time/total_timesteps", model.num_timesteps)
-                model.logger.record("time/fps", (model.num_timesteps - start_steps) / max(elapsed, 1e-9))
-                model.logger.record("rollout/ep_rew_mean", safe_mean([ep["r"] for ep in model.ep_info_buffer]))
-                model.logger.record("rollout/ep_len_mean", safe_mean([ep["l"] for ep in model.ep_info_buffer]))
-                model.logger.record("sim/errors", monitor.sim_errors)
-                model.logger.dump(model.num_timesteps)
+                _log_update(model, stats, monitor, (model.num_timesteps - start_steps) / (time.monotonic() - started))
 
                 if model.num_timesteps - last_checkpoint >= tc.checkpoint_every or model.num_timesteps >= total:
                     milestone = tc.milestone_every > 0 and (
@@ -170,7 +174,7 @@ def _train_loop(model: PPO, venv: VecNormalize, config: PipelineConfig, output: 
                     last_checkpoint = model.num_timesteps
         except (EOFError, BrokenPipeError, ConnectionResetError) as exc:
             raise TrainingAborted(
-                f"an env worker died ({type(exc).__name__}); last scenarios per env: {monitor.last_scenarios}"
+                f"an env worker died ({type(exc).__name__}); scenario per env: {monitor.current_scenarios()}"
             ) from exc
         finally:
             monitor.close()
@@ -178,6 +182,26 @@ def _train_loop(model: PPO, venv: VecNormalize, config: PipelineConfig, output: 
     wall = time.monotonic() - started
     return _finish(checkpoint, output, model.num_timesteps, model.num_timesteps - start_steps, wall, n_envs,
                    monitor.sim_errors)
+
+
+def _log_update(model: PPO, stats, monitor: "_RolloutMonitor", fps: float) -> None:
+    """SB3's own logger keys, so the CSV, TensorBoard and the [train] lines read as for SB3's PPO."""
+    record = model.logger.record
+    record("time/total_timesteps", model.num_timesteps)
+    record("time/fps", fps)
+    record("rollout/ep_rew_mean", monitor.mean_episode("reward"))
+    record("rollout/ep_len_mean", monitor.mean_episode("length"))
+    record("sim/errors", monitor.sim_errors)
+    record("train/policy_gradient_loss", stats.policy_loss)
+    record("train/value_loss", stats.value_loss)
+    record("train/entropy_loss", stats.entropy_loss)
+    record("train/loss", stats.loss)
+    record("train/approx_kl", stats.approx_kl)
+    record("train/clip_fraction", stats.clip_fraction)
+    record("train/explained_variance", stats.explained_variance)
+    record("train/std", stats.std)
+    record("train/n_updates", model._n_updates, exclude="tensorboard")
+    model.logger.dump(model.num_timesteps)
 
 
 def _finish(checkpoint: Checkpoint, output: Path, steps: int, new_steps: int, wall: float, n_envs: int,
@@ -196,18 +220,6 @@ def _check_finite(model: PPO) -> None:
         if not torch.isfinite(parameter).all():
             raise TrainingAborted(f"the policy diverged at {model.num_timesteps} steps ({name} is not finite); "
                                   "lower learning_rate or check the reward")
-
-
-def _fit_rollout_to(model: PPO, remaining: int, n_envs: int) -> None:
-    """Shorten the last rollout so training ends at the requested total (to a multiple of n_envs)."""
-    needed = math.ceil(remaining / n_envs)
-    if needed >= model.n_steps:
-        return
-    model.n_steps = needed
-    model.rollout_buffer = DictRolloutBuffer(
-        needed, model.observation_space, model.action_space, device=model.device,
-        gamma=model.gamma, gae_lambda=model.gae_lambda, n_envs=n_envs,
-    )
 
 
 def _make_logger(log_dir: Path, total: int) -> Logger:
@@ -238,16 +250,16 @@ class _StopSignal:
             signal.signal(s, handler)
 
 
-class _RolloutMonitor(BaseCallback):
-    """Per-step bookkeeping: stop requests, simulation errors, the progress bar."""
+class _RolloutMonitor:
+    """Per-rollout bookkeeping: finished episodes, simulation errors, the progress bar."""
 
-    def __init__(self, total: int, start: int, max_consecutive_errors: int, progress: bool | None) -> None:
-        super().__init__()
-        self.stop: _StopSignal | None = None
+    def __init__(self, total: int, start: int, max_consecutive_errors: int, scenario_files: list[Path],
+                 progress: bool | None) -> None:
         self.sim_errors = 0
         self.max_consecutive = max_consecutive_errors
-        self.consecutive: np.ndarray | None = None
-        self.last_scenarios: list[str | None] = []
+        self.consecutive = [0] * len(scenario_files)
+        self.scenario_files = scenario_files
+        self.episodes: deque = deque(maxlen=100)  # the newest EpisodeEnds, for ep_rew_mean as SB3 reports it
         show = sys.stderr.isatty() if progress is None else progress
         self.bar = None
         if show:
@@ -255,26 +267,30 @@ class _RolloutMonitor(BaseCallback):
 
             self.bar = tqdm(total=total, initial=start, unit="step", unit_scale=True, dynamic_ncols=True)
 
-    def _on_step(self) -> bool:
-        infos = self.locals["infos"]
-        if self.consecutive is None:
-            self.consecutive = np.zeros(len(infos), dtype=int)
-            self.last_scenarios = [None] * len(infos)
-        for i, info in enumerate(infos):
-            self.last_scenarios[i] = info.get("scenario_id", self.last_scenarios[i])
-            if "sim_error" in info:
+    def record(self, segments: list[Segment]) -> None:
+        """Count each env's simulation errors in order; too many in a row abort the run."""
+        for env, segment in enumerate(segments):
+            for episode in segment.episodes:
+                self.episodes.append(episode)
+                if episode.sim_error is None:
+                    self.consecutive[env] = 0
+                    continue
                 self.sim_errors += 1
-                self.consecutive[i] += 1
-                log.warning("%s", info["sim_error"])
-                if self.consecutive[i] >= self.max_consecutive:
-                    raise TrainingAborted(
-                        f"env {i}: {self.consecutive[i]} simulation errors in a row, the last: {info['sim_error']}"
-                    )
-            elif "episode_summary" in info:
-                self.consecutive[i] = 0
+                self.consecutive[env] += 1
+                log.warning("%s", episode.sim_error)
+                if self.consecutive[env] >= self.max_consecutive:
+                    raise TrainingAborted(f"env {env}: {self.consecutive[env]} simulation errors in a row, "
+                                          f"the last: {episode.sim_error}")
         if self.bar is not None:
-            self.bar.update(len(infos))
-        return not self.stop
+            self.bar.update(sum(len(segment.rewards) for segment in segments))
+
+    def mean_episode(self, field: str) -> float:
+        """Mean ``reward`` or ``length`` of the last 100 episodes (NaN before the first ends)."""
+        return float(np.mean([getattr(e, field) for e in self.episodes])) if self.episodes else float("nan")
+
+    def current_scenarios(self) -> list[str | None]:
+        """The scenario each env is running (the workers write it at every reset), even after a crash."""
+        return [f.read_text() if f.exists() else None for f in self.scenario_files]
 
     def close(self) -> None:
         if self.bar is not None:

@@ -1,14 +1,14 @@
-"""Parallel convoy envs: one subprocess and one (libsumo) SUMO per env."""
+"""Parallel convoy envs: one subprocess and one (libsumo) SUMO per env, each collecting its own rollouts."""
 
 from __future__ import annotations
 
 import os
 import signal
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import gymnasium as gym
-from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv, VecMonitor
+from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv
 
 from roadsense.config import EnvConfig
 from roadsense.parallel import START_METHOD, worker_context
@@ -19,7 +19,8 @@ def default_n_envs() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
-def _env_factory(scenario: Path | None, split: str, config: EnvConfig) -> Callable[[], gym.Env]:
+def _env_factory(scenario: Path | None, split: str, config: EnvConfig, policy_kwargs: dict[str, Any], seed: int,
+                 scenario_file: Path) -> Callable[[], gym.Env]:
     def make() -> gym.Env:
         # Runs inside the worker. Ctrl-C reaches the whole process group; only the trainer may
         # react to it (it checkpoints, then closes the workers), so the workers ignore it.
@@ -28,18 +29,28 @@ def _env_factory(scenario: Path | None, split: str, config: EnvConfig) -> Callab
 
         torch.set_num_threads(1)
         from roadsense.env.convoy_env import ConvoyEnv
+        from roadsense.training.rollout import RolloutCollector
 
-        return ConvoyEnv(scenario, split=split, config=config)
+        return RolloutCollector(ConvoyEnv(scenario, split=split, config=config), policy_kwargs, seed, scenario_file)
 
     return make
 
 
-def make_vec_env(scenario: Path | None, config: EnvConfig, n_envs: int, seed: int, split: str = "train") -> VecEnv:
-    """``n_envs`` ConvoyEnvs in worker processes, seeded ``seed, seed+1, ...``, with episode stats."""
+def make_vec_env(scenario: Path | None, config: EnvConfig, n_envs: int, seed: int, policy_kwargs: dict[str, Any],
+                 scenario_dir: Path, split: str = "train") -> VecEnv:
+    """``n_envs`` ConvoyEnvs in worker processes, seeded ``seed, seed+1, ...``, that collect rollouts.
+
+    Each worker builds a policy from ``policy_kwargs`` (see :class:`RolloutCollector`) and
+    keeps the id of its current scenario in ``scenario_dir/env-<i>.scenario``.
+    """
     worker_context()  # the preloading forkserver; SubprocVecEnv then starts its workers from it
-    venv = SubprocVecEnv([_env_factory(scenario, split, config) for _ in range(n_envs)], start_method=START_METHOD)
-    venv.seed(seed)
-    return VecMonitor(venv)
+    factories = [_env_factory(scenario, split, config, policy_kwargs, seed + i, scenario_file(scenario_dir, i))
+                 for i in range(n_envs)]
+    return SubprocVecEnv(factories, start_method=START_METHOD)
+
+
+def scenario_file(scenario_dir: Path, env_index: int) -> Path:
+    return scenario_dir / f"env-{env_index}.scenario"
 
 
 def close_vec_env(venv: VecEnv) -> None:

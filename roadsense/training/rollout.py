@@ -1,0 +1,253 @@
+"""On-policy rollouts: collected inside the env workers, assembled into one batch by the trainer.
+
+SB3's own collection asks every worker for one step at a time: a pipe round trip and a
+batch-of-n_envs forward pass per step, with the trainer and the workers taking turns on
+the CPUs. Here each worker holds a copy of the policy instead. The trainer sends the
+current weights, each worker runs its share of the rollout on its own (env step, actor
+forward pass, Gaussian sample) and returns it as one :class:`Segment`; the trainer then
+computes values and log-probabilities for the whole batch in one forward pass, normalises
+the rewards, bootstraps time limits and computes GAE.
+
+It is the same algorithm as SB3's ``collect_rollouts``: every step of a rollout is taken
+with the weights of the last update, actions are stored unclipped and clipped for the env,
+a time limit (not a collision) is bootstrapped with the value of the final observation, and
+the rewards go through the run's ``VecNormalize`` exactly as its ``step_wait`` would.
+``tests/test_rollout.py`` checks each of these against SB3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3.common.policies import MultiInputActorCriticPolicy
+from stable_baselines3.common.vec_env import VecNormalize
+
+ACTION_STREAM = 1  # the action sampler's seed is (env seed, ACTION_STREAM): apart from the env's own draws
+
+
+@dataclass(frozen=True)
+class EpisodeEnd:
+    """One finished episode, as VecMonitor would report it, plus why it ended."""
+
+    reward: float  # sum of the raw (unnormalised) rewards
+    length: int  # env steps
+    scenario_id: str
+    sim_error: str | None  # the simulation error that ended it, if one did
+
+
+@dataclass
+class Segment:
+    """``T`` consecutive steps of one env, taken with one set of policy weights.
+
+    Observations are dicts of arrays shaped ``(T, *space shape)``.
+    """
+
+    obs: dict[str, np.ndarray]  # the observation each step's action was chosen from
+    actions: np.ndarray  # (T, action dim) as sampled, before clipping to the action space
+    rewards: np.ndarray  # (T,) raw env rewards
+    episode_starts: np.ndarray  # (T,) bool: obs[t] is the first observation of an episode
+    dones: np.ndarray  # (T,) bool: the episode ended with step t
+    truncated_steps: np.ndarray  # (k,) steps that ended an episode at a time limit (to bootstrap)
+    truncated_obs: dict[str, np.ndarray]  # (k, ...) the final observations of those episodes
+    last_obs: dict[str, np.ndarray]  # the observation after step T-1 (its value closes GAE)
+    episodes: list[EpisodeEnd] = field(default_factory=list)
+
+
+class RolloutCollector(gym.Wrapper):
+    """Wraps the env inside a worker process and runs whole segments with a local policy copy.
+
+    The trainer calls :meth:`collect` through ``SubprocVecEnv.env_method``, so every worker
+    collects at the same time and the pipe carries one message per rollout, not per step.
+
+    Args:
+        env: the env (it lives in this worker process).
+        policy_kwargs: the trainer's ``policy_kwargs``, to build an identical policy.
+        seed: the env's seed; the action sampler draws from a stream derived from it.
+        scenario_file: rewritten with the scenario id at every reset, so that the trainer can
+            name the scenario even if this process dies with SUMO.
+    """
+
+    def __init__(self, env: gym.Env, policy_kwargs: dict[str, Any], seed: int, scenario_file: Path | None) -> None:
+        super().__init__(env)
+        self.policy = MultiInputActorCriticPolicy(env.observation_space, env.action_space, lambda _: 0.0,
+                                                  **policy_kwargs)
+        self.policy.set_training_mode(False)
+        self.actor = _Actor(self.policy)
+        self.seed = seed
+        self.rng = np.random.default_rng([seed, ACTION_STREAM])
+        self.scenario_file = scenario_file
+        self._obs: dict[str, np.ndarray] | None = None  # None until the first collect resets the env
+        self._episode_start = True
+        self._episode_reward = 0.0
+        self._episode_length = 0
+        self._scenario_id = ""
+
+    def collect(self, weights: dict[str, np.ndarray], n_steps: int) -> Segment:
+        """Run ``n_steps`` steps with the given policy weights; episodes carry over between calls."""
+        self.policy.load_state_dict({name: torch.from_numpy(value) for name, value in weights.items()})
+        std = np.exp(weights["log_std"])
+        if self._obs is None:
+            self._reset(seed=self.seed)
+        low, high = self.action_space.low, self.action_space.high
+
+        obs = {key: np.empty((n_steps, *space.shape), np.float32) for key, space in self.observation_space.items()}
+        actions = np.empty((n_steps, *self.action_space.shape), np.float32)
+        rewards = np.empty(n_steps, np.float64)  # what SubprocVecEnv would hand VecNormalize
+        episode_starts = np.empty(n_steps, bool)
+        dones = np.zeros(n_steps, bool)
+        truncated_steps: list[int] = []
+        truncated_obs: list[dict[str, np.ndarray]] = []
+        episodes: list[EpisodeEnd] = []
+
+        for t in range(n_steps):
+            for key, value in self._obs.items():
+                obs[key][t] = value
+            episode_starts[t] = self._episode_start
+            action = self._actor_mean(self._obs) + std * self.rng.standard_normal(actions.shape[1:], np.float32)
+            actions[t] = action
+            next_obs, reward, terminated, truncated, info = self.env.step(np.clip(action, low, high))
+            rewards[t] = reward
+            self._episode_reward += float(reward)
+            self._episode_length += 1
+            self._episode_start = False
+            if terminated or truncated:
+                dones[t] = True
+                if truncated and not terminated:
+                    truncated_steps.append(t)
+                    truncated_obs.append(next_obs)
+                episodes.append(EpisodeEnd(self._episode_reward, self._episode_length, self._scenario_id,
+                                           info.get("sim_error")))
+                next_obs = self._reset()
+            self._obs = next_obs
+
+        return Segment(
+            obs=obs, actions=actions, rewards=rewards, episode_starts=episode_starts, dones=dones,
+            truncated_steps=np.asarray(truncated_steps, np.int64),
+            truncated_obs={key: np.asarray([o[key] for o in truncated_obs], np.float32).reshape(-1, *space.shape)
+                           for key, space in self.observation_space.items()},
+            last_obs=self._obs, episodes=episodes,
+        )
+
+    def _actor_mean(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """The Gaussian's mean ``(A,)`` for one observation."""
+        with torch.inference_mode():
+            return self.actor({key: torch.from_numpy(value).unsqueeze(0) for key, value in obs.items()})[0].numpy()
+
+    def _reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
+        self._obs, info = self.env.reset(seed=seed)
+        self._scenario_id = info.get("scenario_id", "")
+        if self.scenario_file is not None:
+            self.scenario_file.write_text(self._scenario_id)
+        self._episode_start = True
+        self._episode_reward = 0.0
+        self._episode_length = 0
+        return self._obs
+
+
+class _Actor(torch.nn.Module):
+    """The actor half of an SB3 actor-critic policy: observation -> Gaussian mean."""
+
+    def __init__(self, policy: MultiInputActorCriticPolicy) -> None:
+        super().__init__()
+        self.features_extractor = policy.pi_features_extractor
+        self.policy_net = policy.mlp_extractor.policy_net
+        self.action_net = policy.action_net
+
+    def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        # The observations are float32 already: SB3's preprocess_obs would only copy the dict.
+        return self.action_net(self.policy_net(self.features_extractor(obs)))
+
+
+@dataclass
+class RolloutBatch:
+    """What one PPO update learns from: ``N = n_envs * T`` samples, flattened.
+
+    Observations are dicts of tensors ``(N, ...)``; every other field is ``(N,)`` except
+    ``actions`` ``(N, action dim)``.
+    """
+
+    obs: dict[str, torch.Tensor]
+    actions: torch.Tensor
+    old_log_prob: torch.Tensor
+    old_values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
+def build_batch(segments: list[Segment], policy: MultiInputActorCriticPolicy, normalizer: VecNormalize,
+                gamma: float, gae_lambda: float) -> RolloutBatch:
+    """Normalise rewards, evaluate the batch with the collecting weights, bootstrap, and compute GAE.
+
+    ``segments`` holds one segment per env, all of the same length, collected with ``policy``'s
+    current weights.
+    """
+    n_steps = len(segments[0].rewards)
+    # (T, n_envs, ...) arrays, the layout of SB3's rollout buffer.
+    obs = {key: np.stack([s.obs[key] for s in segments], axis=1) for key in segments[0].obs}
+    actions = np.stack([s.actions for s in segments], axis=1)
+    raw_rewards = np.stack([s.rewards for s in segments], axis=1)
+    dones = np.stack([s.dones for s in segments], axis=1)
+    episode_starts = np.stack([s.episode_starts for s in segments], axis=1)
+
+    rewards = normalize_rewards(normalizer, raw_rewards, dones)
+    flat_obs = {key: torch.from_numpy(value.reshape(-1, *value.shape[2:])) for key, value in obs.items()}
+    flat_actions = torch.from_numpy(actions.reshape(-1, actions.shape[-1]))
+    with torch.no_grad():
+        values, log_prob, _ = policy.evaluate_actions(flat_obs, flat_actions)
+        for env, segment in enumerate(segments):
+            if len(segment.truncated_steps):
+                bootstrap = policy.predict_values({k: torch.from_numpy(v) for k, v in segment.truncated_obs.items()})
+                rewards[segment.truncated_steps, env] += gamma * bootstrap.flatten().numpy()
+        last_values = policy.predict_values(
+            {key: torch.from_numpy(np.stack([s.last_obs[key] for s in segments])) for key in segments[0].last_obs}
+        ).flatten().numpy()
+    values_np = values.flatten().numpy().reshape(n_steps, len(segments))
+    advantages = gae(rewards, values_np, episode_starts, last_values, dones[-1], gamma, gae_lambda)
+    returns = advantages + values_np
+    return RolloutBatch(
+        obs=flat_obs, actions=flat_actions, old_log_prob=log_prob.flatten(), old_values=values.flatten(),
+        advantages=torch.from_numpy(advantages.reshape(-1)), returns=torch.from_numpy(returns.reshape(-1)),
+    )
+
+
+def normalize_rewards(normalizer: VecNormalize, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
+    """``(T, n_envs)`` raw rewards -> normalised, step by step, as ``VecNormalize.step_wait`` does.
+
+    Updates the normaliser's running return statistics (when it is training), so that a
+    checkpoint's ``vecnormalize.pkl`` carries on exactly where the run was.
+    """
+    normalized = np.empty(rewards.shape, np.float32)
+    for t in range(len(rewards)):
+        if normalizer.training:
+            normalizer._update_reward(rewards[t])
+        normalized[t] = normalizer.normalize_reward(rewards[t])
+        normalizer.returns[dones[t]] = 0
+    return normalized
+
+
+def gae(rewards: np.ndarray, values: np.ndarray, episode_starts: np.ndarray, last_values: np.ndarray,
+        last_dones: np.ndarray, gamma: float, gae_lambda: float) -> np.ndarray:
+    """Generalised advantage estimates, ``(T, n_envs)``; the recursion of SB3's rollout buffer.
+
+    ``episode_starts[t]`` cuts the bootstrap from step t-1 to step t; after the last step the
+    rollout is closed with ``last_values`` unless the episode ended there (``last_dones``).
+    """
+    advantages = np.zeros_like(rewards, dtype=np.float32)
+    running = np.zeros(rewards.shape[1], np.float32)
+    for t in reversed(range(len(rewards))):
+        if t == len(rewards) - 1:
+            next_non_terminal, next_values = 1.0 - last_dones.astype(np.float32), last_values
+        else:
+            next_non_terminal, next_values = 1.0 - episode_starts[t + 1].astype(np.float32), values[t + 1]
+        delta = rewards[t] + gamma * next_values * next_non_terminal - values[t]
+        running = delta + gamma * gae_lambda * next_non_terminal * running
+        advantages[t] = running
+    return advantages

@@ -1,0 +1,100 @@
+"""The lean PPO update against SB3's own ``PPO.train``: same batch, same minibatch order, same result."""
+
+from __future__ import annotations
+
+import copy
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from stable_baselines3 import PPO
+from stable_baselines3.common.logger import configure
+
+from roadsense.env.observation import observation_space
+from roadsense.policy import policy_kwargs
+from roadsense.training.ppo import evaluate, ppo_update
+from roadsense.training.rollout import RolloutBatch
+
+
+class _Spaces(gym.Env):
+    """Only the convoy env's spaces: SB3 builds the model from an env, the update never steps it."""
+
+    observation_space = observation_space(1)
+    action_space = spaces.Box(0.0, 1.0, (1,), np.float32)
+
+
+def _model_with_a_filled_buffer(n_steps: int, n_envs_batch: int, batch_size: int, n_epochs: int,
+                                ent_coef: float = 0.0) -> PPO:
+    """An SB3 PPO whose rollout buffer holds a random but plausible rollout."""
+    model = PPO("MultiInputPolicy", _Spaces(), n_steps=n_steps, batch_size=batch_size, n_epochs=n_epochs,
+                learning_rate=3e-3, ent_coef=ent_coef, policy_kwargs=policy_kwargs(16, -0.5), seed=3, device="cpu")
+    model.set_logger(configure(None, []))
+    buffer = model.rollout_buffer
+    rng = np.random.default_rng(0)
+    for key, space in model.observation_space.items():
+        buffer.observations[key][:] = rng.uniform(-1, 1, buffer.observations[key].shape)
+    buffer.observations["peer_mask"][:] = rng.random(buffer.observations["peer_mask"].shape) < 0.6
+    buffer.actions[:] = rng.normal(0.3, 0.6, buffer.actions.shape)
+    obs = {key: torch.from_numpy(value.reshape(-1, *value.shape[2:])) for key, value in buffer.observations.items()}
+    with torch.no_grad():
+        values, log_prob, _ = model.policy.evaluate_actions(obs, torch.from_numpy(buffer.actions.reshape(-1, 1)))
+    buffer.values[:] = values.numpy().reshape(buffer.values.shape)
+    buffer.log_probs[:] = log_prob.numpy().reshape(buffer.log_probs.shape)
+    buffer.advantages[:] = rng.normal(0, 2, buffer.advantages.shape)
+    buffer.returns[:] = buffer.advantages + buffer.values
+    buffer.full = True
+    return model
+
+
+def _batch_of(model: PPO) -> RolloutBatch:
+    """The SB3 buffer's samples in its own flattening order (env-major), so minibatches line up."""
+    buffer = model.rollout_buffer
+
+    def flat(array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(array.swapaxes(0, 1).reshape(-1, *array.shape[2:]).copy())
+
+    return RolloutBatch(
+        obs={key: flat(value) for key, value in buffer.observations.items()},
+        actions=flat(buffer.actions), old_log_prob=flat(buffer.log_probs).flatten(),
+        old_values=flat(buffer.values).flatten(), advantages=flat(buffer.advantages).flatten(),
+        returns=flat(buffer.returns).flatten(),
+    )
+
+
+@pytest.mark.filterwarnings("ignore:You have specified a mini-batch size")
+@pytest.mark.parametrize("batch_size, n_epochs, ent_coef", [(64, 4, 0.0), (50, 2, 0.01)])
+def test_the_update_equals_sb3_ppo_train(batch_size: int, n_epochs: int, ent_coef: float) -> None:
+    # 256 samples in minibatches of 64 (equal) or 50 (the last one shorter), with and without entropy.
+    model = _model_with_a_filled_buffer(256, 1, batch_size, n_epochs, ent_coef)
+    ours = copy.deepcopy(model.policy)  # its own copy of the optimizer too
+    batch = _batch_of(model)
+    before = [p.detach().clone() for p in ours.parameters()]
+
+    np.random.seed(11)  # SB3 shuffles with numpy's global generator ...
+    model.train()
+    stats = ppo_update(ours, batch, n_epochs, batch_size, 0.2, ent_coef, np.random.RandomState(11))  # ... the same stream
+
+    moved = max((a - b).abs().max().item() for a, b in zip(ours.parameters(), before))
+    assert moved > 1e-3, "the update did not change the policy"
+    for (name, theirs), mine in zip(model.policy.named_parameters(), ours.parameters()):
+        assert torch.allclose(theirs, mine, atol=1e-5, rtol=1e-4), name
+    logged = model.logger.name_to_value
+    assert stats.approx_kl == pytest.approx(float(logged["train/approx_kl"]), rel=1e-3, abs=1e-7)
+    assert stats.clip_fraction == pytest.approx(logged["train/clip_fraction"], abs=1e-6)
+    assert stats.policy_loss == pytest.approx(logged["train/policy_gradient_loss"], rel=1e-3, abs=1e-6)
+    assert stats.value_loss == pytest.approx(logged["train/value_loss"], rel=1e-4)
+    assert stats.explained_variance == pytest.approx(logged["train/explained_variance"], abs=1e-6)
+    assert stats.std == pytest.approx(logged["train/std"], rel=1e-6)
+    assert stats.clip_fraction > 0, "the test batch should exercise the clipping"
+
+
+def test_evaluate_equals_sb3_evaluate_actions() -> None:
+    model = _model_with_a_filled_buffer(64, 1, 64, 1)
+    batch = _batch_of(model)
+    with torch.no_grad():
+        values, log_prob = evaluate(model.policy, batch.obs, batch.actions)
+        sb3_values, sb3_log_prob, _ = model.policy.evaluate_actions(batch.obs, batch.actions)
+    assert torch.allclose(values, sb3_values.flatten())
+    assert torch.allclose(log_prob, sb3_log_prob, atol=1e-5)
