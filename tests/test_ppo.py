@@ -25,7 +25,7 @@ class _Spaces(gym.Env):
     action_space = spaces.Box(0.0, 1.0, (1,), np.float32)
 
 
-def _model_with_a_filled_buffer(n_steps: int, n_envs_batch: int, batch_size: int, n_epochs: int,
+def _model_with_a_filled_buffer(n_steps: int, batch_size: int, n_epochs: int,
                                 ent_coef: float = 0.0) -> PPO:
     """An SB3 PPO whose rollout buffer holds a random but plausible rollout."""
     model = PPO("MultiInputPolicy", _Spaces(), n_steps=n_steps, batch_size=batch_size, n_epochs=n_epochs,
@@ -33,8 +33,8 @@ def _model_with_a_filled_buffer(n_steps: int, n_envs_batch: int, batch_size: int
     model.set_logger(configure(None, []))
     buffer = model.rollout_buffer
     rng = np.random.default_rng(0)
-    for key, space in model.observation_space.items():
-        buffer.observations[key][:] = rng.uniform(-1, 1, buffer.observations[key].shape)
+    for key, values in buffer.observations.items():
+        values[:] = rng.uniform(-1, 1, values.shape)
     buffer.observations["peer_mask"][:] = rng.random(buffer.observations["peer_mask"].shape) < 0.6
     buffer.actions[:] = rng.normal(0.3, 0.6, buffer.actions.shape)
     obs = {key: torch.from_numpy(value.reshape(-1, *value.shape[2:])) for key, value in buffer.observations.items()}
@@ -67,7 +67,7 @@ def _batch_of(model: PPO) -> RolloutBatch:
 @pytest.mark.parametrize("batch_size, n_epochs, ent_coef", [(64, 4, 0.0), (50, 2, 0.01)])
 def test_the_update_equals_sb3_ppo_train(batch_size: int, n_epochs: int, ent_coef: float) -> None:
     # 256 samples in minibatches of 64 (equal) or 50 (the last one shorter), with and without entropy.
-    model = _model_with_a_filled_buffer(256, 1, batch_size, n_epochs, ent_coef)
+    model = _model_with_a_filled_buffer(256, batch_size, n_epochs, ent_coef)
     ours = copy.deepcopy(model.policy)  # its own copy of the optimizer too
     batch = _batch_of(model)
     before = [p.detach().clone() for p in ours.parameters()]
@@ -91,7 +91,7 @@ def test_the_update_equals_sb3_ppo_train(batch_size: int, n_epochs: int, ent_coe
 
 
 def test_evaluate_equals_sb3_evaluate_actions() -> None:
-    model = _model_with_a_filled_buffer(64, 1, 64, 1)
+    model = _model_with_a_filled_buffer(64, 64, 1)
     batch = _batch_of(model)
     with torch.no_grad():
         values, log_prob = evaluate(model.policy, batch.obs, batch.actions)
