@@ -9,10 +9,9 @@ from __future__ import annotations
 from roadsense.config import PipelineConfig
 from roadsense.evaluation.matrix import PEER_COUNTS
 
-# Measured on 2 CPUs: `roadsense bench train` 474-580 steps/s; the 500k-step production run
-# 331 steps/s before a 1.4x speed-up of the rollout forward pass (it also checkpoints);
-# evaluation of 450 episodes in 52 s; 65 scenarios in ~1 s.
-TRAIN_STEPS_PER_S_PER_CPU = 220.0  # PPO env steps/s incl. updates and checkpoints (production settings)
+# Measured on 2 CPUs: 500k-step production runs at 1,277-1,339 steps/s (checkpoints and
+# logging included); evaluation of 450 episodes in 52 s; 65 scenarios in ~1 s.
+TRAIN_STEPS_PER_S_PER_CPU = 650.0  # PPO env steps/s incl. updates and checkpoints (production settings)
 EVAL_STEPS_PER_S_PER_CPU = 1500.0  # env steps/s of one evaluation worker, policy included
 GENERATE_S_PER_SCENARIO = 0.02
 EPISODE_STEPS_MEAN_FRACTION = 0.8  # episodes that collide end early
