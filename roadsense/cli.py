@@ -156,6 +156,5 @@ def bench_train(
         typer.echo(json.dumps(run_bench(steps, n_envs, parse_set_options(sets or []))))
 
 
-
 if __name__ == "__main__":  # python -m roadsense.cli, as the tests run it
     app()

@@ -48,7 +48,7 @@ def policy_kwargs(peer_hidden: int, log_std_init: float) -> dict[str, Any]:
     """SB3 ``policy_kwargs`` for ``MultiInputPolicy`` with the Deep Sets encoder and SB3's default heads.
 
     Adam is the fused kernel: one call for every parameter instead of a few small ops per
-    parameter tensor, which at batch 64 is a third of the update's time on a CPU.
+    parameter tensor, which cut SB3's update at batch 64 by about a quarter on this CPU.
     """
     return {
         "features_extractor_class": DeepSetsExtractor,

@@ -37,7 +37,7 @@ from roadsense.training.checkpoints import (
     save_checkpoint,
 )
 from roadsense.training.metrics_writer import MetricLineWriter
-from roadsense.training.ppo import ppo_update
+from roadsense.training.ppo import UpdateStats, ppo_update
 from roadsense.training.rollout import Segment, build_batch
 from roadsense.training.vec import close_vec_env, default_n_envs, make_vec_env, scenario_file
 
@@ -184,7 +184,7 @@ def _train_loop(model: PPO, venv: VecNormalize, config: PipelineConfig, output: 
                    monitor.sim_errors)
 
 
-def _log_update(model: PPO, stats, monitor: "_RolloutMonitor", fps: float) -> None:
+def _log_update(model: PPO, stats: UpdateStats, monitor: "_RolloutMonitor", fps: float) -> None:
     """SB3's own logger keys, so the CSV, TensorBoard and the [train] lines read as for SB3's PPO."""
     record = model.logger.record
     record("time/total_timesteps", model.num_timesteps)
