@@ -10,7 +10,7 @@ from roadsense.config import PipelineConfig
 from roadsense.evaluation.matrix import PEER_COUNTS
 
 # Measured on 2 CPUs: 500k-step production runs at 1,277-1,339 steps/s (checkpoints and
-# logging included); evaluation of 450 episodes in 52 s; 65 scenarios in ~1 s.
+# logging included); evaluation of 450 episodes in 49-58 s; 65 scenarios in 0.6 s.
 TRAIN_STEPS_PER_S_PER_CPU = 650.0  # PPO env steps/s incl. updates and checkpoints (production settings)
 EVAL_STEPS_PER_S_PER_CPU = 1500.0  # env steps/s of one evaluation worker, policy included
 GENERATE_S_PER_SCENARIO = 0.02

@@ -14,7 +14,8 @@ from stable_baselines3.common.logger import configure
 
 from roadsense.env.observation import observation_space
 from roadsense.policy import policy_kwargs
-from roadsense.training.ppo import evaluate, ppo_update
+from roadsense.policy.actor_critic import evaluate
+from roadsense.training.ppo import ppo_update
 from roadsense.training.rollout import RolloutBatch
 
 

@@ -8,8 +8,8 @@ minibatch, a fresh shuffle every epoch. What is leaner:
 
 - the batch is shuffled once per epoch and each minibatch is a slice of it, instead of
   gathering and converting every field of every minibatch;
-- the Gaussian log-density is written out from ``log_std`` (no distribution object); the
-  entropy of this state-independent Gaussian depends on ``log_std`` alone, so it enters
+- the forward pass is ``roadsense.policy.actor_critic.evaluate`` (no distribution object);
+  the entropy of this state-independent Gaussian depends on ``log_std`` alone, so it enters
   the loss only when ``ent_coef > 0`` and is logged once per update;
 - the statistics are computed once, at the end, from the saved log-ratios.
 
@@ -27,9 +27,9 @@ from stable_baselines3.common.policies import MultiInputActorCriticPolicy
 from stable_baselines3.common.utils import explained_variance
 from torch.nn import functional as F
 
+from roadsense.policy.actor_critic import evaluate, gaussian_entropy
 from roadsense.training.rollout import RolloutBatch
 
-LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 VF_COEF = 0.5  # SB3's defaults, which domain.md's settings keep
 MAX_GRAD_NORM = 0.5
 
@@ -107,19 +107,3 @@ def _minibatch_means(values: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
     """Per-minibatch means of ``values``, the minibatches laid end to end with these ``sizes``."""
     minibatch = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
     return torch.zeros(len(sizes)).index_add_(0, minibatch, values) / sizes
-
-
-def evaluate(policy: MultiInputActorCriticPolicy, obs: dict[str, torch.Tensor],
-             actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Values ``(B,)`` and log-probabilities ``(B,)`` of ``actions`` ``(B, A)``: SB3's ``evaluate_actions``."""
-    # The observations are float32 already: SB3's preprocess_obs would only copy the dict.
-    latent_pi, latent_vf = policy.mlp_extractor(policy.features_extractor(obs))
-    mean = policy.action_net(latent_pi)
-    log_std = policy.log_std
-    log_prob = (-0.5 * ((actions - mean) / log_std.exp()) ** 2 - log_std - LOG_SQRT_2PI).sum(dim=1)
-    return policy.value_net(latent_vf).flatten(), log_prob
-
-
-def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
-    """Entropy of a diagonal Gaussian with these log standard deviations (the same for every state)."""
-    return (0.5 + LOG_SQRT_2PI + log_std).sum()

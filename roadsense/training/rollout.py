@@ -27,6 +27,8 @@ import torch
 from stable_baselines3.common.policies import MultiInputActorCriticPolicy
 from stable_baselines3.common.vec_env import VecNormalize
 
+from roadsense.policy.actor_critic import Actor, evaluate
+
 ACTION_STREAM = 1  # the action sampler's seed is (env seed, ACTION_STREAM): apart from the env's own draws
 
 
@@ -77,7 +79,7 @@ class RolloutCollector(gym.Wrapper):
         self.policy = MultiInputActorCriticPolicy(env.observation_space, env.action_space, lambda _: 0.0,
                                                   **policy_kwargs)
         self.policy.set_training_mode(False)
-        self.actor = _Actor(self.policy)
+        self.actor = Actor(self.policy)
         self.seed = seed
         self.rng = np.random.default_rng([seed, ACTION_STREAM])
         self.scenario_file = scenario_file
@@ -92,7 +94,7 @@ class RolloutCollector(gym.Wrapper):
         self.policy.load_state_dict({name: torch.from_numpy(value) for name, value in weights.items()})
         std = np.exp(weights["log_std"])
         if self._obs is None:
-            self._reset(seed=self.seed)
+            self._obs = self._reset(seed=self.seed)
         low, high = self.action_space.low, self.action_space.high
 
         obs = {key: np.empty((n_steps, *space.shape), np.float32) for key, space in self.observation_space.items()}
@@ -139,28 +141,15 @@ class RolloutCollector(gym.Wrapper):
             return self.actor({key: torch.from_numpy(value).unsqueeze(0) for key, value in obs.items()})[0].numpy()
 
     def _reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
-        self._obs, info = self.env.reset(seed=seed)
+        """Start the next episode and its bookkeeping; returns its first observation."""
+        obs, info = self.env.reset(seed=seed)
         self._scenario_id = info.get("scenario_id", "")
         if self.scenario_file is not None:
             self.scenario_file.write_text(self._scenario_id)
         self._episode_start = True
         self._episode_reward = 0.0
         self._episode_length = 0
-        return self._obs
-
-
-class _Actor(torch.nn.Module):
-    """The actor half of an SB3 actor-critic policy: observation -> Gaussian mean."""
-
-    def __init__(self, policy: MultiInputActorCriticPolicy) -> None:
-        super().__init__()
-        self.features_extractor = policy.pi_features_extractor
-        self.policy_net = policy.mlp_extractor.policy_net
-        self.action_net = policy.action_net
-
-    def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        # The observations are float32 already: SB3's preprocess_obs would only copy the dict.
-        return self.action_net(self.policy_net(self.features_extractor(obs)))
+        return obs
 
 
 @dataclass
@@ -201,7 +190,7 @@ def build_batch(segments: list[Segment], policy: MultiInputActorCriticPolicy, no
     flat_obs = {key: torch.from_numpy(value.reshape(-1, *value.shape[2:])) for key, value in obs.items()}
     flat_actions = torch.from_numpy(actions.reshape(-1, actions.shape[-1]))
     with torch.no_grad():
-        values, log_prob, _ = policy.evaluate_actions(flat_obs, flat_actions)
+        values, log_prob = evaluate(policy, flat_obs, flat_actions)
         for env, segment in enumerate(segments):
             if len(segment.truncated_steps):
                 bootstrap = policy.predict_values({k: torch.from_numpy(v) for k, v in segment.truncated_obs.items()})
@@ -209,11 +198,11 @@ def build_batch(segments: list[Segment], policy: MultiInputActorCriticPolicy, no
         last_values = policy.predict_values(
             {key: torch.from_numpy(np.stack([s.last_obs[key] for s in segments])) for key in segments[0].last_obs}
         ).flatten().numpy()
-    values_np = values.flatten().numpy().reshape(n_steps, len(segments))
+    values_np = values.numpy().reshape(n_steps, len(segments))
     advantages = gae(rewards, values_np, episode_starts, last_values, dones[-1], gamma, gae_lambda)
     returns = advantages + values_np
     return RolloutBatch(
-        obs=flat_obs, actions=flat_actions, old_log_prob=log_prob.flatten(), old_values=values.flatten(),
+        obs=flat_obs, actions=flat_actions, old_log_prob=log_prob, old_values=values,
         advantages=torch.from_numpy(advantages.reshape(-1)), returns=torch.from_numpy(returns.reshape(-1)),
     )
 

@@ -39,7 +39,7 @@ from roadsense.training.checkpoints import (
 from roadsense.training.metrics_writer import MetricLineWriter
 from roadsense.training.ppo import UpdateStats, ppo_update
 from roadsense.training.rollout import Segment, build_batch
-from roadsense.training.vec import close_vec_env, default_n_envs, make_vec_env, scenario_file
+from roadsense.training.vec import close_vec_env, default_n_envs, make_vec_env
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,8 @@ def train(
     shuffle_rng = np.random.default_rng(seeds.spawn(1)[0])
     kwargs = policy_kwargs(tc.peer_hidden, tc.log_std_init)
     with tempfile.TemporaryDirectory(prefix="roadsense-envs-") as scenario_dir:
-        venv = make_vec_env(dataset, config.env, n_envs, env_seed, kwargs, Path(scenario_dir))
+        scenario_files = [Path(scenario_dir) / f"env-{i}.scenario" for i in range(n_envs)]
+        venv = make_vec_env(dataset, config.env, env_seed, kwargs, scenario_files)
         try:
             if start:
                 venv = VecNormalize.load(str(start.vecnormalize), venv)
@@ -128,7 +129,6 @@ def train(
                     device="cpu",
                 )
             model.set_logger(_make_logger(log_dir, tc.total_timesteps))
-            scenario_files = [scenario_file(Path(scenario_dir), i) for i in range(n_envs)]
             monitor = _RolloutMonitor(tc.total_timesteps, start_steps, tc.max_consecutive_sim_errors, scenario_files,
                                       progress)
             return _train_loop(model, venv, config, output, checkpoint_dir, start_steps, n_envs, monitor, shuffle_rng)

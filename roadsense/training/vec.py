@@ -36,21 +36,17 @@ def _env_factory(scenario: Path | None, split: str, config: EnvConfig, policy_kw
     return make
 
 
-def make_vec_env(scenario: Path | None, config: EnvConfig, n_envs: int, seed: int, policy_kwargs: dict[str, Any],
-                 scenario_dir: Path, split: str = "train") -> VecEnv:
-    """``n_envs`` ConvoyEnvs in worker processes, seeded ``seed, seed+1, ...``, that collect rollouts.
+def make_vec_env(scenario: Path | None, config: EnvConfig, seed: int, policy_kwargs: dict[str, Any],
+                 scenario_files: list[Path], split: str = "train") -> VecEnv:
+    """One ConvoyEnv per scenario file, in worker processes, seeded ``seed, seed+1, ...``, that collect rollouts.
 
     Each worker builds a policy from ``policy_kwargs`` (see :class:`RolloutCollector`) and
-    keeps the id of its current scenario in ``scenario_dir/env-<i>.scenario``.
+    keeps the id of its current scenario in its scenario file.
     """
     worker_context()  # the preloading forkserver; SubprocVecEnv then starts its workers from it
-    factories = [_env_factory(scenario, split, config, policy_kwargs, seed + i, scenario_file(scenario_dir, i))
-                 for i in range(n_envs)]
+    factories = [_env_factory(scenario, split, config, policy_kwargs, seed + i, file)
+                 for i, file in enumerate(scenario_files)]
     return SubprocVecEnv(factories, start_method=START_METHOD)
-
-
-def scenario_file(scenario_dir: Path, env_index: int) -> Path:
-    return scenario_dir / f"env-{env_index}.scenario"
 
 
 def close_vec_env(venv: VecEnv) -> None:
