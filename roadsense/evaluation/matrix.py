@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from roadsense.scenarios.dataset import Dataset
+from roadsense.scenarios.scenario import Split
 
 PEER_COUNTS = (1, 2, 3, 4, 5)
 
@@ -35,18 +36,21 @@ def episode_seed(eval_seed: int, n_peers: int, rank: int, episode: int) -> int:
 
 
 def plan_matrix(dataset: Dataset, episodes_per_bucket: int, eval_seed: int,
-                peer_counts: tuple[int, ...] = PEER_COUNTS) -> list[EpisodeSpec]:
-    """All episodes of the matrix, in bucket order; raises CoverageError naming every gap."""
+                peer_counts: tuple[int, ...] = PEER_COUNTS, split: Split = "eval") -> list[EpisodeSpec]:
+    """All episodes of the matrix over ``split`` (``eval``, or ``val`` for model selection), in bucket order.
+
+    Raises CoverageError naming every gap.
+    """
     by_count: dict[int, list[str]] = {n: [] for n in peer_counts}
-    for scenario_id in dataset.ids("eval"):
-        n = dataset.peer_count("eval", scenario_id)
+    for scenario_id in dataset.ids(split):
+        n = dataset.peer_count(split, scenario_id)
         if n in by_count:
             by_count[n].append(scenario_id)
     missing = [n for n, ids in by_count.items() if not ids]
     if missing:
         raise CoverageError(
-            f"the eval split of {dataset.root} has no scenario with {', '.join(map(str, missing))} peer(s); "
-            f"the matrix needs every peer count in {list(peer_counts)}: regenerate with --eval-count >= {len(peer_counts)}"
+            f"the {split} split of {dataset.root} has no scenario with {', '.join(map(str, missing))} peer(s); "
+            f"the matrix needs every peer count in {list(peer_counts)}: regenerate with --{split}-count >= {len(peer_counts)}"
         )
     plan = []
     for n in peer_counts:
