@@ -128,6 +128,7 @@ class EvalConfig(_Section):
     # 20 per bucket = 300 episodes: enough that a 0-collision result bounds the rate under ~1.3 % (Wilson 95 %).
     episodes_per_bucket: int = Field(20, ge=1, le=10_000, description="Episodes per (peer count, hazard rank) bucket.")
     val_every: int = Field(100_000, ge=0, description="Env steps between validations of the current policy on the val split; 0 = never (model.zip is then the last checkpoint).")
+    val_seed: int = Field(11, ge=0, description="Seed of the validation episodes (its own, so val and eval never share emulator or hazard draws).")
     val_episodes_per_bucket: int = Field(3, ge=1, le=1000, description="Episodes per bucket of the validation matrix.")
     eval_workers: int = Field(0, ge=0, le=256, description="Evaluation processes; 0 = one per CPU. Results do not depend on it.")
     baselines: tuple[Literal["never-brake", "rule-based"], ...] = Field(("never-brake", "rule-based"), description="Baselines evaluated on the same matrix.")

@@ -14,6 +14,7 @@ from typing import TextIO
 
 TRAIN_TAG = "train"
 EVAL_TAG = "eval"
+VAL_TAG = "val"  # the current policy on the val split, during training (model selection)
 
 # (tag, metric name) pairs that are published; the regex of each is derived below.
 PUBLISHED: tuple[tuple[str, str], ...] = (
@@ -25,6 +26,9 @@ PUBLISHED: tuple[tuple[str, str], ...] = (
     (TRAIN_TAG, "approx_kl"),
     (TRAIN_TAG, "std"),
     (TRAIN_TAG, "sim_errors"),
+    (VAL_TAG, "timesteps"),
+    (VAL_TAG, "behavioral_success_rate"),
+    (VAL_TAG, "collision_rate"),
     (EVAL_TAG, "collision_rate"),
     (EVAL_TAG, "success_rate"),
     (EVAL_TAG, "behavioral_success_rate"),

@@ -4,7 +4,8 @@ Everything lands in one output folder::
 
     config.json  status.json  provenance.json  manifest.json
     dataset/                    the scenarios trained and evaluated on (with manifest.json)
-    model.zip  vecnormalize.pkl the policy and the reward normaliser
+    model.zip  vecnormalize.pkl the policy (the best checkpoint on the val split) and the reward normaliser
+    model_last.zip  vecnormalize_last.pkl  model_selection.json   the last checkpoint, and which one model.zip is
     metrics.json  report.md  *.png  episodes.jsonl
     checkpoints/  logs/         unless placed elsewhere (SageMaker syncs them separately)
 
@@ -134,7 +135,7 @@ def run_pipeline(paths: RunPaths, config: PipelineConfig, dataset: Path | None =
         stage = "evaluate"
         status.start(stage)
         metrics = evaluate(str(trained.model_path), opened.root, paths.output, config,
-                           progress_csv=paths.logs / "progress.csv")
+                           progress_csv=paths.logs / "progress.csv", model_selection=trained.model_selection)
         status.succeed(stage, behavioral_success_rate=metrics["overall"]["behavioral_success_rate"])
 
         stage = "package"
@@ -181,8 +182,10 @@ def _provenance(config: PipelineConfig, dataset: Dataset, trained, status: RunSt
         "seeds": {
             "dataset_seed": config.dataset.dataset_seed,
             "eval_dataset_seed": config.dataset.eval_dataset_seed,
+            "val_dataset_seed": config.dataset.val_dataset_seed,
             "seed": config.train.seed,
             "eval_seed": config.evaluation.eval_seed,
+            "val_seed": config.evaluation.val_seed,
         },
         "dataset_id": dataset.dataset_id,
         "training": {
@@ -192,6 +195,7 @@ def _provenance(config: PipelineConfig, dataset: Dataset, trained, status: RunSt
             "n_envs": trained.n_envs,
             "sim_errors": trained.sim_errors,
         },
+        "model_selection": {k: v for k, v in trained.model_selection.items() if k != "history"},
         "started_at": started_at.isoformat(timespec="seconds"),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wall_s": round(wall_s, 1),

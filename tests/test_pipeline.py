@@ -31,7 +31,16 @@ def test_run_smoke_preset_end_to_end(tmp_path: Path) -> None:
     assert all(stage["state"] == "succeeded" for stage in status["stages"].values())
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["training"]["num_timesteps"] == 4096
-    assert provenance["seeds"] == {"dataset_seed": 42, "eval_dataset_seed": 1042, "seed": 0, "eval_seed": 7}
+    assert provenance["seeds"] == {"dataset_seed": 42, "eval_dataset_seed": 1042, "val_dataset_seed": 2042, "seed": 0,
+                                   "eval_seed": 7, "val_seed": 11}
+    # The smoke preset validates at 2,048 and 4,096 steps; model.zip is the better of the two.
+    selection = json.loads((out / "model_selection.json").read_text())
+    assert [s["num_timesteps"] for s in selection["history"]] == [2048, 4096]
+    assert selection["selected_timesteps"] in (2048, 4096) and (out / "model_last.zip").is_file()
+    assert provenance["model_selection"]["selected_timesteps"] == selection["selected_timesteps"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model_selection"]["validation"] == selection["validation"]
+    assert "## Model selection" in (out / "report.md").read_text()
     assert set(provenance["stage_wall_s"]) >= {"dataset", "train", "evaluate"}
     assert provenance["cost"]["estimated_usd"] > 0
     assert provenance["packages"]["torch"].startswith("2.13.0")

@@ -18,10 +18,13 @@ _EMITTED = ("collision_rate", "success_rate", "behavioral_success_rate", "reacti
 
 
 def evaluate(policy: str, dataset_path: Path, output: Path, config: PipelineConfig,
-             baselines: tuple[str, ...] | None = None, progress_csv: Path | None = None) -> dict[str, Any]:
-    """Run ``policy`` (a model.zip path or a baseline name) and ``baselines`` on the matrix.
+             baselines: tuple[str, ...] | None = None, progress_csv: Path | None = None,
+             model_selection: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run ``policy`` (a model.zip path or a baseline name) and ``baselines`` on the eval matrix.
 
-    The plan is checked for coverage before any episode runs. Returns the metrics dict.
+    The plan is checked for coverage before any episode runs. ``model_selection`` (from
+    training) says which checkpoint the model is; it is recorded in metrics.json and the
+    report. Returns the metrics dict.
     """
     ec = config.evaluation
     dataset = Dataset.open(dataset_path)
@@ -43,6 +46,8 @@ def evaluate(policy: str, dataset_path: Path, output: Path, config: PipelineConf
     metrics["policy"] = policy if policy in ("never-brake", "rule-based") else "model"
     metrics["plan"] = {"episodes": len(plan), "episodes_per_bucket": ec.episodes_per_bucket,
                        "eval_seed": ec.eval_seed, "dataset_id": dataset.dataset_id}
+    if model_selection is not None:
+        metrics["model_selection"] = model_selection
     metrics["baselines"] = {name: {k: results[name][k] for k in ("overall", "per_peer_count", "per_bucket")}
                             for name in baselines}
     (output / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")

@@ -53,11 +53,32 @@ def write_report(output: Path, metrics: dict[str, Any], progress_csv: Path | Non
         lines.append(f"| {n} | {m['episodes']} | {_fmt(m['behavioral_success_rate'], '{:.1%}')} | "
                      f"{_fmt(m['collision_rate'], '{:.1%}')} | {_fmt(m['mean_reaction_time_s'], '{:.2f}')} |")
     lines.append("")
+    lines += _selection_lines(metrics.get("model_selection"))
     for file, title in pictures:
         lines += [f"## {title}", "", f"![{title}]({file})", ""]
     path = output / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _selection_lines(selection: dict[str, Any] | None) -> list[str]:
+    """Which checkpoint was evaluated, and its score on the val split (never the eval split)."""
+    if selection is None:
+        return []
+    lines = ["## Model selection", ""]
+    steps = f"{selection['selected_timesteps']:,} steps (the run ended at {selection['last_timesteps']:,})"
+    score = selection.get("validation")
+    if score is None:
+        return lines + [f"The evaluated model is the last checkpoint, {steps}: {selection['reason']}.", ""]
+    lines += [
+        f"The evaluated model is the **{selection['selected']}** checkpoint by validation, at {steps}; "
+        f"criterion: {selection['criterion']}.",
+        f"On the val split ({score['episodes']} episodes, val seed {selection['val_seed']}): behavioural success "
+        f"{score['behavioral_success_rate']:.1%}, collisions {score['collision_rate']:.1%}. "
+        f"{len(selection['history'])} validations in all; `model_last.zip` is the last checkpoint.",
+        "",
+    ]
+    return lines
 
 
 def _heatmap(per_bucket: dict[str, Any], path: Path) -> None:
@@ -95,21 +116,34 @@ def _reaction_histogram(times: list[float], path: Path) -> None:
 
 
 def _learning_curve(progress_csv: Path, path: Path) -> bool:
-    """Episode reward against env steps from SB3's progress.csv; False if it holds no points."""
-    steps, rewards = [], []
+    """Episode reward, and behavioural success on the val split, against env steps from progress.csv.
+
+    False if it holds no points. Validation rows are logged at their own step (SB3's CSV
+    leaves the other columns empty there).
+    """
+    reward_curve: tuple[list[float], list[float]] = ([], [])
+    val_curve: tuple[list[float], list[float]] = ([], [])
     with open(progress_csv, newline="") as fh:
         for row in csv.DictReader(fh):
-            try:
-                steps.append(float(row["time/total_timesteps"]))
-                rewards.append(float(row["rollout/ep_rew_mean"]))
-            except (KeyError, ValueError):
-                continue
-    if not steps:
+            for column, curve in (("rollout/ep_rew_mean", reward_curve), ("val/behavioral_success_rate", val_curve)):
+                try:
+                    value = float(row[column])
+                    step = float(row["time/total_timesteps"] or row["val/timesteps"])
+                except (KeyError, ValueError, TypeError):
+                    continue
+                curve[0].append(step)
+                curve[1].append(value)
+    if not reward_curve[0] and not val_curve[0]:
         return False
     fig, ax = plt.subplots(figsize=(6, 3))
-    ax.plot(steps, rewards)
+    ax.plot(*reward_curve, color="tab:blue")
     ax.set_xlabel("env steps")
-    ax.set_ylabel("mean episode reward")
+    ax.set_ylabel("mean episode reward", color="tab:blue")
+    if val_curve[0]:
+        val_ax = ax.twinx()
+        val_ax.plot(*val_curve, "o-", color="tab:green")
+        val_ax.set_ylim(0, 1.02)
+        val_ax.set_ylabel("val behavioural success", color="tab:green")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -18,14 +18,14 @@ from roadsense.parallel import worker_context
 _worker: dict[str, Any] = {}
 
 
-def _init_worker(dataset: str, env_config: dict[str, Any]) -> None:
+def _init_worker(dataset: str, split: str, env_config: dict[str, Any]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     import torch
 
     torch.set_num_threads(1)
     from roadsense.env.convoy_env import ConvoyEnv
 
-    _worker["env"] = ConvoyEnv(Path(dataset), split="eval", config=EnvConfig.model_validate(env_config))
+    _worker["env"] = ConvoyEnv(Path(dataset), split=split, config=EnvConfig.model_validate(env_config))
     _worker["policies"] = {}
 
 
@@ -51,11 +51,14 @@ def _run_episode(task: tuple[str, EpisodeSpec]) -> dict[str, Any]:
 
 
 def run_episodes(plan: list[EpisodeSpec], policies: list[str], dataset: Path, env_config: EnvConfig,
-                 workers: int = 0) -> dict[str, list[dict[str, Any]]]:
-    """Per policy, one summary per planned episode in plan order; ``workers`` 0 = one per CPU."""
+                 workers: int = 0, split: str = "eval") -> dict[str, list[dict[str, Any]]]:
+    """Per policy, one summary per planned episode in plan order; ``workers`` 0 = one per CPU.
+
+    ``split`` is the dataset split the plan was made from (``eval``, or ``val`` for model selection).
+    """
     tasks = [(name, spec) for name in policies for spec in plan]
     workers = min(len(tasks), workers or len(os.sched_getaffinity(0)))
-    pool = worker_context().Pool(workers, _init_worker, (str(dataset), env_config.model_dump(mode="json")))
+    pool = worker_context().Pool(workers, _init_worker, (str(dataset), split, env_config.model_dump(mode="json")))
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         results = pool.map(_run_episode, tasks, chunksize=1)

@@ -76,7 +76,7 @@ def _fsync_dir_contents(folder: Path) -> None:
             os.fsync(fh.fileno())
 
 
-def _read_valid(path: Path) -> Checkpoint | None:
+def read_valid_checkpoint(path: Path) -> Checkpoint | None:
     """The checkpoint at ``path`` if its state parses and every hash matches; else None (with a warning)."""
     try:
         state = json.loads((path / STATE_FILE).read_text())
@@ -102,7 +102,7 @@ def list_checkpoints(directory: Path) -> list[Path]:
 def latest_valid_checkpoint(directory: Path) -> Checkpoint | None:
     """The newest checkpoint that verifies; damaged ones are skipped with a warning."""
     for path in list_checkpoints(directory):
-        checkpoint = _read_valid(path)
+        checkpoint = read_valid_checkpoint(path)
         if checkpoint is not None:
             return checkpoint
     return None

@@ -1,4 +1,4 @@
-"""An SB3 logger output that prints one scrapeable ``[train]`` line per PPO update."""
+"""An SB3 logger output that prints scrapeable metric lines: ``[train]`` per PPO update, ``[val]`` per validation."""
 
 from __future__ import annotations
 
@@ -7,16 +7,22 @@ from typing import Any
 
 from stable_baselines3.common.logger import KVWriter
 
-from roadsense.metric_lines import TRAIN_TAG, emit
+from roadsense.metric_lines import TRAIN_TAG, VAL_TAG, emit
 
-# SB3 logger key -> published metric name (see roadsense.metric_lines.PUBLISHED)
-_NAMES = {
-    "time/fps": "fps",
-    "rollout/ep_rew_mean": "ep_rew_mean",
-    "train/explained_variance": "explained_variance",
-    "train/approx_kl": "approx_kl",
-    "train/std": "std",
-    "sim/errors": "sim_errors",
+# tag -> (SB3 logger key -> published metric name); see roadsense.metric_lines.PUBLISHED
+_NAMES: dict[str, dict[str, str]] = {
+    TRAIN_TAG: {
+        "time/fps": "fps",
+        "rollout/ep_rew_mean": "ep_rew_mean",
+        "train/explained_variance": "explained_variance",
+        "train/approx_kl": "approx_kl",
+        "train/std": "std",
+        "sim/errors": "sim_errors",
+    },
+    VAL_TAG: {
+        "val/behavioral_success_rate": "behavioral_success_rate",
+        "val/collision_rate": "collision_rate",
+    },
 }
 
 
@@ -25,12 +31,17 @@ class MetricLineWriter(KVWriter):
         self.total = total_timesteps
 
     def write(self, key_values: dict[str, Any], key_excluded: dict[str, Any], step: int = 0) -> None:
-        values: dict[str, float | int] = {"timesteps": int(step), "total_timesteps": self.total}
-        for key, name in _NAMES.items():
-            value = key_values.get(key)
-            if isinstance(value, numbers.Real):  # SB3 logs numpy float32 for some metrics
-                values[name] = float(value)
-        emit(TRAIN_TAG, values)
+        for tag, names in _NAMES.items():
+            values: dict[str, float | int] = {}
+            for key, name in names.items():
+                value = key_values.get(key)
+                if isinstance(value, numbers.Real):  # SB3 logs numpy float32 for some metrics
+                    values[name] = float(value)
+            if values:
+                head: dict[str, float | int] = {"timesteps": int(step)}
+                if tag == TRAIN_TAG:
+                    head["total_timesteps"] = self.total
+                emit(tag, {**head, **values})
 
     def close(self) -> None:
         pass

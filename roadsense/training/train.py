@@ -2,13 +2,16 @@
 
 One iteration: every env worker collects its share of the rollout with the current weights
 (``rollout.py``), the trainer turns the segments into one batch (normalised rewards, values,
-GAE) and runs the PPO update (``ppo.py``), then logs and checkpoints. The model is an SB3
+GAE) and runs the PPO update (``ppo.py``), then logs and checkpoints, and every ``val_every``
+steps scores the checkpoint on the val split (``validation.py``). The published ``model.zip``
+is the best checkpoint by validation; the last one is ``model_last.zip``. The model is an SB3
 ``PPO`` and the reward normaliser SB3's ``VecNormalize``, so ``model.zip`` and
 ``vecnormalize.pkl`` load with SB3 as usual.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
@@ -37,11 +40,15 @@ from roadsense.training.checkpoints import (
     save_checkpoint,
 )
 from roadsense.training.metrics_writer import MetricLineWriter
+from roadsense.training.validation import SELECTION_FILE, ValidationScore, Validator, selection_record
 from roadsense.training.ppo import UpdateStats, ppo_update
 from roadsense.training.rollout import Segment, build_batch
 from roadsense.training.vec import close_vec_env, default_n_envs, make_vec_env
 
 log = logging.getLogger(__name__)
+
+LAST_MODEL_FILE = "model_last.zip"
+LAST_VECNORM_FILE = "vecnormalize_last.pkl"
 
 
 class TrainingInterrupted(RuntimeError):
@@ -62,6 +69,7 @@ class TrainResult:
     steps_per_s: float  # env steps of this process (resumed steps excluded) per wall second
     n_envs: int
     sim_errors: int
+    model_selection: dict  # what model.zip is and why (validation.selection_record)
 
 
 def train(
@@ -74,6 +82,10 @@ def train(
     progress: bool | None = None,
 ) -> TrainResult:
     """Train to ``config.train.total_timesteps`` env steps; write ``model.zip`` and ``vecnormalize.pkl``.
+
+    With a dataset that has a val split and ``val_every`` > 0, ``model.zip`` is the checkpoint that
+    scored best on the val matrix and ``model_last.zip`` the last one; ``model_selection.json``
+    says which and why.
 
     Args:
         dataset: a verified dataset folder, or None for the built-in scenario.
@@ -95,8 +107,11 @@ def train(
     start_steps = start.num_timesteps if start else 0
     if start:
         print(f"resuming from {start.path} at {start_steps} steps", flush=True)
+    validator = Validator.for_run(dataset, config, checkpoint_dir, resumed_at=start_steps)
     if start and start_steps >= tc.total_timesteps:
-        return _finish(start, output, start_steps, 0, 0.0, n_envs, 0)
+        if validator is not None and start_steps not in {s.num_timesteps for s in validator.history}:
+            validator.validate(start)  # stopped during the final validation: finish it
+        return _finish(start, validator, output, start_steps, 0, 0.0, n_envs, 0)
 
     # Resumed runs get fresh env seeds and minibatch shuffles, derived from the training seed
     # and the resume point.
@@ -131,14 +146,15 @@ def train(
             model.set_logger(_make_logger(log_dir, tc.total_timesteps))
             monitor = _RolloutMonitor(tc.total_timesteps, start_steps, tc.max_consecutive_sim_errors, scenario_files,
                                       progress)
-            return _train_loop(model, venv, config, output, checkpoint_dir, start_steps, n_envs, monitor, shuffle_rng)
+            return _train_loop(model, venv, config, output, checkpoint_dir, start_steps, n_envs, monitor, shuffle_rng,
+                               validator)
         finally:
             close_vec_env(venv)  # stops every worker, and with it every SUMO
 
 
 def _train_loop(model: PPO, venv: VecNormalize, config: PipelineConfig, output: Path, checkpoint_dir: Path,
                 start_steps: int, n_envs: int, monitor: "_RolloutMonitor",
-                shuffle_rng: np.random.Generator) -> TrainResult:
+                shuffle_rng: np.random.Generator, validator: Validator | None) -> TrainResult:
     tc = config.train
     total = tc.total_timesteps
     model.num_timesteps = start_steps
@@ -158,6 +174,7 @@ def _train_loop(model: PPO, venv: VecNormalize, config: PipelineConfig, output: 
                         f"stopped by {stop.signal_name} at {model.num_timesteps} steps; checkpoint saved")
                 monitor.record(segments)
                 batch = build_batch(segments, model.policy, venv, tc.gamma, tc.gae_lambda)
+                previous_steps = model.num_timesteps
                 model.num_timesteps += steps_per_env * n_envs
                 stats = ppo_update(model.policy, batch, tc.n_epochs, tc.batch_size, tc.clip_range, tc.ent_coef,
                                    shuffle_rng)
@@ -165,13 +182,21 @@ def _train_loop(model: PPO, venv: VecNormalize, config: PipelineConfig, output: 
                 _check_finite(model)
                 _log_update(model, stats, monitor, (model.num_timesteps - start_steps) / (time.monotonic() - started))
 
-                if model.num_timesteps - last_checkpoint >= tc.checkpoint_every or model.num_timesteps >= total:
+                validate = validator is not None and validator.due(model.num_timesteps, previous_steps, total)
+                if validate or model.num_timesteps - last_checkpoint >= tc.checkpoint_every or model.num_timesteps >= total:
                     milestone = tc.milestone_every > 0 and (
                         model.num_timesteps // tc.milestone_every > last_checkpoint // tc.milestone_every
                     )
                     checkpoint = save_checkpoint(checkpoint_dir, model, venv, model.num_timesteps, milestone)
                     prune_checkpoints(checkpoint_dir, tc.keep_checkpoints)
                     last_checkpoint = model.num_timesteps
+                if validate:
+                    try:
+                        score = validator.validate(checkpoint)
+                    except KeyboardInterrupt as exc:  # the evaluation pool's SIGTERM/SIGINT; the checkpoint is saved
+                        raise TrainingInterrupted(f"{exc or 'stopped by SIGINT'} while validating at "
+                                                  f"{model.num_timesteps} steps; checkpoint saved") from None
+                    _log_validation(model, score)
         except (EOFError, BrokenPipeError, ConnectionResetError) as exc:
             raise TrainingAborted(
                 f"an env worker died ({type(exc).__name__}); scenario per env: {monitor.current_scenarios()}"
@@ -180,8 +205,8 @@ def _train_loop(model: PPO, venv: VecNormalize, config: PipelineConfig, output: 
             monitor.close()
 
     wall = time.monotonic() - started
-    return _finish(checkpoint, output, model.num_timesteps, model.num_timesteps - start_steps, wall, n_envs,
-                   monitor.sim_errors)
+    return _finish(checkpoint, validator, output, model.num_timesteps, model.num_timesteps - start_steps, wall,
+                   n_envs, monitor.sim_errors)
 
 
 def _log_update(model: PPO, stats: UpdateStats, monitor: "_RolloutMonitor", fps: float) -> None:
@@ -204,14 +229,30 @@ def _log_update(model: PPO, stats: UpdateStats, monitor: "_RolloutMonitor", fps:
     model.logger.dump(model.num_timesteps)
 
 
-def _finish(checkpoint: Checkpoint, output: Path, steps: int, new_steps: int, wall: float, n_envs: int,
-            sim_errors: int) -> TrainResult:
-    """Publish the final checkpoint as the run's ``model.zip`` and ``vecnormalize.pkl``."""
+def _log_validation(model: PPO, score: ValidationScore) -> None:
+    """Validation scores in the CSV and TensorBoard logs and on a ``[val]`` metric line."""
+    model.logger.record("val/timesteps", score.num_timesteps)
+    model.logger.record("val/behavioral_success_rate", score.behavioral_success_rate)
+    model.logger.record("val/collision_rate", score.collision_rate)
+    model.logger.record("val/wall_s", score.wall_s)
+    model.logger.dump(score.num_timesteps)
+
+
+def _finish(last: Checkpoint, validator: Validator | None, output: Path, steps: int, new_steps: int, wall: float,
+            n_envs: int, sim_errors: int) -> TrainResult:
+    """Publish the selected checkpoint as ``model.zip`` / ``vecnormalize.pkl`` (and the last as ``*_last``)."""
+    best = validator.best_checkpoint() if validator is not None else None
+    selected = best or last
     model_path, vecnorm_path = output / MODEL_FILE, output / VECNORM_FILE
-    shutil.copyfile(checkpoint.model, model_path)
-    shutil.copyfile(checkpoint.vecnormalize, vecnorm_path)
+    shutil.copyfile(selected.model, model_path)
+    shutil.copyfile(selected.vecnormalize, vecnorm_path)
+    if validator is not None:
+        shutil.copyfile(last.model, output / LAST_MODEL_FILE)
+        shutil.copyfile(last.vecnormalize, output / LAST_VECNORM_FILE)
+    selection = selection_record(validator, selected, last)
+    (output / SELECTION_FILE).write_text(json.dumps(selection, indent=2, sort_keys=True) + "\n")
     rate = new_steps / wall if wall > 0 else 0.0
-    return TrainResult(model_path, vecnorm_path, steps, steps - new_steps, wall, rate, n_envs, sim_errors)
+    return TrainResult(model_path, vecnorm_path, steps, steps - new_steps, wall, rate, n_envs, sim_errors, selection)
 
 
 def _check_finite(model: PPO) -> None:
