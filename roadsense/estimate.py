@@ -15,6 +15,7 @@ TRAIN_STEPS_PER_S_PER_CPU = 650.0  # PPO env steps/s incl. updates and checkpoin
 EVAL_STEPS_PER_S_PER_CPU = 1500.0  # env steps/s of one evaluation worker, policy included
 GENERATE_S_PER_SCENARIO = 0.02
 EPISODE_STEPS_MEAN_FRACTION = 0.8  # episodes that collide end early
+VALIDATION_START_S = 3.0  # starting the evaluation pool and loading the checkpoint, per validation
 
 
 def stage_seconds(config: PipelineConfig, cpus: int) -> dict[str, float]:
@@ -25,9 +26,13 @@ def stage_seconds(config: PipelineConfig, cpus: int) -> dict[str, float]:
     policies = 1 + len(ec.baselines)
     eval_steps = buckets * ec.episodes_per_bucket * policies * config.env.episode_steps * EPISODE_STEPS_MEAN_FRACTION
     eval_workers = ec.eval_workers or cpus
+    eval_rate = EVAL_STEPS_PER_S_PER_CPU * min(eval_workers, cpus)
+    validations = config.train.total_timesteps // ec.val_every + 1 if ec.val_every else 0
+    val_steps = buckets * ec.val_episodes_per_bucket * config.env.episode_steps * EPISODE_STEPS_MEAN_FRACTION
     return {
-        "dataset": (dc.train_count + dc.eval_count) * GENERATE_S_PER_SCENARIO,
-        "train": config.train.total_timesteps / (TRAIN_STEPS_PER_S_PER_CPU * min(n_envs, cpus)),
-        "evaluate": eval_steps / (EVAL_STEPS_PER_S_PER_CPU * min(eval_workers, cpus)),
+        "dataset": (dc.train_count + dc.val_count + dc.eval_count) * GENERATE_S_PER_SCENARIO,
+        "train": config.train.total_timesteps / (TRAIN_STEPS_PER_S_PER_CPU * min(n_envs, cpus))
+        + validations * (VALIDATION_START_S + val_steps / eval_rate),
+        "evaluate": eval_steps / eval_rate,
         "package": 5.0,
     }
