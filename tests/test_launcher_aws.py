@@ -15,13 +15,14 @@ import pytest
 from botocore.stub import Stubber
 from typer.testing import CliRunner
 
-from launcher import aws, infra, jobs
+from launcher import aws, display, infra, jobs, sweep
 from launcher.cli import app
 from launcher.fetch import RunNotFoundError, UnsafeArchiveError, fetch_run, safe_extract
 from launcher.launch import LaunchOptions, launch
 from launcher.layout import RunLayout
 from launcher.settings import LaunchSettings, load_settings
 from launcher.upload import DatasetError, upload_tree, verify_dataset
+from roadsense.evaluation.stats import wilson_interval
 
 REGION = "il-central-1"
 BUCKET = "saferide-training-results"
@@ -355,9 +356,6 @@ def _compare_rows(output: str) -> dict[str, list[str]]:
 
 def test_compare_shows_intervals_and_marks_runs_that_differ_beyond_the_noise(
         moto_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from launcher import display, sweep
-    from roadsense.evaluation.stats import wilson_interval
-
     session, _ = moto_env
     monkeypatch.setattr(display.console, "width", 250)  # room for every column
     # compare needs no infra stack; asking moto for one that is not there costs seconds.
