@@ -382,12 +382,111 @@ def test_generate_cli_refuses_invalid_emulator_params(tmp_path: Path) -> None:
 def test_cli_generates_and_verifies(tmp_path: Path, dataset_copy: Path) -> None:
     runner = CliRunner()
     out = tmp_path / "ds"
-    args = ["generate", "--output", str(out), "--train-count", "2", "--eval-count", "5", "--emulator-params", str(SHIPPED_PARAMS)]
+    args = ["generate", "--output", str(out), "--train-count", "2", "--val-count", "5", "--val-seed", "77", "--eval-count", "5",
+            "--emulator-params", str(SHIPPED_PARAMS)]
     result = runner.invoke(_cli(), args)
     assert result.exit_code == 0, result.output
     assert runner.invoke(_cli(), ["verify", str(out)]).exit_code == 0
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["eval", "train", "val"]
     manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["seeds"]["val_dataset_seed"] == 77
     assert manifest["emulator_params_hash"] == roadsense.v2v.params_hash(roadsense.v2v.load_params(None))
     expected = _tamper(dataset_copy, "modified file")
     result = runner.invoke(_cli(), ["verify", str(dataset_copy)])
     assert result.exit_code == 1 and expected in result.output
+
+
+def _one_line_refusal(root: Path) -> str:
+    """The DatasetError of ``root``, checked to be a single line; returns it."""
+    with pytest.raises(DatasetError) as err:
+        Dataset.open(root)
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+def test_a_format_1_dataset_is_refused_in_one_line_naming_the_old_spacing(dataset_copy: Path) -> None:
+    _edit_manifest(dataset_copy, lambda m: m.update(format_version=1))
+    message = _one_line_refusal(dataset_copy)
+    assert "old spacing rule" in message and "regenerate it with `roadsense generate`" in message
+    result = CliRunner().invoke(_cli(), ["verify", str(dataset_copy)])
+    assert result.exit_code == 1
+    assert result.output.strip().count("\n") == 0 and "old spacing rule" in result.output
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (lambda: '{"format_version": 2, "pad": "' + "x" * (5 << 20) + '"}', "over the 4194304-byte limit"),
+        (lambda: '{"format_version": 2, "config": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
+        (lambda: '{"format_version": "' + "9" * 100_000 + '"}', "is not 2, the format this roadsense reads"),
+    ],
+    ids=["huge", "deep", "long value"],
+)
+def test_a_hostile_manifest_is_one_short_line(dataset_copy: Path, content, expected: str) -> None:
+    (dataset_copy / "manifest.json").write_text(content())
+    problems = verify_dataset(dataset_copy)
+    assert len(problems) == 1 and expected in problems[0] and len(problems[0]) < 400, problems
+    assert len(_one_line_refusal(dataset_copy)) < 600
+
+
+def test_a_long_problem_list_is_cut_short(dataset_copy: Path) -> None:
+    for i in range(30):
+        (dataset_copy / "train" / f"extra-{i:02d}.xml").write_text("<x/>")
+    with pytest.raises(DatasetError) as err:
+        Dataset.open(dataset_copy)
+    lines = str(err.value).splitlines()
+    assert "(30 problems)" in lines[0] and len(lines) == 1 + 20 + 1 and lines[-1] == "  - ... and 10 more"
+
+
+def _link(root: Path, how: str) -> str:
+    """Plant a symlink of kind ``how`` in the dataset at ``root``; return its relative path."""
+    if how == "file inside":
+        target = root / "train" / "train-0000" / "routes.rou.xml"
+        (root / "train" / "train-0000" / "real.xml").write_bytes(target.read_bytes())
+        target.unlink()
+        target.symlink_to("real.xml")
+        return "train/train-0000/routes.rou.xml"
+    if how == "folder pointing out":
+        (root / "eval" / "outside").symlink_to(root.parent, target_is_directory=True)
+        return "eval/outside"
+    if how == "folder self-loop":
+        (root / "val" / "loop").symlink_to("..", target_is_directory=True)
+        return "val/loop"
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["file inside", "folder pointing out", "folder self-loop"])
+def test_verify_refuses_every_symlink(dataset_copy: Path, how: str) -> None:
+    relative = _link(dataset_copy, how)
+    problems = verify_dataset(dataset_copy)
+    assert f"{relative}: a symlink; a dataset holds only plain files and folders (regenerate it)" in problems, problems
+
+
+def test_a_run_never_copies_through_a_symlink_and_leaves_no_temp_folder(dataset_copy: Path, tmp_path: Path) -> None:
+    from roadsense.pipeline import RunPaths, _prepare_dataset
+    from tests.conftest import tiny_config
+
+    paths = RunPaths.under(tmp_path / "run")
+    paths.output.mkdir()
+    _link(dataset_copy, "folder self-loop")
+    with pytest.raises(DatasetError, match="val/loop: a symlink"):
+        _prepare_dataset(paths, tiny_config(), dataset_copy)
+    assert list(paths.output.iterdir()) == []
+    (dataset_copy / "val" / "loop").unlink()
+    opened = _prepare_dataset(paths, tiny_config(), dataset_copy)
+    assert opened.root == paths.dataset.resolve() and verify_dataset(paths.dataset) == []
+    assert sorted(p.name for p in paths.output.iterdir()) == ["dataset"]
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--val-seed", "1042"], "--val-seed and --eval-seed are both 1042"),
+        (["--seed", "2042"], "--seed and --val-seed are both 2042"),
+        (["--val-count", "3"], "--val-count 3"),
+    ],
+)
+def test_generate_cli_names_the_val_flags(tmp_path: Path, args: list[str], named: str) -> None:
+    result = CliRunner().invoke(_cli(), ["generate", "--output", str(tmp_path / "ds"), *args])
+    assert result.exit_code == 2 and named in result.output, result.output
+    assert not (tmp_path / "ds").exists()

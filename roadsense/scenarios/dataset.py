@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import re
-import xml.etree.ElementTree as ET
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
@@ -221,8 +220,8 @@ def summarize(problems: list[str]) -> list[str]:
     return shown
 
 
-def _clip(problem: str) -> str:
-    return problem if len(problem) <= _PROBLEM_CHARS else problem[:_PROBLEM_CHARS] + " ..."
+def _clip(text: str, limit: int = _PROBLEM_CHARS) -> str:
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def _load_manifest(root: Path) -> tuple[Manifest | None, list[str]]:
@@ -231,11 +230,12 @@ def _load_manifest(root: Path) -> tuple[Manifest | None, list[str]]:
         return None, [f"{MANIFEST_FILE}: not a regular file (symlinks are not allowed in a dataset)"]
     if not path.exists():
         return None, [f"{MANIFEST_FILE}: missing"]
-    size = path.stat().st_size
-    if size > MAX_MANIFEST_BYTES:
-        return None, [f"{MANIFEST_FILE}: {size} bytes, over the {MAX_MANIFEST_BYTES}-byte limit; not a roadsense manifest"]
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_MANIFEST_BYTES + 1)  # never more, however large the file grows
+        if len(raw) > MAX_MANIFEST_BYTES:
+            return None, [f"{MANIFEST_FILE}: over the {MAX_MANIFEST_BYTES}-byte limit; not a roadsense manifest"]
+        data = json.loads(raw.decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         return None, [f"{MANIFEST_FILE}: not valid JSON ({exc})"]
     except RecursionError:
@@ -243,10 +243,11 @@ def _load_manifest(root: Path) -> tuple[Manifest | None, list[str]]:
     if not isinstance(data, dict):
         return None, [f"{MANIFEST_FILE}: must be a JSON object, got {type(data).__name__}"]
     version = data.get("format_version")
-    if version == 1:
+    if type(version) is int and version == 1:  # not True, which equals 1 in Python
         return None, [_OLD_SPACING]
     if version != FORMAT_VERSION:
-        return None, [f"{MANIFEST_FILE}: format_version {version!r} is not {FORMAT_VERSION}, the format this roadsense reads; "
+        shown = _clip(repr(version), 40)
+        return None, [f"{MANIFEST_FILE}: format_version {shown} is not {FORMAT_VERSION}, the format this roadsense reads; "
                       "regenerate the dataset with `roadsense generate`"]
     try:
         return Manifest.model_validate(data), []
