@@ -95,7 +95,7 @@ def generate_command(
 def verify_command(
     dataset: Annotated[Path, typer.Argument(help="Dataset folder holding manifest.json.")],
 ) -> None:
-    """Check every hash, path and scenario invariant of a dataset; exit 1 naming each problem."""
+    """Check every hash, path and scenario invariant of a dataset; exit 1 naming the problems (the first 20)."""
     problems = verify_dataset(dataset)
     if len(problems) == 1:
         raise _fail(f"{dataset}: {problems[0]}", code=1)

@@ -287,14 +287,13 @@ def _tree(root: Path) -> tuple[set[str], list[str]]:
     return regular, problems
 
 
-def _layout_problem(manifest: Manifest, relative: str) -> str | None:
-    """Why ``relative`` is not a file of the dataset format, or None when it is."""
+def _layout_problem(relative: str, ids: dict[str, set[str]]) -> str | None:
+    """Why ``relative`` is not a file of the dataset format (``ids``: scenario ids by split), or None when it is."""
     if relative == EMULATOR_PARAMS_FILE:
         return None
     parts = relative.split("/")
-    if len(parts) == 3 and parts[0] in SPLITS and parts[2] in (SUMOCFG_FILE, NETWORK_FILE, ROUTES_FILE):
-        if parts[1] in {s.id for s in manifest.split(parts[0]).scenarios}:  # type: ignore[arg-type]
-            return None
+    if len(parts) == 3 and parts[1] in ids.get(parts[0], ()) and parts[2] in (SUMOCFG_FILE, NETWORK_FILE, ROUTES_FILE):
+        return None
     return f"{relative}: not a file of the dataset format (<split>/<scenario id>/{SUMOCFG_FILE}|{NETWORK_FILE}|{ROUTES_FILE}, {EMULATOR_PARAMS_FILE})"
 
 
@@ -302,8 +301,9 @@ def _file_problems(root: Path, manifest: Manifest, regular: set[str]) -> tuple[l
     """Problems with the listed files, and the listed files that are sound (safe to parse)."""
     problems = []
     sound = set()
+    ids = {split: {s.id for s in manifest.split(split).scenarios} for split in SPLITS}
     for relative in sorted(manifest.files):
-        layout = _layout_problem(manifest, relative)
+        layout = _layout_problem(relative, ids)
         if layout:
             problems.append(layout)
             continue
