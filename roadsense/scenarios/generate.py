@@ -20,9 +20,9 @@ from tqdm import tqdm
 from roadsense.config import DatasetConfig
 from roadsense.provenance import container_image, git_commit
 from roadsense.scenarios.dataset import (
+    EMULATOR_PARAMS_FILE,
     FORMAT_VERSION,
     MANIFEST_FILE,
-    EMULATOR_PARAMS_FILE,
     Manifest,
     ScenarioEntry,
     SplitEntry,
