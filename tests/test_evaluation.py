@@ -106,6 +106,18 @@ def test_the_report_shows_each_rate_with_its_interval_per_level(tmp_path: Path) 
     assert "| 2 | 2 | 1 | 100.0% (20.7-100.0) | 0.0% (0.0-79.3) |" in buckets
 
 
+def test_the_report_names_the_selected_checkpoint_and_its_val_score(tmp_path: Path) -> None:
+    metrics = compute_metrics(FOUR_EPISODES)
+    score = {"num_timesteps": 300_000, "episodes": 45, "behavioral_success_rate": 44 / 45, "collision_rate": 0.0,
+             "mean_min_distance_post_hazard_m": 21.0, "wall_s": 6.0}
+    metrics.update(policy="model", plan={"eval_seed": 7}, model_selection={
+        "selected": "best", "criterion": "c", "selected_timesteps": 300_000, "last_timesteps": 500_000,
+        "validation": score, "val_seed": 11, "history": [score, {**score, "num_timesteps": 500_000}]})
+    text = write_report(tmp_path, metrics).read_text()
+    assert "the **best** checkpoint by validation, at 300,000 steps (the run ended at 500,000)" in text
+    assert "behavioural success 97.8% (88.4-99.6), collisions 0.0% (0.0-7.9). 2 validations in all" in text
+
+
 @pytest.mark.slow
 def test_a_model_is_evaluated_with_its_baselines_and_a_report(tiny_model: Path, tiny_dataset: Path,
                                                               tmp_path: Path) -> None:
