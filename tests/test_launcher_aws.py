@@ -16,9 +16,10 @@ from typer.testing import CliRunner
 
 from launcher import aws, infra, jobs
 from launcher.cli import app
-from launcher.fetch import RunNotFoundError, UnsafeArchiveError, fetch_run, safe_extract
+from launcher.fetch import ArchiveError, RunNotFoundError, fetch_run, safe_extract
 from launcher.launch import LaunchOptions, launch
 from launcher.layout import RunLayout
+from launcher.remote import Limits
 from launcher.settings import LaunchSettings, load_settings
 from launcher.upload import DatasetError, upload_tree, verify_dataset
 
@@ -106,7 +107,7 @@ def test_launch_creates_job_and_record_and_refuses_a_duplicate(moto_env, tmp_pat
     assert len(record["attempts"]) == 3
     # moto reports the job Completed at once but writes no results: fetch names where it looked.
     with pytest.raises(RunNotFoundError, match=f"no results at s3://{BUCKET}/cloud_prod_001/output/.*/model.tar.gz"):
-        fetch_run(s3, RunLayout(BUCKET, "cloud_prod_001"), tmp_path)
+        fetch_run(s3, RunLayout(BUCKET, "cloud_prod_001"), tmp_path, Limits())
 
 
 def test_upload_skips_unchanged_objects(moto_env, tmp_path: Path) -> None:
@@ -152,14 +153,14 @@ def test_fetch_refuses_unsafe_members(tmp_path: Path, name: str, kind: bytes, li
     member = tarfile.TarInfo(name)
     member.type, member.linkname = kind, link
     archive = _tar(tmp_path / "model.tar.gz", member, b"x" if kind == tarfile.REGTYPE else b"")
-    with pytest.raises(UnsafeArchiveError, match=reason):
-        safe_extract(archive, tmp_path / "out")
+    with pytest.raises(ArchiveError, match=reason):
+        safe_extract(archive, tmp_path / "out", Limits())
     assert not (tmp_path / "escape.txt").exists()
 
 
 def test_safe_extract_keeps_normal_members(tmp_path: Path) -> None:
     archive = _tar(tmp_path / "model.tar.gz", tarfile.TarInfo("metrics.json"), b"{}")
-    assert safe_extract(archive, tmp_path / "out") == ["metrics.json"]
+    assert safe_extract(archive, tmp_path / "out", Limits()) == ["metrics.json"]
     assert (tmp_path / "out" / "metrics.json").read_text() == "{}"
 
 
