@@ -129,11 +129,11 @@ def _unreadable(source: str, exc: BaseException) -> ArchiveError:
     return ArchiveError(f"{source}: {what} ({detail})")
 
 
-def _walk(archive: Path, limits: Limits, visit: Callable[[tarfile.TarFile, tarfile.TarInfo], bool]) -> None:
+def _walk(archive: Path, limits: Limits, visit: Callable[[tarfile.TarFile, tarfile.TarInfo], bool], source: str) -> None:
     """Call ``visit(tar, member)`` for each member of ``archive`` in order, after checking it (kind,
     name, count, running size), until ``visit`` returns False. Reading the whole archive also
-    checks its gzip trailer. Every way of not being a readable archive is an :class:`ArchiveError`."""
-    source = str(archive)
+    checks its gzip trailer. Every way of not being a readable archive is an :class:`ArchiveError`
+    naming ``source`` (where the archive came from)."""
     count = total = 0
     try:
         with gzip.open(archive, "rb") as raw:
@@ -173,16 +173,21 @@ def read_member(archive: Path, name: str, limits: Limits) -> bytes | None:
         found.append(handle.read() if handle else b"")
         return False
 
-    _walk(archive, limits, visit)
+    _walk(archive, limits, visit, str(archive))
     return found[0] if found else None
 
 
-def safe_extract(archive: Path, dest: Path, limits: Limits) -> list[str]:
+def safe_extract(archive: Path, dest: Path, limits: Limits, source: str | None = None) -> list[str]:
     """Extract ``archive`` into ``dest`` (its entries replace same-named ones there); returns the member names.
 
-    Raises :class:`ArchiveError` with one line for a non-gzip or non-tar file, a truncated or
-    corrupt archive, one over the limits, or an unsafe member; ``dest`` is then unchanged.
+    Raises :class:`ArchiveError` with one line naming ``source`` (default: the archive's path)
+    for a non-gzip or non-tar file, a truncated or corrupt archive, one over the limits, or an
+    unsafe member; ``dest`` is then unchanged.
     """
+    source = source or str(archive)
+    # First pass: every member checked and the archive read to its gzip trailer before anything
+    # is written (a refused archive costs one decompression, not thousands of files on disk).
+    _walk(archive, limits, lambda tar, member: True, source)
     names: list[str] = []
     with staged(dest) as stage:
 
@@ -192,29 +197,34 @@ def safe_extract(archive: Path, dest: Path, limits: Limits) -> list[str]:
             except gzip.BadGzipFile:
                 raise  # the stream is corrupt, not the member: reported by _walk
             except OSError as exc:  # e.g. a file where an earlier member made a folder
-                raise ArchiveError(f"{archive}: cannot extract member {member.name!r}: {exc}") from None
+                raise ArchiveError(f"{source}: cannot extract member {member.name!r}: {exc}") from None
             names.append(member.name)
             return True
 
-        _walk(archive, limits, visit)
+        _walk(archive, limits, visit, source)
     return names
 
 
-def extract_results(mirror: Path, job: str, dest: Path, limits: Limits) -> Path:
+def extract_results(mirror: Path, job: str, dest: Path, limits: Limits, origin: str | None = None) -> Path:
     """Extract ``job``'s archives from a run's mirror folder (laid out like its S3 prefix) into ``dest``.
 
     Returns the folder with the model package (``dest/model``); the training outputs
     (TensorBoard logs, full log) go to ``dest/output-data`` when the job wrote any. Both
-    appear together or not at all.
+    appear together or not at all. ``origin`` is the mirror's S3 URI when it was downloaded
+    into a temporary folder: errors name the S3 object rather than that folder.
     """
     model = mirror / "output" / job / "output" / "model.tar.gz"
     if not model.is_file():
         raise RunNotFoundError(f"job {job} has no model.tar.gz ({model})")
     output = model.with_name("output.tar.gz")
+
+    def source(archive: Path) -> str:
+        return f"{origin}{archive.relative_to(mirror).as_posix()}" if origin else str(archive)
+
     with staged(dest) as stage:
-        safe_extract(model, stage / "model", limits)
+        safe_extract(model, stage / "model", limits, source(model))
         if output.is_file():
-            safe_extract(output, stage / "output-data", limits)
+            safe_extract(output, stage / "output-data", limits, source(output))
     return dest / "model"
 
 
@@ -233,5 +243,5 @@ def fetch_run(s3: Any, layout: RunLayout, dest: Path, limits: Limits) -> Path:
                 raise RunNotFoundError(
                     f"job {job} has no results at s3://{layout.bucket}/{key} (still running, or failed: roadsense-launch status {layout.run_id})"
                 )
-        extract_results(stage, job, stage, limits)
+        extract_results(stage, job, stage, limits, layout.uri())
     return dest / "model"

@@ -38,7 +38,7 @@ class Limits:
 
     object_bytes: int = 256 * MiB  # max_download_bytes: one S3 object (model.tar.gz, output.tar.gz)
     json_bytes: int = 1 * MiB  # max_json_bytes: launch.json, sweep.json, metrics.json
-    extract_bytes: int = 1024 * MiB  # max_extract_bytes: the files of one archive, once extracted
+    extract_bytes: int = 512 * MiB  # max_extract_bytes: the files of one archive, once extracted
     members: int = 10_000  # max_archive_members: entries (files and folders) of one archive
     listed_runs: int = 1000  # max_listed_runs: run prefixes `list` reads
 
@@ -78,8 +78,13 @@ def _copy(s3: Any, bucket: str, key: str, out: IO[bytes], max_bytes: int, settin
         raise
     if head["ContentLength"] > max_bytes:
         raise _too_big(source, max_bytes, setting)
-    # IfMatch: the object whose size was checked, not one swapped in meanwhile (S3 answers 412).
-    body = s3.get_object(Bucket=bucket, Key=key, IfMatch=head["ETag"])["Body"]
+    try:
+        # IfMatch: the object whose size was checked, not one swapped in meanwhile.
+        body = s3.get_object(Bucket=bucket, Key=key, IfMatch=head["ETag"])["Body"]
+    except botocore.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "PreconditionFailed":
+            raise RemoteDataError(f"{source} was replaced while it was being read; run the command again") from None
+        raise
     copied = 0
     for chunk in iter(lambda: body.read(_CHUNK), b""):
         copied += len(chunk)
