@@ -267,7 +267,7 @@ def logs(ctx: typer.Context, run_id: RunIdArgument, follow: Annotated[bool, type
         if not follow:
             lines = jobs.LogReader(session.client("logs"), job).read_new()
             for line in lines:
-                print(line)
+                print(display.printable(line))  # the job's own output: no terminal escapes
             if not lines:
                 display.errors.print(f"{job} has no log lines yet (it writes them once its instance has started)", markup=False, highlight=False, soft_wrap=True)
             return

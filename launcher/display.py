@@ -15,7 +15,7 @@ from roadsense.metric_lines import TRAIN_TAG, parse_line
 
 console = Console()
 errors = Console(stderr=True)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")  # control characters except tab
 
 
 def printable(text: str) -> str:
@@ -54,7 +54,7 @@ class MetricProgress:
 
     def on_line(self, line: str) -> None:
         if self._show_lines:
-            self._progress.console.print(line, markup=False, highlight=False)
+            self._progress.console.print(printable(line), markup=False, highlight=False)
         parsed = parse_line(line)
         if parsed is None or parsed[0] != TRAIN_TAG:
             return

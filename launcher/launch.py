@@ -20,6 +20,7 @@ from launcher.cost import CostEstimate, estimate
 from launcher.fetch import extract_results, fetch_run
 from launcher.layout import RunLayout, job_name, validate_run_id
 from launcher.local import SCRATCH, run_local
+from launcher.remote import check_listed_key
 from launcher.request import JobSpec, build_request
 from launcher.settings import LaunchSettings
 from launcher.upload import upload_tree, verify_dataset
@@ -169,10 +170,12 @@ def _launch_cloud_steps(options: LaunchOptions, settings: LaunchSettings, sessio
     if record.prefix_in_use(s3, layout) and not (options.resume or options.force):
         _refuse_reuse(layout.uri(), options)
     if options.force:
-        # Starting over: old checkpoints would otherwise be resumed by the container.
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=layout.bucket, Prefix=layout.checkpoints_key):
-            for item in page.get("Contents", []):
-                s3.delete_object(Bucket=layout.bucket, Key=item["Key"])
+        # Starting over: old checkpoints would otherwise be resumed by the container. Every key is
+        # checked before the first is deleted, so a crafted one stops the launch with nothing deleted.
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=layout.bucket, Prefix=layout.checkpoints_key)
+        keys = [check_listed_key(layout.bucket, item["Key"], layout.checkpoints_key) for page in pages for item in page.get("Contents", [])]
+        for key in keys:
+            s3.delete_object(Bucket=layout.bucket, Key=key)
     commit = git_commit()
     image_uri = checked.image_uri or _build_image(options, settings, session, checked.account, commit)
     request, cost = plan(options, settings, checked.role_arn, image_uri, commit)

@@ -60,6 +60,17 @@ def parse(model: type[Model], data: bytes, source: str) -> Model:
         raise RemoteDataError(f"{source}: {validation_problem(exc)}") from None
 
 
+def check_listed_key(bucket: str, key: str, prefix: str) -> str:
+    """``key`` if it lies under ``prefix`` with no '.' or '..' segment. Keys from a listing that the
+    launcher acts on (deletes) must address exactly that object: AWS rejects dot segments in a
+    request path and other clients or proxies may resolve them to another key."""
+    if not key.startswith(prefix) or any(part in (".", "..") for part in key[len(prefix):].split("/")):
+        raise RemoteDataError(
+            f"s3://{bucket}/{key}: a '.' or '..' segment under {prefix}; refusing to act on it (remove it in the S3 console, then retry)"
+        )
+    return key
+
+
 def _too_big(source: str, limit: int, setting: str) -> RemoteDataError:
     return RemoteDataError(f"{source} is larger than {limit} bytes; refused (raise the {setting} setting if it is genuine)")
 

@@ -19,7 +19,7 @@ from launcher.cli import app
 from launcher.fetch import ArchiveError, RunNotFoundError, fetch_run, safe_extract
 from launcher.launch import LaunchOptions, launch
 from launcher.layout import RunLayout
-from launcher.remote import Limits
+from launcher.remote import Limits, RemoteDataError
 from launcher.settings import LaunchSettings, load_settings
 from launcher.upload import DatasetError, upload_tree, verify_dataset
 
@@ -108,6 +108,17 @@ def test_launch_creates_job_and_record_and_refuses_a_duplicate(moto_env, tmp_pat
     # moto reports the job Completed at once but writes no results: fetch names where it looked.
     with pytest.raises(RunNotFoundError, match=f"no results at s3://{BUCKET}/cloud_prod_001/output/.*/model.tar.gz"):
         fetch_run(s3, RunLayout(BUCKET, "cloud_prod_001"), tmp_path, Limits())
+
+
+def test_force_refuses_a_crafted_checkpoint_key_before_deleting_anything(moto_env) -> None:
+    session, role = moto_env
+    _push_image(session)
+    s3 = session.client("s3")
+    for key in ("r5/checkpoints/ckpt_1.zip", "r5/checkpoints/../../other_run/launch.json"):
+        s3.put_object(Bucket=BUCKET, Key=key, Body=b"x")
+    with pytest.raises(RemoteDataError, match=r"'\.\.' segment under r5/checkpoints/"):
+        launch(LaunchOptions(run_id="r5", preset="smoke", force=True), _settings(role))
+    assert s3.list_objects_v2(Bucket=BUCKET, Prefix="r5/")["KeyCount"] == 2  # nothing deleted, no job recorded
 
 
 def test_upload_skips_unchanged_objects(moto_env, tmp_path: Path) -> None:

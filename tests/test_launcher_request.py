@@ -7,7 +7,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from launcher.aws import LaunchError
+from launcher.cli import app
 from launcher.cost import SPOT_TYPICAL_DISCOUNT, STARTUP_SECONDS, estimate, vcpus
 from launcher.layout import RunIdError, job_name, validate_run_id
 from launcher.launch import LaunchOptions, plan, training_config
@@ -149,3 +152,36 @@ def test_sweep_grid_and_scheduling() -> None:
     started = schedule(range(5), lambda i: (running_counts.append(sum(1 for k in checks if checks[k] <= 2) + 1), i)[1], finished, 2, sleep=lambda s: None)
     assert started == [0, 1, 2, 3, 4]
     assert max(running_counts) <= 2
+
+
+# --- a run longer than the job may run --------------------------------------------------------
+
+
+def _overrun_options(**changes: object) -> LaunchOptions:
+    return LaunchOptions(run_id="long_run", preset="smoke", sets=("total_timesteps=50000000",), **changes)
+
+
+def test_a_run_longer_than_the_max_runtime_is_refused_with_both_figures_and_the_fix() -> None:
+    settings = LaunchSettings(max_runtime_s=3600)
+    expected = estimate(training_config("smoke", {"total_timesteps": "50000000"}, settings.instance_type))
+    assert expected is not None and expected.hours > 1  # the estimate (roadsense/estimate.py) is the one being compared
+    with pytest.raises(LaunchError) as refused:
+        plan(_overrun_options(), settings, ROLE, IMAGE, "abc")
+    message = str(refused.value)
+    assert f"~{expected.hours:.1f} h" in message and "max runtime of 1.0 h" in message
+    assert "--max-runtime-hours" in message and "total_timesteps" in message and "--allow-overrun" in message
+    assert plan(_overrun_options(allow_overrun=True), settings, ROLE, IMAGE, "abc")[0]["StoppingCondition"]["MaxRuntimeInSeconds"] == 3600
+    plan(_overrun_options(local=True), settings, ROLE, IMAGE, "abc")  # a local run has no max runtime
+    plan(_overrun_options(), LaunchSettings(max_runtime_s=int(expected.hours * 3600) + 60), ROLE, IMAGE, "abc")
+
+
+def test_the_cli_refuses_an_overrun_unless_allowed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # needs no AWS
+    args = ["--run-id", "long_run", "--preset", "smoke", "--set", "total_timesteps=50000000", "--max-runtime-hours", "1",
+            "--dry-run", "--json", "--image-uri", IMAGE, "--role-arn", ROLE]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 1 and refused.stderr.count("\n") == 1
+    assert "max runtime of 1.0 h" in refused.stderr and "--allow-overrun" in refused.stderr
+    allowed = CliRunner().invoke(app, ["--allow-overrun", *args])
+    assert allowed.exit_code == 0, allowed.output
