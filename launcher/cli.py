@@ -20,7 +20,7 @@ import typer
 
 from launcher import aws, display, image, jobs, record, sweep
 from launcher.codebuild import BuildError
-from launcher.fetch import RunNotFoundError, extract_results, fetch_run
+from launcher.fetch import DestinationError, RunNotFoundError, extract_results, fetch_run
 from launcher.infra import infra_app
 from launcher.launch import LaunchOptions, Launched, dry_run_request, git_commit, launch, refuse_overrun
 from launcher.layout import RunIdError, RunLayout, validate_run_id
@@ -37,8 +37,8 @@ _USER_ERRORS = (
     aws.LaunchError, ConfigError, SettingsError, RequestError, DatasetError,
     RunNotFoundError, BuildError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
 )
-# Input that cannot be used at all (a bad run id, data from the bucket that is refused): exit 2, like a usage error.
-_INPUT_ERRORS = (RunIdError, RemoteDataError)
+# Input that cannot be used at all (a bad run id or destination, data from the bucket that is refused): exit 2, like a usage error.
+_INPUT_ERRORS = (RunIdError, RemoteDataError, DestinationError)
 
 
 @dataclasses.dataclass

@@ -44,6 +44,10 @@ class ArchiveError(RemoteDataError):
     """The archive is refused (not a tar, truncated, too big, too many members, unsafe member); the message names it."""
 
 
+class DestinationError(ValueError):
+    """The destination folder cannot take the results (it is a file)."""
+
+
 class RunNotFoundError(LookupError):
     """No results for the run id (never launched, or the job has not finished)."""
 
@@ -52,6 +56,8 @@ class RunNotFoundError(LookupError):
 def staged(dest: Path) -> Iterator[Path]:
     """A temporary folder beside ``dest``; when the block completes, its entries replace those of
     ``dest``. On any failure it is removed and ``dest`` is untouched."""
+    if dest.exists() and not dest.is_dir():
+        raise DestinationError(f"{dest} exists and is not a folder; give another destination (fetch --to DIR)")
     dest.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=PARTIAL_SUFFIX, dir=dest.parent))
     try:

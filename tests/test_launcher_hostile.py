@@ -206,6 +206,13 @@ def test_fetch_extracts_a_normal_archive_and_replaces_a_previous_fetch(bucket, t
     assert _no_partial(tmp_path)
 
 
+def test_fetch_into_a_file_is_refused_and_the_file_kept(bucket, tmp_path: Path) -> None:
+    _publish(bucket, tmp_path, [_file("metrics.json", b"{}")])
+    (tmp_path / "taken").write_text("mine")
+    _refused(_invoke("fetch", "r1", "--to", str(tmp_path / "taken")), "is not a folder", "--to")
+    assert (tmp_path / "taken").read_text() == "mine" and _no_partial(tmp_path)
+
+
 @pytest.mark.parametrize(
     ("members", "message"),
     [
