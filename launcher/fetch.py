@@ -61,29 +61,32 @@ def staged(dest: Path) -> Iterator[Path]:
     dest.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=PARTIAL_SUFFIX, dir=dest.parent))
     try:
-        yield stage
-        _move_into(stage, dest)
+        # Fixed names: whatever an archive holds goes under new/, so it cannot collide with old/.
+        (stage / "new").mkdir()
+        (stage / "old").mkdir()
+        yield stage / "new"
+        _move_into(stage / "new", dest, stage / "old")
     finally:
-        shutil.rmtree(stage, ignore_errors=True)  # after a success it is empty; the error (if any) propagates
+        shutil.rmtree(stage, ignore_errors=True)  # the replaced entries, or a failed attempt; an error propagates
 
 
-def _move_into(stage: Path, dest: Path) -> None:
-    """Rename each entry of ``stage`` into ``dest``, replacing an entry of the same name (renames
-    within one filesystem, so each entry appears whole)."""
+def _move_into(new: Path, dest: Path, old: Path) -> None:
+    """Rename each entry of ``new`` into ``dest``; a same-named entry there goes to ``old``. Renames
+    within one filesystem, so each entry appears whole; if one fails, the earlier ones are undone."""
     dest.mkdir(parents=True, exist_ok=True)
-    for entry in sorted(stage.iterdir()):
-        target = dest / entry.name
-        if target.exists() or target.is_symlink():
-            # The old entry goes into the stage (deleted with it), so a failed rename can put it back.
-            old = stage / f".old-{entry.name}"
-            target.rename(old)
-            try:
-                entry.rename(target)
-            except OSError:
-                old.rename(target)
-                raise
-        else:
+    undo: list[Callable[[], Path]] = []
+    try:
+        for entry in sorted(new.iterdir()):
+            target = dest / entry.name
+            if target.exists() or target.is_symlink():
+                target.rename(old / entry.name)
+                undo.append(lambda target=target, previous=old / entry.name: previous.rename(target))
             entry.rename(target)
+            undo.append(lambda target=target, entry=entry: target.rename(entry))
+    except OSError:
+        for step in reversed(undo):
+            step()
+        raise
 
 
 class _BoundedReader:

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from launcher import display
 from launcher.cli import app
-from launcher.fetch import PARTIAL_SUFFIX, ArchiveError, safe_extract
+from launcher.fetch import PARTIAL_SUFFIX, ArchiveError, safe_extract, staged
 from launcher.layout import RunIdError, RunLayout, job_name, validate_run_id
 from launcher.remote import Limits, RemoteDataError, read_object
 from launcher.sweep import read_metrics
@@ -273,6 +273,26 @@ def test_fetch_bounds_extracted_bytes_members_and_downloads(bucket, tmp_path: Pa
     _publish(bucket, tmp_path, raw=os.urandom(5000))
     _refused(_invoke(*_config(tmp_path, max_download_bytes=1000), "fetch", "r1", "--to", str(dest)), "larger than 1000 bytes", "max_download_bytes")
     assert not dest.exists() and _no_partial(tmp_path)
+
+
+def test_a_failed_move_into_place_undoes_the_earlier_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    for name in ("a", "b"):
+        (dest / name).write_text(f"old {name}")
+    rename = Path.rename
+
+    def failing_rename(self: Path, target: Path) -> Path:
+        if self.name == "b" and self.parent.name == "new":  # the second entry cannot be moved in
+            raise OSError("simulated: no space left")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing_rename)
+    with pytest.raises(OSError, match="simulated"):
+        with staged(dest) as stage:
+            for name in ("a", "b"):
+                (stage / name).write_text(f"new {name}")
+    assert [(dest / n).read_text() for n in ("a", "b")] == ["old a", "old b"] and _no_partial(tmp_path)
 
 
 def test_default_limits_refuse_20k_members(tmp_path: Path) -> None:
