@@ -30,13 +30,12 @@ from typing import IO, Any, Callable, Iterator
 
 from launcher.layout import RunLayout
 from launcher.record import latest_job, read_record
-from launcher.remote import Limits, RemoteDataError, download_file
+from launcher.remote import CHUNK, Limits, RemoteDataError, download_file
 
 # One path component of an archive member: printable ASCII without '/', '\\' or quotes.
 _MEMBER_PART = re.compile(r"[A-Za-z0-9._+=@,~ -]{1,255}")
 # Headers, long-name/pax records and padding a member adds to the tar stream beyond its data.
 _HEADER_ALLOWANCE = 4096
-_CHUNK = 1024 * 1024
 PARTIAL_SUFFIX = ".partial"  # temporary folders beside a destination while it is written
 
 
@@ -163,7 +162,7 @@ def _walk(archive: Path, limits: Limits, visit: Callable[[tarfile.TarFile, tarfi
                         return
             # tarfile stops at the end-of-archive block; reading on to the gzip trailer checks its
             # CRC and length, so an archive cut short after its last member is not taken as whole.
-            while stream.read(_CHUNK):
+            while stream.read(CHUNK):
                 pass
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise _unreadable(source, exc) from None

@@ -19,7 +19,7 @@ import botocore.exceptions
 from pydantic import BaseModel, ValidationError
 
 MiB = 1024 * 1024
-_CHUNK = MiB
+CHUNK = MiB  # read size for streamed downloads and archives
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -97,7 +97,7 @@ def _copy(s3: Any, bucket: str, key: str, out: IO[bytes], max_bytes: int, settin
             raise RemoteDataError(f"{source} was replaced while it was being read; run the command again") from None
         raise
     copied = 0
-    for chunk in iter(lambda: body.read(_CHUNK), b""):
+    for chunk in iter(lambda: body.read(CHUNK), b""):
         copied += len(chunk)
         if copied > max_bytes:  # a server that sends more than it announced
             raise _too_big(source, max_bytes, setting)
