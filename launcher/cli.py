@@ -12,18 +12,19 @@ import dataclasses
 import json
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
-from typing import Annotated, Any, Iterator, Optional
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Callable, Iterator, NoReturn, Optional
 
 import botocore.exceptions
 import typer
 
 from launcher import aws, display, image, jobs, record, sweep
 from launcher.codebuild import BuildError
-from launcher.fetch import RunNotFoundError, UnsafeArchiveError, extract_results, fetch_run
+from launcher.fetch import DestinationError, RunNotFoundError, extract_results, fetch_run
 from launcher.infra import infra_app
-from launcher.launch import LaunchOptions, Launched, dry_run_request, git_commit, launch
-from launcher.layout import RunIdError, RunLayout
+from launcher.launch import LaunchOptions, Launched, dry_run_request, git_commit, launch, refuse_overrun
+from launcher.layout import RunIdError, RunLayout, validate_run_id
+from launcher.remote import RemoteDataError, check_file_size, download_file
 from launcher.request import RequestError
 from launcher.settings import LaunchSettings, SettingsError, load_settings
 from launcher.upload import DatasetError, upload_tree, verify_dataset
@@ -33,9 +34,11 @@ app = typer.Typer(help=__doc__, invoke_without_command=True, no_args_is_help=Fal
 app.add_typer(infra_app, name="infra", help="Deploy, inspect or delete the AWS infrastructure (infra/).")
 
 _USER_ERRORS = (
-    aws.LaunchError, ConfigError, SettingsError, RunIdError, RequestError, DatasetError,
-    UnsafeArchiveError, RunNotFoundError, BuildError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
+    aws.LaunchError, ConfigError, SettingsError, RequestError, DatasetError,
+    RunNotFoundError, BuildError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
 )
+# Input that cannot be used at all (a bad run id or destination, data from the bucket that is refused): exit 2, like a usage error.
+_INPUT_ERRORS = (RunIdError, RemoteDataError, DestinationError)
 
 
 @dataclasses.dataclass
@@ -52,21 +55,43 @@ class _State:
         return self._settings
 
 
+def _fail(message: str, code: int) -> NoReturn:
+    display.error_line(f"error: {message}")
+    raise typer.Exit(code)
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """A problem the user can fix ends the command with one line on stderr and exit code 1."""
+    """A problem the user can fix ends the command with one line on stderr: exit code 2 for
+    unusable input (:data:`_INPUT_ERRORS`), 1 for the rest."""
     try:
         yield
+    except _INPUT_ERRORS as exc:
+        _fail(str(exc), 2)
     except _USER_ERRORS as exc:
         message = str(aws.translate(exc)) if isinstance(exc, botocore.exceptions.BotoCoreError | botocore.exceptions.ClientError) else str(exc)
-        display.error_line(f"error: {message}")
-        raise typer.Exit(1) from None
+        _fail(message, 1)
+
+
+def _checked_run_id(value: str | None) -> str | None:
+    """The one check of every run id typed on the command line (each command's argument and --run-id),
+    before any key or path is built from it; RunLayout refuses one that gets past it."""
+    if value is None:
+        return None
+    try:
+        return validate_run_id(value)
+    except RunIdError as exc:
+        _fail(str(exc), 2)
+
+
+_RUN_ID_HELP = "Run id: 1-40 letters, digits, '-' or '_', starting with a letter or digit (its S3 prefix)."
+RunIdArgument = Annotated[str, typer.Argument(callback=_checked_run_id, help=_RUN_ID_HELP, show_default=False)]
 
 
 @app.callback()
 def main(
     ctx: typer.Context,
-    run_id: Annotated[Optional[str], typer.Option(help="Run id: letters, digits, '-', '_' (the S3 prefix of the run).")] = None,
+    run_id: Annotated[Optional[str], typer.Option(callback=_checked_run_id, help=_RUN_ID_HELP)] = None,
     preset: Annotated[str, typer.Option(help=f"Config preset: {', '.join(PRESETS)}.")] = "production",
     set_: Annotated[list[str], typer.Option("--set", help="Config override key=value (repeatable).")] = [],  # noqa: B006 - typer needs a literal
     dataset: Annotated[Optional[Path], typer.Option(help="Dataset folder (with manifest.json) for the 'dataset' channel.")] = None,
@@ -83,6 +108,7 @@ def main(
     max_wait_hours: Annotated[Optional[float], typer.Option(help="Spot: max runtime + waiting for capacity (default 48).")] = None,
     resume: Annotated[bool, typer.Option(help="Reuse the run id and continue from its checkpoints.")] = False,
     force: Annotated[bool, typer.Option(help="Reuse the run id and start over (deletes its checkpoints).")] = False,
+    allow_overrun: Annotated[bool, typer.Option(help="Launch even if the estimated duration exceeds the max runtime.")] = False,
     wait: Annotated[bool, typer.Option(help="Follow the job to the end, then fetch the results.")] = False,
     local: Annotated[bool, typer.Option(help="Run the job on this machine (results in --runs-dir).")] = False,
     engine: Annotated[Optional[str], typer.Option(help="With --local: run the built image with docker or podman.")] = None,
@@ -104,7 +130,7 @@ def main(
     }
     template = LaunchOptions(
         run_id=run_id or "", preset=preset, sets=tuple(set_), dataset=dataset, spot=spot, resume=resume,
-        force=force, wait=wait, local=local, engine=engine, builder=builder, dry_run=dry_run,
+        force=force, wait=wait, local=local, engine=engine, builder=builder, dry_run=dry_run, allow_overrun=allow_overrun,
     )
     ctx.obj = _State(flags, config, template)
     if ctx.invoked_subcommand is not None:
@@ -150,7 +176,7 @@ class _LatestJob:
 def _latest_job(settings: LaunchSettings, run_id: str) -> _LatestJob:
     session = aws.make_session(settings)
     layout = RunLayout(settings.bucket, run_id)
-    found = record.read_record(session.client("s3"), layout)
+    found = record.read_record(session.client("s3"), layout, settings.limits)
     if found is None:
         raise RunNotFoundError(f"run {run_id!r} has no launch record in s3://{settings.bucket}; see roadsense-launch list")
     attempt = found["attempts"][-1]
@@ -206,7 +232,7 @@ def push(
 
 
 @app.command()
-def upload(ctx: typer.Context, run_id: str, dataset: Annotated[Path, typer.Option(help="Dataset folder with manifest.json.")]) -> None:
+def upload(ctx: typer.Context, run_id: RunIdArgument, dataset: Annotated[Path, typer.Option(help="Dataset folder with manifest.json.")]) -> None:
     """Verify a dataset and upload it to the run's dataset prefix (unchanged files are skipped)."""
     with user_errors():
         settings = _state(ctx).settings()
@@ -217,7 +243,7 @@ def upload(ctx: typer.Context, run_id: str, dataset: Annotated[Path, typer.Optio
 
 
 @app.command()
-def status(ctx: typer.Context, run_id: Annotated[Optional[str], typer.Argument()] = None) -> None:
+def status(ctx: typer.Context, run_id: Annotated[Optional[str], typer.Argument(callback=_checked_run_id, help=_RUN_ID_HELP)] = None) -> None:
     """The status of a run's latest job, or of the newest jobs."""
     with user_errors():
         settings = _state(ctx).settings()
@@ -233,7 +259,7 @@ def status(ctx: typer.Context, run_id: Annotated[Optional[str], typer.Argument()
 
 
 @app.command()
-def logs(ctx: typer.Context, run_id: str, follow: Annotated[bool, typer.Option(help="Keep streaming until the job ends.")] = False) -> None:
+def logs(ctx: typer.Context, run_id: RunIdArgument, follow: Annotated[bool, typer.Option(help="Keep streaming until the job ends.")] = False) -> None:
     """Print a run's job log (CloudWatch); --follow adds a progress bar from its metric lines."""
     with user_errors():
         session, job = _sagemaker_job(
@@ -241,7 +267,7 @@ def logs(ctx: typer.Context, run_id: str, follow: Annotated[bool, typer.Option(h
         if not follow:
             lines = jobs.LogReader(session.client("logs"), job).read_new()
             for line in lines:
-                print(line)
+                print(display.printable(line))  # the job's own output: no terminal escapes
             if not lines:
                 display.errors.print(f"{job} has no log lines yet (it writes them once its instance has started)", markup=False, highlight=False, soft_wrap=True)
             return
@@ -252,7 +278,7 @@ def logs(ctx: typer.Context, run_id: str, follow: Annotated[bool, typer.Option(h
 
 
 @app.command()
-def stop(ctx: typer.Context, run_id: str) -> None:
+def stop(ctx: typer.Context, run_id: RunIdArgument) -> None:
     """Stop a run's job (the container checkpoints first)."""
     with user_errors():
         session, job = _sagemaker_job(_state(ctx).settings(), run_id, "press Ctrl-C where it runs")
@@ -263,20 +289,21 @@ def stop(ctx: typer.Context, run_id: str) -> None:
 @app.command()
 def fetch(
     ctx: typer.Context,
-    run_id: str,
+    run_id: RunIdArgument,
     to: Annotated[Optional[Path], typer.Option(help="Target folder (default <runs-dir>/<run-id>).")] = None,
 ) -> None:
     """Download a run's model.tar.gz (and output.tar.gz) and extract them safely into --to."""
     with user_errors():
         settings = _state(ctx).settings()
         dest = to or settings.runs_dir / run_id
+        layout = RunLayout(settings.bucket, run_id)
         if _state(ctx).template.local:
-            launch_file = settings.runs_dir / RunLayout(settings.bucket, run_id).launch_key
-            if not launch_file.is_file():
+            found = record.read_local_record(settings.runs_dir, layout, settings.limits)
+            if found is None:
                 raise RunNotFoundError(f"run {run_id!r} has no launch record in {settings.runs_dir}")
-            model = extract_results(settings.runs_dir / run_id, record.latest_job(json.loads(launch_file.read_text())), dest)
+            model = extract_results(settings.runs_dir / run_id, record.latest_job(found), dest, settings.limits)
         else:
-            model = fetch_run(aws.make_session(settings).client("s3"), RunLayout(settings.bucket, run_id), dest)
+            model = fetch_run(aws.make_session(settings).client("s3"), layout, dest, settings.limits)
         display.console.print(f"results in {model}")
 
 
@@ -286,26 +313,40 @@ def list_runs(ctx: typer.Context) -> None:
     with user_errors():
         settings = _state(ctx).settings()
         s3 = aws.make_session(settings).client("s3")
-        rows = []
+        limit = settings.max_listed_runs
+        prefixes: list[str] = []
+        # A shared bucket may hold any number of prefixes: read (one GET each) at most `limit`.
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket, Delimiter="/"):
-            for prefix in page.get("CommonPrefixes", []):
-                run_id = prefix["Prefix"].rstrip("/")
-                layout = RunLayout(settings.bucket, run_id)
-                found = record.read_record(s3, layout)
-                if found is None:
-                    # A sweep's parent holds only sweep.json; anything else without a record is left over.
-                    is_sweep = s3.list_objects_v2(Bucket=layout.bucket, Prefix=layout.sweep_key, MaxKeys=1).get("KeyCount")
-                    rows.append((run_id, f"(sweep: compare {run_id})" if is_sweep else "(no launch record)", "", "", 0))
-                    continue
-                last = found["attempts"][-1]
-                rows.append((run_id, last["job_name"], last["mode"], last["launched_at"], len(found["attempts"])))
+            prefixes += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
+            if len(prefixes) > limit:
+                break
+        rows = [_list_row(s3, settings, prefix) for prefix in prefixes[:limit]]
         display.console.print(display.table(f"runs in s3://{settings.bucket}", ["run id", "latest job", "mode", "launched", "attempts"], rows))
+        if len(prefixes) > limit:
+            display.error_line(f"only the first {limit} runs are shown; raise the max_listed_runs setting to see more")
+
+
+def _list_row(s3: Any, settings: LaunchSettings, prefix: str) -> tuple[str, str, str, str, int | str]:
+    """One row of `list`. A prefix that is no run id, or whose launch.json is refused, is shown as such
+    (and never read or used to build a key): one bad entry in a shared bucket does not hide the others."""
+    run_id = prefix.removesuffix("/")
+    try:
+        layout = RunLayout(settings.bucket, run_id)
+        found = record.read_record(s3, layout, settings.limits)
+    except _INPUT_ERRORS as exc:
+        return (run_id, f"(ignored: {exc})", "", "", "")
+    if found is None:
+        # A sweep's parent holds only sweep.json; anything else without a record is left over.
+        is_sweep = s3.list_objects_v2(Bucket=layout.bucket, Prefix=layout.sweep_key, MaxKeys=1).get("KeyCount")
+        return (run_id, f"(sweep: compare {run_id})" if is_sweep else "(no launch record)", "", "", 0)
+    last = found["attempts"][-1]
+    return (run_id, last["job_name"], last["mode"], last["launched_at"], len(found["attempts"]))
 
 
 @app.command("sweep")
 def sweep_command(
     ctx: typer.Context,
-    parent: str,
+    parent: RunIdArgument,
     seeds: Annotated[str, typer.Option(help="Comma-separated training seeds, e.g. 0,1,2.")] = "",
     set_: Annotated[list[str], typer.Option("--set", help="key=v1,v2: one axis of the grid (repeatable).")] = [],  # noqa: B006
     max_parallel: Annotated[int, typer.Option(min=1, help="Jobs running at once.")] = 2,
@@ -323,8 +364,9 @@ def sweep_command(
                                        show_progress=state.template.local and max_parallel == 1)
             for child, point in children.items()
         }
-        for child in options.values():  # every child's config is valid before the first one starts
-            dry_run_request(dataclasses.replace(child, local=True), settings)
+        for child in options.values():  # every child's config (and runtime) is valid before the first one starts
+            _, cost = dry_run_request(dataclasses.replace(child, local=True), settings)
+            refuse_overrun(child, cost, settings.max_runtime_s)
         _write_sweep(settings, parent, sweep.sweep_record(parent, children, state.template.preset), state.template.local)
         if state.template.local:
             with ThreadPoolExecutor(max_parallel) as pool:
@@ -355,7 +397,7 @@ def _write_sweep(settings: LaunchSettings, parent: str, text: str, local: bool) 
 
 
 @app.command()
-def compare(ctx: typer.Context, parent: str) -> None:
+def compare(ctx: typer.Context, parent: RunIdArgument) -> None:
     """One table of a sweep's evaluation metrics (each child's overall metrics from its metrics.json),
     each rate with its 95 % interval, marked where it differs from the column's best run by more than the noise."""
     state = _state(ctx)
@@ -386,19 +428,29 @@ def compare(ctx: typer.Context, parent: str) -> None:
             display.console.print(sweep.DIFFERS_LEGEND)
 
 
+# The records compare reads, checked against their schemas before any of their fields is used.
+_RECORD_CHECKS: dict[str, Callable[[bytes, str], object]] = {"launch.json": record.parse_record, "sweep.json": sweep.parse_sweep}
+
+
 def _run_file(settings: LaunchSettings, s3: Any, key: str, download_to: Path) -> Path | None:
-    """The file at ``key`` of the runs' tree, or None if it is not there.
+    """The file at ``key`` of the runs' tree, or None if it is not there. It is size-bounded
+    (max_json_bytes for a record, max_download_bytes otherwise), and a record is schema-checked.
 
     ``s3`` None means --local: the tree is --runs-dir, laid out like the bucket.
     """
+    check = _RECORD_CHECKS.get(PurePosixPath(key).name)
+    max_bytes, setting = (settings.max_json_bytes, "max_json_bytes") if check else (settings.max_download_bytes, "max_download_bytes")
     if s3 is None:
         path = settings.runs_dir / key
-        return path if path.is_file() else None
-    try:
-        s3.download_file(settings.bucket, key, str(download_to))
-    except botocore.exceptions.ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+        if not path.is_file():
             return None
-        raise
-    return download_to
+        check_file_size(path, max_bytes, setting)
+        source = str(path)
+    else:
+        if not download_file(s3, settings.bucket, key, download_to, max_bytes, setting):
+            return None
+        path, source = download_to, f"s3://{settings.bucket}/{key}"
+    if check:
+        check(path.read_bytes(), source)
+    return path
 

@@ -25,7 +25,7 @@ SPOT_TYPICAL_DISCOUNT = 0.70
 class CostEstimate:
     instance_type: str
     steps_per_second: float
-    hours: float
+    hours: float  # start-up plus every pipeline stage: what the job's max runtime must cover
     on_demand_usd: float
     spot_usd: float
 

@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+import re
 from typing import Iterable, Sequence
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from roadsense.metric_lines import TRAIN_TAG, parse_line
 
 console = Console()
 errors = Console(stderr=True)
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")  # control characters except tab
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (newlines, terminal escapes) written as escapes: names and
+    messages that come from the bucket or AWS can neither break a line nor drive the terminal."""
+    return _CONTROL.sub(lambda match: repr(match.group())[1:-1], text)
 
 
 def error_line(text: str) -> None:
     """``text`` in red on stderr as one line: never wrapped (scripts and tests read it whole), and
     never read as markup (AWS messages and paths may hold [brackets])."""
-    errors.print(f"[red]{escape(text)}[/]", soft_wrap=True, highlight=False)
+    errors.print(f"[red]{escape(printable(text))}[/]", soft_wrap=True, highlight=False)
 
 
 class MetricProgress:
@@ -45,7 +54,7 @@ class MetricProgress:
 
     def on_line(self, line: str) -> None:
         if self._show_lines:
-            self._progress.console.print(line, markup=False, highlight=False)
+            self._progress.console.print(printable(line), markup=False, highlight=False)
         parsed = parse_line(line)
         if parsed is None or parsed[0] != TRAIN_TAG:
             return
@@ -65,5 +74,6 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) 
     for column in columns:
         result.add_column(column)
     for row in rows:
-        result.add_row(*("" if cell is None else str(cell) for cell in row))
+        # Text, not markup: cells hold run ids, job names and failure reasons read from AWS.
+        result.add_row(*(Text(printable("" if cell is None else str(cell))) for cell in row))
     return result

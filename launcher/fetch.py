@@ -1,101 +1,255 @@
 """Fetches a run's results and extracts them safely.
 
-``model.tar.gz`` comes from a training container, i.e. from code that ran elsewhere: a
-member that would land outside the target folder (absolute path, ``..``, a link pointing
-out) or a device file is refused with its name, before anything is written. tarfile's
-``data`` filter then guards the extraction itself as a second line.
+``model.tar.gz`` and ``output.tar.gz`` come from a training container, i.e. from code that
+ran elsewhere, through a bucket other people write to. So:
+
+* every download is size-bounded (:mod:`launcher.remote`), and the job name that becomes
+  the S3 key and the local path comes from a schema-checked launch record;
+* an archive must be a gzip-compressed tar holding only regular files and folders whose
+  names are relative, without ``..``, made of an allow-list of characters; links, devices
+  and FIFOs are refused;
+* the decompressed stream, the files' total size and the member count are bounded, so a
+  small archive cannot fill the disk or memory;
+* everything is written into a temporary folder beside the destination and moved into
+  place only once complete: a refused, truncated or corrupt archive leaves nothing behind.
+
+tarfile's ``data`` filter guards each extraction as a second line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import re
+import shutil
 import tarfile
+import tempfile
+import zlib
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO, Any, Callable, Iterator
 
 from launcher.layout import RunLayout
 from launcher.record import latest_job, read_record
+from launcher.remote import CHUNK, Limits, RemoteDataError, download_file
+
+# One path component of an archive member: printable ASCII without '/', '\\' or quotes.
+_MEMBER_PART = re.compile(r"[A-Za-z0-9._+=@,~ -]{1,255}")
+# Headers, long-name/pax records and padding a member adds to the tar stream beyond its data.
+_HEADER_ALLOWANCE = 4096
+PARTIAL_SUFFIX = ".partial"  # temporary folders beside a destination while it is written
 
 
-class UnsafeArchiveError(ValueError):
-    """The archive holds a member that must not be extracted; the message names it."""
+class ArchiveError(RemoteDataError):
+    """The archive is refused (not a tar, truncated, too big, too many members, unsafe member); the message names it."""
+
+
+class DestinationError(ValueError):
+    """The destination folder cannot take the results (it is a file)."""
 
 
 class RunNotFoundError(LookupError):
     """No results for the run id (never launched, or the job has not finished)."""
 
 
-def _inside(root: Path, target: Path) -> bool:
-    return target.resolve().is_relative_to(root.resolve())
+@contextlib.contextmanager
+def staged(dest: Path) -> Iterator[Path]:
+    """A temporary folder beside ``dest``; when the block completes, its entries replace those of
+    ``dest``. On any failure it is removed and ``dest`` is untouched."""
+    if dest.exists() and not dest.is_dir():
+        raise DestinationError(f"{dest} exists and is not a folder; give another destination (fetch --to DIR)")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=PARTIAL_SUFFIX, dir=dest.parent))
+    try:
+        # Fixed names: whatever an archive holds goes under new/, so it cannot collide with old/.
+        (stage / "new").mkdir()
+        (stage / "old").mkdir()
+        yield stage / "new"
+        _move_into(stage / "new", dest, stage / "old")
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)  # the replaced entries, or a failed attempt; an error propagates
 
 
-def check_member(member: tarfile.TarInfo, dest: Path) -> None:
-    """Raise :class:`UnsafeArchiveError` if extracting ``member`` into ``dest`` is unsafe."""
-    name = PurePosixPath(member.name)
-    reason = None
-    if name.is_absolute() or member.name.startswith("\\"):
-        reason = "absolute path"
-    elif ".." in name.parts:
-        reason = "'..' in the path"
-    elif not _inside(dest, dest / name):
-        reason = "resolves outside the folder"
-    elif member.isdev():
-        reason = "device or FIFO file"
-    elif member.issym():
-        link = PurePosixPath(member.linkname)
-        if link.is_absolute() or not _inside(dest, dest / name.parent / link):
-            reason = f"symlink to {member.linkname!r} outside the folder"
-    elif member.islnk():
-        link = PurePosixPath(member.linkname)
-        if link.is_absolute() or ".." in link.parts or not _inside(dest, dest / link):
-            reason = f"hard link to {member.linkname!r} outside the folder"
-    if reason:
-        raise UnsafeArchiveError(f"refusing to extract {member.name!r}: {reason}")
-
-
-def safe_extract(archive: Path, dest: Path) -> list[str]:
-    """Extract ``archive`` into ``dest`` after checking every member; returns the member names."""
+def _move_into(new: Path, dest: Path, old: Path) -> None:
+    """Rename each entry of ``new`` into ``dest``; a same-named entry there goes to ``old``. Renames
+    within one filesystem, so each entry appears whole; if one fails, the earlier ones are undone."""
     dest.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(archive) as tar:
-        members = tar.getmembers()
-        for member in members:
-            check_member(member, dest)
-        tar.extractall(dest, filter="data")
-    return [m.name for m in members]
+    undo: list[Callable[[], Path]] = []
+    try:
+        for entry in sorted(new.iterdir()):
+            target = dest / entry.name
+            if target.exists() or target.is_symlink():
+                target.rename(old / entry.name)
+                undo.append(lambda target=target, previous=old / entry.name: previous.rename(target))
+            entry.rename(target)
+            undo.append(lambda target=target, entry=entry: target.rename(entry))
+    except OSError:
+        for step in reversed(undo):
+            step()
+        raise
 
 
-def extract_results(mirror: Path, job: str, dest: Path) -> Path:
+class _BoundedReader:
+    """A read-only stream that refuses to yield more than ``limit`` bytes: bounds everything tarfile
+    decompresses, headers included (a pax or long-name header is read into memory)."""
+
+    def __init__(self, raw: IO[bytes], limit: int, source: str, setting: str) -> None:
+        self._raw, self._limit, self._source, self._setting = raw, limit, source, setting
+        self.consumed = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        self.consumed += len(data)
+        if self.consumed > self._limit:
+            raise ArchiveError(f"{self._source}: more than {self._limit} bytes once decompressed; refused (raise {self._setting} if it is genuine)")
+        return data
+
+
+def _member_problem(member: tarfile.TarInfo) -> str | None:
+    """Why ``member`` may not be extracted, or None."""
+    if not (member.isreg() or member.isdir()):
+        kind = "symlink" if member.issym() else "hard link" if member.islnk() else "device or FIFO" if member.isdev() else "special entry"
+        return f"{kind}: only regular files and folders are allowed"
+    name = member.name
+    if name.startswith(("/", "\\")):
+        return "absolute path"
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        return "'..' in the path"
+    if not parts and not member.isdir():
+        return "a file without a name"
+    bad = next((part for part in parts if not _MEMBER_PART.fullmatch(part)), None)
+    if bad is not None:
+        return f"name part {bad!r}: use letters, digits, space and ._+=@,~-"
+    return None
+
+
+def _unreadable(source: str, exc: BaseException) -> ArchiveError:
+    """One line saying why the archive cannot be read: not gzip, truncated, corrupt, or not a tar."""
+    detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, gzip.BadGzipFile) and "Not a gzipped file" in detail:
+        what = "not a gzip-compressed tar archive"
+    elif isinstance(exc, EOFError) or "unexpected end" in detail:
+        what = "truncated: it ends before its last member or its gzip trailer"
+    elif isinstance(exc, (zlib.error, gzip.BadGzipFile)):
+        what = "corrupt compressed data"
+    else:
+        what = "the gzip stream does not hold a valid tar archive"
+    return ArchiveError(f"{source}: {what} ({detail})")
+
+
+def _walk(archive: Path, limits: Limits, visit: Callable[[tarfile.TarFile, tarfile.TarInfo], bool], source: str) -> None:
+    """Call ``visit(tar, member)`` for each member of ``archive`` in order, after checking it (kind,
+    name, count, running size), until ``visit`` returns False. Reading the whole archive also
+    checks its gzip trailer. Every way of not being a readable archive is an :class:`ArchiveError`
+    naming ``source`` (where the archive came from)."""
+    count = total = 0
+    try:
+        with gzip.open(archive, "rb") as raw:
+            stream = _BoundedReader(raw, limits.extract_bytes + limits.members * _HEADER_ALLOWANCE, source, "max_extract_bytes")
+            # Stream mode ("r|"): one pass, members are never revisited, nothing is seeked past unread.
+            with tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
+                for member in tar:
+                    count += 1
+                    if count > limits.members:
+                        raise ArchiveError(f"{source}: more than {limits.members} members; refused (raise max_archive_members if it is genuine)")
+                    problem = _member_problem(member)
+                    if problem:
+                        raise ArchiveError(f"{source}: refusing member {member.name!r}: {problem}")
+                    total += member.size if member.isreg() else 0
+                    if total > limits.extract_bytes:
+                        raise ArchiveError(f"{source}: its files hold more than {limits.extract_bytes} bytes; refused (raise max_extract_bytes if it is genuine)")
+                    if not visit(tar, member):
+                        return
+            # tarfile stops at the end-of-archive block; reading on to the gzip trailer checks its
+            # CRC and length, so an archive cut short after its last member is not taken as whole.
+            while stream.read(CHUNK):
+                pass
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise _unreadable(source, exc) from None
+
+
+def read_member(archive: Path, name: str, limits: Limits) -> bytes | None:
+    """The content of the regular file ``name`` in ``archive`` (at most ``limits.json_bytes``), read in memory; None if absent."""
+    found: list[bytes] = []
+
+    def visit(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bool:
+        if not member.isreg() or PurePosixPath(member.name) != PurePosixPath(name):
+            return True
+        if member.size > limits.json_bytes:
+            raise ArchiveError(f"{archive}: {name} is larger than {limits.json_bytes} bytes; refused (raise max_json_bytes if it is genuine)")
+        handle = tar.extractfile(member)
+        found.append(handle.read() if handle else b"")
+        return False
+
+    _walk(archive, limits, visit, str(archive))
+    return found[0] if found else None
+
+
+def safe_extract(archive: Path, dest: Path, limits: Limits, source: str | None = None) -> list[str]:
+    """Extract ``archive`` into ``dest`` (its entries replace same-named ones there); returns the member names.
+
+    Raises :class:`ArchiveError` with one line naming ``source`` (default: the archive's path)
+    for a non-gzip or non-tar file, a truncated or corrupt archive, one over the limits, or an
+    unsafe member; ``dest`` is then unchanged.
+    """
+    source = source or str(archive)
+    # First pass: every member checked and the archive read to its gzip trailer before anything
+    # is written (a refused archive costs one decompression, not thousands of files on disk).
+    _walk(archive, limits, lambda tar, member: True, source)
+    names: list[str] = []
+    with staged(dest) as stage:
+
+        def visit(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bool:
+            try:
+                tar.extract(member, stage, filter="data")
+            except gzip.BadGzipFile:
+                raise  # the stream is corrupt, not the member: reported by _walk
+            except OSError as exc:  # e.g. a file where an earlier member made a folder
+                raise ArchiveError(f"{source}: cannot extract member {member.name!r}: {exc}") from None
+            names.append(member.name)
+            return True
+
+        _walk(archive, limits, visit, source)
+    return names
+
+
+def extract_results(mirror: Path, job: str, dest: Path, limits: Limits, origin: str | None = None) -> Path:
     """Extract ``job``'s archives from a run's mirror folder (laid out like its S3 prefix) into ``dest``.
 
     Returns the folder with the model package (``dest/model``); the training outputs
-    (TensorBoard logs, full log) go to ``dest/output-data`` when the job wrote any.
+    (TensorBoard logs, full log) go to ``dest/output-data`` when the job wrote any. Both
+    appear together or not at all. ``origin`` is the mirror's S3 URI when it was downloaded
+    into a temporary folder: errors name the S3 object rather than that folder.
     """
     model = mirror / "output" / job / "output" / "model.tar.gz"
     if not model.is_file():
         raise RunNotFoundError(f"job {job} has no model.tar.gz ({model})")
-    safe_extract(model, dest / "model")
     output = model.with_name("output.tar.gz")
-    if output.is_file():
-        safe_extract(output, dest / "output-data")
+
+    def source(archive: Path) -> str:
+        return f"{origin}{archive.relative_to(mirror).as_posix()}" if origin else str(archive)
+
+    with staged(dest) as stage:
+        safe_extract(model, stage / "model", limits, source(model))
+        if output.is_file():
+            safe_extract(output, stage / "output-data", limits, source(output))
     return dest / "model"
 
 
-def fetch_run(s3: Any, layout: RunLayout, dest: Path) -> Path:
+def fetch_run(s3: Any, layout: RunLayout, dest: Path, limits: Limits) -> Path:
     """Download the latest attempt's archives from S3 into ``dest`` (same layout) and extract them there."""
-    record = read_record(s3, layout)
+    record = read_record(s3, layout, limits)
     if record is None:
         raise RunNotFoundError(f"run {layout.run_id!r} has no launch record in s3://{layout.bucket}")
     job = latest_job(record)
-    model_key, output_key = layout.model_key(job), layout.output_data_key(job)
-    if not _exists(s3, layout.bucket, model_key):
-        raise RunNotFoundError(
-            f"job {job} has no results at s3://{layout.bucket}/{model_key} (still running, or failed: roadsense-launch status {layout.run_id})"
-        )
-    for key in [model_key] + ([output_key] if _exists(s3, layout.bucket, output_key) else []):
-        local = dest / PurePosixPath(key).relative_to(layout.run_id)
-        local.parent.mkdir(parents=True, exist_ok=True)
-        s3.download_file(layout.bucket, key, str(local))
-    return extract_results(dest, job, dest)
-
-
-def _exists(s3: Any, bucket: str, key: str) -> bool:
-    return bool(s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("KeyCount"))
+    with staged(dest) as stage:
+        for key, required in ((layout.model_key(job), True), (layout.output_data_key(job), False)):
+            local = stage / PurePosixPath(key).relative_to(layout.run_id)
+            local.parent.mkdir(parents=True, exist_ok=True)
+            found = download_file(s3, layout.bucket, key, local, limits.object_bytes, "max_download_bytes")
+            if not found and required:
+                raise RunNotFoundError(
+                    f"job {job} has no results at s3://{layout.bucket}/{key} (still running, or failed: roadsense-launch status {layout.run_id})"
+                )
+        extract_results(stage, job, stage, limits, layout.uri())
+    return dest / "model"

@@ -111,7 +111,7 @@ class LogReader:
             if self._tokens.get(stream):
                 kwargs["nextToken"] = self._tokens[stream]
             response = self._logs.get_log_events(**kwargs)
-            lines += [event["message"] for event in response["events"]]
+            lines += [event["message"].rstrip("\r\n") for event in response["events"]]
             # CloudWatch returns the same token when there is nothing newer.
             done = response.get("nextForwardToken") == self._tokens.get(stream) or not response["events"]
             self._tokens[stream] = response.get("nextForwardToken")

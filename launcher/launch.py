@@ -6,7 +6,7 @@ The CLI and the sweep both call :func:`launch`; everything it needs is in
 
 from __future__ import annotations
 
-import json
+import math
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -20,6 +20,7 @@ from launcher.cost import CostEstimate, estimate
 from launcher.fetch import extract_results, fetch_run
 from launcher.layout import RunLayout, job_name, validate_run_id
 from launcher.local import SCRATCH, run_local
+from launcher.remote import check_listed_key
 from launcher.request import JobSpec, build_request
 from launcher.settings import LaunchSettings
 from launcher.upload import upload_tree, verify_dataset
@@ -47,6 +48,7 @@ class LaunchOptions:
     dry_run: bool = False
     parent_run_id: str | None = None
     show_progress: bool = True
+    allow_overrun: bool = False  # launch even if the estimate exceeds the max runtime
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,24 @@ def plan(options: LaunchOptions, settings: LaunchSettings, role_arn: str, image_
         with_dataset=options.dataset is not None,
         parent_run_id=options.parent_run_id,
     )
-    return build_request(spec, settings), estimate(config, settings.instance_count)
+    cost = estimate(config, settings.instance_count)
+    refuse_overrun(options, cost, settings.max_runtime_s)
+    return build_request(spec, settings), cost
+
+
+def refuse_overrun(options: LaunchOptions, cost: CostEstimate | None, max_runtime_s: int) -> None:
+    """Refuse a SageMaker job that would be stopped at its max runtime before it finishes (hours of
+    instance time for a checkpoint). A --local run has no max runtime; an unknown instance size
+    has no estimate; --allow-overrun launches anyway."""
+    if options.local or options.allow_overrun or cost is None or cost.hours * 3600 <= max_runtime_s:
+        return
+    needed = math.ceil(cost.hours * 10) / 10
+    raise aws.LaunchError(
+        f"the run is estimated to take ~{cost.hours:.1f} h on {cost.instance_type} "
+        f"(~{cost.steps_per_second:.0f} steps/s, roadsense/estimate.py), more than the max runtime of {max_runtime_s / 3600:.1f} h",
+        f"raise --max-runtime-hours to at least {needed:.1f}, or lower total_timesteps (--set total_timesteps=N), "
+        "or pass --allow-overrun to launch anyway",
+    )
 
 
 def dry_run_request(options: LaunchOptions, settings: LaunchSettings) -> tuple[dict[str, Any], CostEstimate | None]:
@@ -151,17 +170,20 @@ def _launch_cloud_steps(options: LaunchOptions, settings: LaunchSettings, sessio
     if record.prefix_in_use(s3, layout) and not (options.resume or options.force):
         _refuse_reuse(layout.uri(), options)
     if options.force:
-        # Starting over: old checkpoints would otherwise be resumed by the container.
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=layout.bucket, Prefix=layout.checkpoints_key):
-            for item in page.get("Contents", []):
-                s3.delete_object(Bucket=layout.bucket, Key=item["Key"])
+        # Starting over: old checkpoints would otherwise be resumed by the container. Every key is
+        # checked before the first is deleted, so a crafted one stops the launch with nothing deleted.
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=layout.bucket, Prefix=layout.checkpoints_key)
+        keys = [check_listed_key(layout.bucket, item["Key"], layout.checkpoints_key) for page in pages for item in page.get("Contents", [])]
+        for key in keys:
+            s3.delete_object(Bucket=layout.bucket, Key=key)
     commit = git_commit()
     image_uri = checked.image_uri or _build_image(options, settings, session, checked.account, commit)
     request, cost = plan(options, settings, checked.role_arn, image_uri, commit)
     if options.dataset is not None:
         upload_tree(s3, options.dataset, layout.bucket, layout.dataset_key)
     jobs.create_job(session.client("sagemaker"), request)
-    record.write_record(s3, layout, record.add_attempt(record.read_record(s3, layout), options.run_id, record.new_attempt(request, commit, "sagemaker")))
+    previous = record.read_record(s3, layout, settings.limits)
+    record.write_record(s3, layout, record.add_attempt(previous, options.run_id, record.new_attempt(request, commit, "sagemaker")))
     name = request["TrainingJobName"]
     display.console.print(f"[bold]{name}[/] created for run {options.run_id}" + (f"; {cost.describe()}" if cost else ""))
     # Never wrapped: a command and a URL to copy.
@@ -175,7 +197,7 @@ def _launch_cloud_steps(options: LaunchOptions, settings: LaunchSettings, sessio
             on_status=lambda s: bar.on_status(f"{s.status} / {s.secondary_status}"),
         )
     if final.status == "Completed":
-        model = fetch_run(s3, layout, settings.runs_dir / options.run_id)
+        model = fetch_run(s3, layout, settings.runs_dir / options.run_id, settings.limits)
         display.console.print(f"results: {model}")
     return Launched(options.run_id, name, request, final.status, final.failure_reason)
 
@@ -197,7 +219,7 @@ def _launch_local(options: LaunchOptions, settings: LaunchSettings) -> Launched:
     commit = git_commit()
     request, cost = plan(options, settings, settings.role_arn or LOCAL_ROLE_ARN, _local_image(settings, commit), commit)
     launch_file = run_dir / "launch.json"
-    previous = json.loads(launch_file.read_text()) if launch_file.is_file() else None
+    previous = record.read_local_record(settings.runs_dir, RunLayout(settings.bucket, options.run_id), settings.limits)
     run_dir.mkdir(parents=True, exist_ok=True)
     launch_file.write_text(record.to_json(record.add_attempt(previous, options.run_id, record.new_attempt(request, commit, "local"))))
     if cost:
@@ -208,7 +230,7 @@ def _launch_local(options: LaunchOptions, settings: LaunchSettings) -> Launched:
             engine=options.engine, image=request["AlgorithmSpecification"]["TrainingImage"], on_line=bar.on_line,
         )
     if result.status == "Completed":
-        extract_results(run_dir, result.job_name, run_dir)
+        extract_results(run_dir, result.job_name, run_dir, settings.limits)
     publish_local_run(settings, options.run_id)
     return Launched(options.run_id, result.job_name, request, result.status, result.failure_reason)
 

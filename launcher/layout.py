@@ -18,23 +18,43 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 RUN_ID_MAX = 40
-_RUN_ID = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9_-]{{0,{RUN_ID_MAX - 1}}}$")
-JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+# Allow-lists, always applied with fullmatch: `$` alone would accept a trailing newline.
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+JOB_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
+_RUN_ID_RULE = "letters, digits, '-' or '_', starting with a letter or digit"
+_JOB_NAME_RULE = "1-63 letters, digits or '-', starting and ending with a letter or digit (no underscores)"
 
 
 class RunIdError(ValueError):
-    """The run id cannot be used; the message says what is allowed."""
+    """A run id or job name cannot be used; the message says what is allowed."""
+
+
+def _check_name(value: object, pattern: re.Pattern[str], max_length: int, what: str, rule: str) -> str:
+    """``value`` if it is a string that fullmatches ``pattern`` within ``max_length``: the one check of
+    every name that becomes part of an S3 key or a local path."""
+    if not isinstance(value, str) or len(value) > max_length or not pattern.fullmatch(value):
+        raise RunIdError(f"{what} {value!r}: use 1-{max_length} {rule}")
+    return value
 
 
 def validate_run_id(run_id: str, max_length: int = RUN_ID_MAX) -> str:
     """``run_id`` if it is 1..max_length letters, digits, ``-`` or ``_``, starting with a letter or digit."""
-    if not _RUN_ID.match(run_id) or len(run_id) > max_length:
-        raise RunIdError(
-            f"run id {run_id!r}: use 1-{max_length} letters, digits, '-' or '_', starting with a letter or digit"
-        )
-    return run_id
+    return _check_name(run_id, _RUN_ID, max_length, "run id", _RUN_ID_RULE)
+
+
+def validate_job_name(name: str) -> str:
+    """``name`` if it is a legal SageMaker job name (job names read from launch.json become S3 keys and paths)."""
+    return _check_name(name, JOB_NAME, 63, "job name", _JOB_NAME_RULE)
+
+
+# For pydantic models of records read from the bucket.
+RunId = Annotated[str, AfterValidator(validate_run_id)]
+JobName = Annotated[str, AfterValidator(validate_job_name)]
 
 
 def job_name(run_id: str, now: datetime | None = None, token: str | None = None) -> str:
@@ -45,17 +65,18 @@ def job_name(run_id: str, now: datetime | None = None, token: str | None = None)
     """
     validate_run_id(run_id)
     stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M%S")
-    name = f"{run_id.replace('_', '-')}-{stamp}-{token or secrets.token_hex(2)}"
-    assert JOB_NAME.match(name), name  # guaranteed by the run id rules and RUN_ID_MAX
-    return name
+    return validate_job_name(f"{run_id.replace('_', '-')}-{stamp}-{token or secrets.token_hex(2)}")
 
 
 @dataclass(frozen=True)
 class RunLayout:
-    """The keys and URIs of one run under one bucket."""
+    """The keys and URIs of one run under one bucket; refuses an invalid run id, so no key is built from one."""
 
     bucket: str
     run_id: str
+
+    def __post_init__(self) -> None:
+        validate_run_id(self.run_id)
 
     @property
     def prefix(self) -> str:
@@ -93,7 +114,7 @@ class RunLayout:
         return self.uri("dataset")
 
     def model_key(self, job: str) -> str:
-        return f"{self.run_id}/output/{job}/output/model.tar.gz"
+        return f"{self.run_id}/output/{validate_job_name(job)}/output/model.tar.gz"
 
     def output_data_key(self, job: str) -> str:
-        return f"{self.run_id}/output/{job}/output/output.tar.gz"
+        return f"{self.run_id}/output/{validate_job_name(job)}/output/output.tar.gz"

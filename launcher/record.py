@@ -8,11 +8,31 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
-import botocore.exceptions
+from pydantic import BaseModel, ConfigDict, Field
 
-from launcher.layout import RunLayout
+from launcher.layout import JobName, RunId, RunLayout
+from launcher.remote import Limits, parse, read_file, read_object
+
+MAX_ATTEMPTS = 1000  # far more than anyone retries one run id; bounds what `list` and `fetch` walk
+
+
+class _Attempt(BaseModel):
+    # Only the fields the launcher acts on are checked; the request and commit are provenance.
+    model_config = ConfigDict(extra="allow")
+
+    job_name: JobName  # becomes an S3 key and a local path
+    mode: Literal["sagemaker", "local"]
+    launched_at: str = Field(max_length=64)
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    run_id: RunId
+    attempts: list[_Attempt] = Field(min_length=1, max_length=MAX_ATTEMPTS)
 
 
 def new_attempt(request: dict[str, Any], git_commit: str, mode: str) -> dict[str, Any]:
@@ -40,15 +60,22 @@ def to_json(record: dict[str, Any]) -> str:
     return json.dumps(record, indent=2, sort_keys=True, default=str) + "\n"
 
 
-def read_record(s3: Any, layout: RunLayout) -> dict[str, Any] | None:
-    """The run's record from S3, or None if the run id was never launched."""
-    try:
-        body = s3.get_object(Bucket=layout.bucket, Key=layout.launch_key)["Body"].read()
-    except botocore.exceptions.ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-            return None
-        raise
-    return json.loads(body)
+def parse_record(data: bytes, source: str) -> dict[str, Any]:
+    """A launch record checked against its schema (job names, modes, at least one attempt)."""
+    return parse(_Record, data, source).model_dump()
+
+
+def read_record(s3: Any, layout: RunLayout, limits: Limits) -> dict[str, Any] | None:
+    """The run's record from S3 (bounded and checked), or None if the run id was never launched."""
+    body = read_object(s3, layout.bucket, layout.launch_key, limits.json_bytes, "max_json_bytes")
+    return None if body is None else parse_record(body, layout.uri("launch.json"))
+
+
+def read_local_record(runs_dir: Path, layout: RunLayout, limits: Limits) -> dict[str, Any] | None:
+    """The record of a local run's mirror, checked like one from S3; None if there is none."""
+    path = runs_dir / layout.launch_key
+    body = read_file(path, limits.json_bytes, "max_json_bytes")
+    return None if body is None else parse_record(body, str(path))
 
 
 def write_record(s3: Any, layout: RunLayout, record: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from launcher.layout import JOB_NAME, RunLayout
+from launcher.layout import RunIdError, RunLayout, validate_job_name
 from launcher.settings import LaunchSettings
 from roadsense.metric_lines import METRIC_DEFINITIONS
 
@@ -102,9 +102,10 @@ def build_request(spec: JobSpec, settings: LaunchSettings) -> dict[str, Any]:
 def request_problems(request: dict[str, Any]) -> list[str]:
     """Every rule of CreateTrainingJob that ``request`` breaks (empty if it is valid)."""
     problems: list[str] = []
-    name = request.get("TrainingJobName", "")
-    if not JOB_NAME.match(name):
-        problems.append(f"TrainingJobName {name!r}: 1-63 letters, digits and '-' (no underscores), starting and ending with a letter or digit")
+    try:
+        validate_job_name(request.get("TrainingJobName", ""))
+    except RunIdError as exc:
+        problems.append(f"TrainingJobName: {exc}")
     hyper = request.get("HyperParameters", {})
     if len(hyper) > 100:
         problems.append(f"HyperParameters: {len(hyper)} entries, at most 100 allowed")

@@ -28,6 +28,9 @@ from typing import Any, Mapping
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from launcher.infra import DEFAULT_STACK, OUTPUT_BUCKET, OUTPUT_PROJECT, OUTPUT_REPOSITORY_URI, OUTPUT_ROLE_ARN
+from launcher.remote import Limits
+
+_LIMITS = Limits()
 
 DEFAULT_CONFIG_FILE = "roadsense-launch.toml"
 
@@ -59,6 +62,16 @@ class LaunchSettings(BaseModel):
         "roadsense-container",
         description="Command --local runs (a test hook: a script that fakes the container).",
     )
+    # Bounds on what is read back from the (shared, untrusted) bucket: see launcher.remote.Limits.
+    max_download_bytes: int = Field(_LIMITS.object_bytes, ge=1, description="Largest S3 object fetch/compare downloads.")
+    max_json_bytes: int = Field(_LIMITS.json_bytes, ge=1, description="Largest launch.json, sweep.json or metrics.json.")
+    max_extract_bytes: int = Field(_LIMITS.extract_bytes, ge=1, description="Most bytes one results archive may extract to.")
+    max_archive_members: int = Field(_LIMITS.members, ge=1, description="Most files and folders in one results archive.")
+    max_listed_runs: int = Field(_LIMITS.listed_runs, ge=1, description="Most run prefixes `list` reads.")
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.max_download_bytes, self.max_json_bytes, self.max_extract_bytes, self.max_archive_members, self.max_listed_runs)
 
 
 # Environment variables read on top of the config file; boto3 itself also honours

@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import itertools
 import json
-import tarfile
+import re
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Annotated, Any, Callable, Iterable, TypeVar
 
-from launcher.layout import RUN_ID_MAX, validate_run_id
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationInfo, create_model, field_validator
+
+from launcher.fetch import read_member
+from launcher.layout import RUN_ID_MAX, RunId, validate_run_id
+from launcher.remote import Limits, parse
 from roadsense.config import ConfigError
-from roadsense.evaluation.metrics import RATES, format_rate
+from roadsense.evaluation.metrics import CI_SUFFIX, RATES, format_rate
 from roadsense.evaluation.stats import differs
 from roadsense.metric_lines import EVAL_TAG, PUBLISHED
 
 CHILD_SUFFIX = "-000"
+MAX_POINTS = 999  # the child suffix has three digits
 Handle = TypeVar("Handle")
 
 
@@ -58,8 +63,8 @@ def grid(seeds: list[int], sets: list[str]) -> list[dict[str, str]]:
 
 def child_run_ids(parent: str, count: int) -> list[str]:
     validate_run_id(parent, max_length=RUN_ID_MAX - len(CHILD_SUFFIX))
-    if count > 999:
-        raise ConfigError(f"the sweep has {count} points; at most 999")
+    if count > MAX_POINTS:
+        raise ConfigError(f"the sweep has {count} points; at most {MAX_POINTS}")
     return [f"{parent}-{index:03d}" for index in range(1, count + 1)]
 
 
@@ -88,6 +93,30 @@ def sweep_record(parent: str, children: dict[str, dict[str, str]], preset: str) 
     return json.dumps({"parent_run_id": parent, "preset": preset, "children": children}, indent=2, sort_keys=True) + "\n"
 
 
+class _SweepRecord(BaseModel):
+    """sweep.json as read back: its child run ids become S3 keys and paths, so they are checked."""
+
+    model_config = ConfigDict(extra="allow")
+
+    parent_run_id: RunId
+    preset: str = Field(max_length=64)
+    children: dict[RunId, dict[str, str]] = Field(max_length=MAX_POINTS)
+
+    @field_validator("children")
+    @classmethod
+    def _children_of_the_parent(cls, children: dict[str, dict[str, str]], info: ValidationInfo) -> dict[str, dict[str, str]]:
+        parent = info.data.get("parent_run_id", "")
+        stray = next((child for child in children if not re.fullmatch(re.escape(parent) + r"-\d{3}", child)), None)
+        if stray is not None:
+            raise ValueError(f"{stray!r} is not a child of {parent!r} (children are {parent}-001, {parent}-002...)")
+        return children
+
+
+def parse_sweep(data: bytes, source: str) -> dict[str, Any]:
+    """A sweep record checked against its schema."""
+    return parse(_SweepRecord, data, source).model_dump()
+
+
 EVAL_METRICS = [name for tag, name in PUBLISHED if tag == EVAL_TAG]
 # The rate where lower is better; for every other rate higher is better (compare's best run).
 LOWER_IS_BETTER = frozenset({"collision_rate"})
@@ -99,19 +128,35 @@ DIFFERS_LEGEND = (
 )
 
 
-def read_metrics(model_archive: Path) -> dict[str, Any]:
+# Values read back must be finite JSON numbers (episode counts whole ones): a string, a boolean,
+# NaN or an infinity is refused, so nothing downstream meets them.
+_Number = Annotated[StrictFloat, Field(allow_inf_nan=False)]
+_Overall = create_model(  # type: ignore[call-overload]
+    "_Overall", __config__=ConfigDict(extra="ignore"),
+    episodes=(Annotated[StrictInt, Field(ge=0)] | None, None),
+    **{name: (_Number | None, None) for name in EVAL_METRICS},
+    **{rate + CI_SUFFIX: (tuple[_Number, _Number] | None, None) for rate in RATES},
+)
+
+
+class _Metrics(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    overall: _Overall = Field(default_factory=_Overall)  # type: ignore[valid-type]
+
+
+def read_metrics(model_archive: Path, limits: Limits = Limits()) -> dict[str, Any]:
     """The ``overall`` section of the trained policy's ``metrics.json`` in a model.tar.gz (read in memory).
 
     It holds the published evaluation metrics (metric_lines.PUBLISHED), ``episodes`` and, if
     written after the intervals, each rate's ``<rate>_ci95``; the per-bucket, per-peer-count
-    and baseline sections are left to the report. {} if the archive has no metrics.json.
+    and baseline sections are left to the report. The archive and metrics.json are bounded
+    and checked like fetched results; {} if the archive has no metrics.json.
     """
-    with tarfile.open(model_archive) as tar:
-        try:
-            member = tar.extractfile("metrics.json")
-        except KeyError:
-            return {}
-        return json.load(member).get("overall", {}) if member else {}
+    data = read_member(model_archive, "metrics.json", limits)
+    if data is None:
+        return {}
+    return parse(_Metrics, data, f"metrics.json in {model_archive}").overall.model_dump(exclude_none=True)
 
 
 def _number(value: Any) -> bool:

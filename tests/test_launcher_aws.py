@@ -17,9 +17,10 @@ from typer.testing import CliRunner
 
 from launcher import aws, display, infra, jobs, sweep
 from launcher.cli import app
-from launcher.fetch import RunNotFoundError, UnsafeArchiveError, fetch_run, safe_extract
+from launcher.fetch import ArchiveError, RunNotFoundError, fetch_run, safe_extract
 from launcher.launch import LaunchOptions, launch
 from launcher.layout import RunLayout
+from launcher.remote import Limits, RemoteDataError
 from launcher.settings import LaunchSettings, load_settings
 from launcher.upload import DatasetError, upload_tree, verify_dataset
 from roadsense.evaluation.stats import wilson_interval
@@ -108,7 +109,18 @@ def test_launch_creates_job_and_record_and_refuses_a_duplicate(moto_env, tmp_pat
     assert len(record["attempts"]) == 3
     # moto reports the job Completed at once but writes no results: fetch names where it looked.
     with pytest.raises(RunNotFoundError, match=f"no results at s3://{BUCKET}/cloud_prod_001/output/.*/model.tar.gz"):
-        fetch_run(s3, RunLayout(BUCKET, "cloud_prod_001"), tmp_path)
+        fetch_run(s3, RunLayout(BUCKET, "cloud_prod_001"), tmp_path, Limits())
+
+
+def test_force_refuses_a_crafted_checkpoint_key_before_deleting_anything(moto_env) -> None:
+    session, role = moto_env
+    _push_image(session)
+    s3 = session.client("s3")
+    for key in ("r5/checkpoints/ckpt_1.zip", "r5/checkpoints/../../other_run/launch.json"):
+        s3.put_object(Bucket=BUCKET, Key=key, Body=b"x")
+    with pytest.raises(RemoteDataError, match=r"'\.\.' segment under r5/checkpoints/"):
+        launch(LaunchOptions(run_id="r5", preset="smoke", force=True), _settings(role))
+    assert s3.list_objects_v2(Bucket=BUCKET, Prefix="r5/")["KeyCount"] == 2  # nothing deleted, no job recorded
 
 
 def test_upload_skips_unchanged_objects(moto_env, tmp_path: Path) -> None:
@@ -154,14 +166,14 @@ def test_fetch_refuses_unsafe_members(tmp_path: Path, name: str, kind: bytes, li
     member = tarfile.TarInfo(name)
     member.type, member.linkname = kind, link
     archive = _tar(tmp_path / "model.tar.gz", member, b"x" if kind == tarfile.REGTYPE else b"")
-    with pytest.raises(UnsafeArchiveError, match=reason):
-        safe_extract(archive, tmp_path / "out")
+    with pytest.raises(ArchiveError, match=reason):
+        safe_extract(archive, tmp_path / "out", Limits())
     assert not (tmp_path / "escape.txt").exists()
 
 
 def test_safe_extract_keeps_normal_members(tmp_path: Path) -> None:
     archive = _tar(tmp_path / "model.tar.gz", tarfile.TarInfo("metrics.json"), b"{}")
-    assert safe_extract(archive, tmp_path / "out") == ["metrics.json"]
+    assert safe_extract(archive, tmp_path / "out", Limits()) == ["metrics.json"]
     assert (tmp_path / "out" / "metrics.json").read_text() == "{}"
 
 
@@ -375,7 +387,8 @@ def test_compare_shows_intervals_and_marks_runs_that_differ_beyond_the_noise(
     files = {"lr/sweep.json": sweep.sweep_record("lr", children, "smoke").encode()}
     for child, overall in runs.items():
         if overall is not None:
-            files[f"{child}/launch.json"] = json.dumps({"attempts": [{"job_name": f"{child}-job", "mode": "local"}]}).encode()
+            attempt = {"job_name": f"{child}-job", "mode": "local", "launched_at": "2026-11-29T20:00:00+00:00"}
+            files[f"{child}/launch.json"] = json.dumps({"run_id": child, "attempts": [attempt]}).encode()
             files[f"{child}/output/{child}-job/output/model.tar.gz"] = _model_archive(overall)
     s3 = session.client("s3")
     for key, body in files.items():

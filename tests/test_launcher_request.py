@@ -7,7 +7,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from launcher.aws import LaunchError
+from launcher.cli import app
 from launcher.cost import SPOT_TYPICAL_DISCOUNT, STARTUP_SECONDS, estimate, vcpus
 from launcher.layout import RunIdError, job_name, validate_run_id
 from launcher.launch import LaunchOptions, plan, training_config
@@ -115,7 +118,11 @@ def test_cost_estimate_uses_roadsense_throughput_for_the_instance_vcpus() -> Non
     cost = estimate(config)
     assert cost is not None
     stages = stage_seconds(config, 4)  # ml.c6i.xlarge has 4 vCPUs
-    assert cost.steps_per_second == pytest.approx(TRAIN_STEPS_PER_S_PER_CPU * 4)
+    # Validation runs are part of the training stage: the effective rate is below the raw one.
+    assert cost.steps_per_second == pytest.approx(config.train.total_timesteps / stages["train"])
+    assert cost.steps_per_second < TRAIN_STEPS_PER_S_PER_CPU * 4
+    unvalidated = training_config("production", {"val_every": "0"}, "ml.c6i.xlarge")
+    assert estimate(unvalidated).steps_per_second == pytest.approx(TRAIN_STEPS_PER_S_PER_CPU * 4)
     assert cost.hours == pytest.approx((sum(stages.values()) + STARTUP_SECONDS) / 3600)
     assert cost.on_demand_usd == pytest.approx(cost.hours * config.cost.instance_price_per_hour)
     assert cost.spot_usd == pytest.approx(cost.on_demand_usd * (1 - SPOT_TYPICAL_DISCOUNT))
@@ -125,7 +132,7 @@ def test_cost_estimate_uses_roadsense_throughput_for_the_instance_vcpus() -> Non
 def test_other_instance_needs_a_price_and_scales_with_its_vcpus() -> None:
     with pytest.raises(ConfigError, match="instance_price_per_hour"):
         training_config("smoke", {}, "ml.c6i.2xlarge")
-    config = training_config("production", {"instance_price_per_hour": "0.5"}, "ml.c6i.2xlarge")
+    config = training_config("production", {"instance_price_per_hour": "0.5", "val_every": "0"}, "ml.c6i.2xlarge")
     assert estimate(config).steps_per_second == pytest.approx(TRAIN_STEPS_PER_S_PER_CPU * 8)
     assert vcpus("ml.m5.large") == 2 and vcpus("ml.c6i.24xlarge") == 96 and vcpus("ml.c6i.bogus") is None
 
@@ -149,3 +156,36 @@ def test_sweep_grid_and_scheduling() -> None:
     started = schedule(range(5), lambda i: (running_counts.append(sum(1 for k in checks if checks[k] <= 2) + 1), i)[1], finished, 2, sleep=lambda s: None)
     assert started == [0, 1, 2, 3, 4]
     assert max(running_counts) <= 2
+
+
+# --- a run longer than the job may run --------------------------------------------------------
+
+
+def _overrun_options(**changes: object) -> LaunchOptions:
+    return LaunchOptions(run_id="long_run", preset="smoke", sets=("total_timesteps=50000000",), **changes)
+
+
+def test_a_run_longer_than_the_max_runtime_is_refused_with_both_figures_and_the_fix() -> None:
+    settings = LaunchSettings(max_runtime_s=3600)
+    expected = estimate(training_config("smoke", {"total_timesteps": "50000000"}, settings.instance_type))
+    assert expected is not None and expected.hours > 1  # the estimate (roadsense/estimate.py) is the one being compared
+    with pytest.raises(LaunchError) as refused:
+        plan(_overrun_options(), settings, ROLE, IMAGE, "abc")
+    message = str(refused.value)
+    assert f"~{expected.hours:.1f} h" in message and "max runtime of 1.0 h" in message
+    assert "--max-runtime-hours" in message and "total_timesteps" in message and "--allow-overrun" in message
+    assert plan(_overrun_options(allow_overrun=True), settings, ROLE, IMAGE, "abc")[0]["StoppingCondition"]["MaxRuntimeInSeconds"] == 3600
+    plan(_overrun_options(local=True), settings, ROLE, IMAGE, "abc")  # a local run has no max runtime
+    plan(_overrun_options(), LaunchSettings(max_runtime_s=int(expected.hours * 3600) + 60), ROLE, IMAGE, "abc")
+
+
+def test_the_cli_refuses_an_overrun_unless_allowed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # needs no AWS
+    args = ["--run-id", "long_run", "--preset", "smoke", "--set", "total_timesteps=50000000", "--max-runtime-hours", "1",
+            "--dry-run", "--json", "--image-uri", IMAGE, "--role-arn", ROLE]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 1 and refused.stderr.count("\n") == 1
+    assert "max runtime of 1.0 h" in refused.stderr and "--allow-overrun" in refused.stderr
+    allowed = CliRunner().invoke(app, ["--allow-overrun", *args])
+    assert allowed.exit_code == 0, allowed.output
