@@ -356,13 +356,14 @@ def _write_sweep(settings: LaunchSettings, parent: str, text: str, local: bool) 
 
 @app.command()
 def compare(ctx: typer.Context, parent: str) -> None:
-    """One table of a sweep's evaluation metrics (each child's overall metrics from its metrics.json)."""
+    """One table of a sweep's evaluation metrics (each child's overall metrics from its metrics.json),
+    each rate with its 95 % interval, marked where it differs from the column's best run by more than the noise."""
     state = _state(ctx)
     with user_errors():
         settings = state.settings()
         s3 = None if state.template.local else aws.make_session(settings).client("s3")
         where = str(settings.runs_dir) if s3 is None else f"s3://{settings.bucket}"
-        rows: list[tuple[str, dict[str, str], dict[str, float]]] = []
+        rows: list[tuple[str, dict[str, str], dict[str, Any]]] = []
         with tempfile.TemporaryDirectory() as scratch:
             def run_file(key: str) -> Path | None:
                 return _run_file(settings, s3, key, Path(scratch) / key.replace("/", "_"))
@@ -376,11 +377,13 @@ def compare(ctx: typer.Context, parent: str) -> None:
                 launch_file = run_file(layout.launch_key)
                 archive = run_file(layout.model_key(record.latest_job(json.loads(launch_file.read_text())))) if launch_file else None
                 rows.append((child, point, sweep.read_metrics(archive) if archive else {}))  # {}: no results yet
-        columns = [name for name in sweep.EVAL_METRICS if any(name in metrics for _, _, metrics in rows)]
+        columns, cells = sweep.compare_cells([metrics for _, _, metrics in rows])
         display.console.print(display.table(
             f"sweep {parent}", ["run id", "settings", *columns],
-            [(child, " ".join(f"{k}={v}" for k, v in point.items()), *(_fmt(metrics.get(c)) for c in columns)) for child, point, metrics in rows],
+            [(child, " ".join(f"{k}={v}" for k, v in point.items()), *row) for (child, point, _), row in zip(rows, cells)],
         ))
+        if sweep.has_rates(columns):
+            display.console.print(sweep.DIFFERS_LEGEND)
 
 
 def _run_file(settings: LaunchSettings, s3: Any, key: str, download_to: Path) -> Path | None:
@@ -399,6 +402,3 @@ def _run_file(settings: LaunchSettings, s3: Any, key: str, download_to: Path) ->
         raise
     return download_to
 
-
-def _fmt(value: float | None) -> str:
-    return "" if value is None else f"{value:.4g}"

@@ -80,7 +80,9 @@ def train(
         output.mkdir(parents=True, exist_ok=True)
         config.save(output / "config.json")
         result = run_training(dataset, output, config, resume=resume)
-        typer.echo(f"trained to {result.num_timesteps} steps at {result.steps_per_s:.0f} steps/s: {result.model_path}")
+        selection = result.model_selection
+        typer.echo(f"trained to {result.num_timesteps} steps at {result.steps_per_s:.0f} steps/s: {result.model_path} "
+                   f"is the {selection['selected']} checkpoint ({selection['selected_timesteps']} steps)")
 
 
 @app.command()

@@ -65,6 +65,9 @@ class DatasetConfig(_Section):
             _ordered(name, getattr(self, name))
         if self.speed_factor_range[0] <= 0 or self.decel_range[0] <= 0 or self.tau_range[0] <= 0:
             raise ValueError("speed_factor_range, decel_range and tau_range must be positive")
+        for a, b in (("dataset_seed", "val_dataset_seed"), ("dataset_seed", "eval_dataset_seed"), ("val_dataset_seed", "eval_dataset_seed")):
+            if getattr(self, a) == getattr(self, b):  # a split seeded like another is not an independent sample
+                raise ValueError(f"{a} and {b} are both {getattr(self, a)}: each split needs its own seed; change one")
         return self
 
 

@@ -155,11 +155,18 @@ def _prepare_dataset(paths: RunPaths, config: PipelineConfig, dataset: Path | No
     if paths.dataset.exists():  # a resumed run: same settings (config.json), so the same dataset
         return Dataset.open(paths.dataset)
     if dataset is not None:
-        Dataset.open(dataset)  # verify before copying
+        Dataset.open(dataset)  # verify before copying: refuses symlinks, so the copy below has none to follow
         staging = paths.dataset.with_name(f".dataset.tmp-{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(dataset, staging)
-        os.replace(staging, paths.dataset)
+        shutil.rmtree(staging, ignore_errors=True)  # left by a crashed run with the same pid
+        try:
+            # symlinks=True copies a link as a link (never what it points to), and the copy is
+            # verified again: the source may have changed between the check and the copy.
+            shutil.copytree(dataset, staging, symlinks=True)
+            Dataset.open(staging)
+            os.replace(staging, paths.dataset)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         return Dataset.open(paths.dataset)
     params_file = config.env.emulator_params
     generate_dataset(paths.dataset, config.dataset, params_hash(load_params(params_file)), progress=False,

@@ -140,6 +140,7 @@ def sumo_children() -> Callable[[], list[int]]:
 TINY = {
     # Short episodes and rollouts: every stage runs for real, in seconds.
     "train_count": 2,
+    "val_count": 5,
     "eval_count": 5,
     "total_timesteps": 512,
     "n_steps": 256,
@@ -161,7 +162,7 @@ def tiny_config(**overrides: object):
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A verified dataset of 2 train and 5 eval scenarios (one per peer count), shared read-only."""
+    """A verified dataset of 2 train, 5 val and 5 eval scenarios (val and eval: one per peer count), shared read-only."""
     from roadsense.scenarios.generate import generate_dataset
     from roadsense.v2v import load_params, params_hash
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import tarfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,13 +15,14 @@ import pytest
 from botocore.stub import Stubber
 from typer.testing import CliRunner
 
-from launcher import aws, infra, jobs
+from launcher import aws, display, infra, jobs, sweep
 from launcher.cli import app
 from launcher.fetch import RunNotFoundError, UnsafeArchiveError, fetch_run, safe_extract
 from launcher.launch import LaunchOptions, launch
 from launcher.layout import RunLayout
 from launcher.settings import LaunchSettings, load_settings
 from launcher.upload import DatasetError, upload_tree, verify_dataset
+from roadsense.evaluation.stats import wilson_interval
 
 REGION = "il-central-1"
 BUCKET = "saferide-training-results"
@@ -332,3 +334,64 @@ def test_build_codebuild_failure_is_one_line_and_exit_1(monkeypatch: pytest.Monk
     assert result.exit_code == 1
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
     assert "FAILED in BUILD (docker build exit 1)" in result.stderr and "https://console.example/log" in result.stderr
+
+
+def _model_archive(overall: dict) -> bytes:
+    """A model.tar.gz holding only a metrics.json with this ``overall`` section."""
+    data = json.dumps({"policy": "model", "overall": overall}).encode()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        member = tarfile.TarInfo("metrics.json")
+        member.size = len(data)
+        tar.addfile(member, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _compare_rows(output: str) -> dict[str, list[str]]:
+    """compare's table as run id (or "run id" for the header) -> its cells (run id, settings, metrics...)."""
+    # rich draws the header's column borders with a heavier line than the body's.
+    rows = ([cell.strip() for cell in re.split("[│┃]", line)[1:-1]] for line in output.splitlines() if re.search("[│┃]", line))
+    return {cells[0]: cells for cells in rows if cells and cells[0]}
+
+
+def test_compare_shows_intervals_and_marks_runs_that_differ_beyond_the_noise(
+        moto_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    session, _ = moto_env
+    monkeypatch.setattr(display.console, "width", 250)  # room for every column
+    # compare needs no infra stack; asking moto for one that is not there costs seconds.
+    monkeypatch.setattr(aws, "with_stack_defaults", lambda settings: settings)
+    runs = {
+        # Written with the intervals: 0 of 300 collisions, 294 of 300 behavioural successes (the best of both).
+        "lr-001": {"episodes": 300, "collision_rate": 0.0, "collision_rate_ci95": list(wilson_interval(0.0, 300)),
+                   "behavioral_success_rate": 0.98, "behavioral_success_rate_ci95": list(wilson_interval(0.98, 300)),
+                   "mean_reaction_time_s": 1.234},
+        # Older metrics.json files without _ci95 keys: the intervals come from the rate and the episodes.
+        "lr-002": {"episodes": 300, "collision_rate": 5 / 300, "behavioral_success_rate": 0.97, "mean_reaction_time_s": 1.5},
+        "lr-003": {"episodes": 300, "collision_rate": 1 / 300, "behavioral_success_rate": 0.90, "mean_reaction_time_s": 1.1},
+        "lr-004": None,  # still running: no results yet
+        "lr-005": {"collision_rate": 0.02},  # no episode count: the rate alone, never marked
+    }
+    children = {child: {"learning_rate": str(i)} for i, child in enumerate(runs)}
+    files = {"lr/sweep.json": sweep.sweep_record("lr", children, "smoke").encode()}
+    for child, overall in runs.items():
+        if overall is not None:
+            files[f"{child}/launch.json"] = json.dumps({"attempts": [{"job_name": f"{child}-job", "mode": "local"}]}).encode()
+            files[f"{child}/output/{child}-job/output/model.tar.gz"] = _model_archive(overall)
+    s3 = session.client("s3")
+    for key, body in files.items():
+        s3.put_object(Bucket=BUCKET, Key=key, Body=body)
+        (tmp_path / key).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / key).write_bytes(body)
+
+    for local in ([], ["--local"]):  # from S3, and from a runs dir laid out like the bucket
+        result = CliRunner().invoke(app, [*local, "--runs-dir", str(tmp_path), "compare", "lr"], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        rows = _compare_rows(result.output)
+        assert rows["run id"][2:] == ["collision_rate", "behavioral_success_rate", "mean_reaction_time_s"]
+        assert rows["lr-001"][2:] == ["0.0% (0.0-1.3)", "98.0% (95.7-99.1)", "1.234"]
+        # 5 of 300 collisions against 0 of 300 is beyond the noise; 97 % against 98 % success is not.
+        assert rows["lr-002"][2:] == ["1.7% (0.7-3.8) *", "97.0% (94.4-98.4)", "1.5"]
+        assert rows["lr-003"][2:] == ["0.3% (0.1-1.9)", "90.0% (86.1-92.9) *", "1.1"]
+        assert rows["lr-004"][2:] == ["", "", ""]
+        assert rows["lr-005"][2:] == ["2.0%", "", ""]
+        assert "* differs from the best run in its column" in " ".join(result.output.split())

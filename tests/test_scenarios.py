@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 import typer
+from pydantic import ValidationError
 
 import roadsense.v2v
 from typer.testing import CliRunner
 
 from roadsense.config import DatasetConfig
+from roadsense.evaluation.matrix import plan_matrix
 from roadsense.scenarios import (
     Dataset,
     DatasetError,
@@ -30,11 +32,11 @@ from roadsense.scenarios.commands import generate_command, verify_command
 from roadsense.scenarios.invariants import check_routes
 from roadsense.scenarios.generate import write_scenario
 from roadsense.scenarios.network import EDGE_ID, build_network
-from roadsense.scenarios.scenario import ScenarioSpec, VehicleType, train_specs
+from roadsense.scenarios.scenario import PEER_SPACING_M, SPLITS, ScenarioSpec, VehicleType, depart_positions, train_specs
 from roadsense.sim.sumo_home import sumo_binary
 
 SHIPPED_PARAMS = Path(roadsense.v2v.__file__).parent / "espnow_params.json"
-SMALL = DatasetConfig(train_count=10, eval_count=10, dataset_seed=3, eval_dataset_seed=4)
+SMALL = DatasetConfig(train_count=10, val_count=5, eval_count=10, dataset_seed=3, val_dataset_seed=5, eval_dataset_seed=4)
 
 
 @pytest.fixture(autouse=True)
@@ -69,16 +71,23 @@ def _first_step(sumocfg: Path) -> dict[str, tuple[str, float]]:
 
 
 def test_every_scenario_loads_with_the_convoy_in_formation(small_dataset: Path) -> None:
+    """Every car is on the road after one step, peers ahead at the front-to-front spacing (50 m for one peer)."""
     dataset = Dataset.open(small_dataset)
-    configs = [(dataset.sumocfg(s, i), dataset.peer_count(s, i)) for s in ("train", "eval") for i in dataset.ids(s)]
+    configs = [(dataset.sumocfg(s, i), dataset.peer_count(s, i)) for s in SPLITS for i in dataset.ids(s)]
     configs.append((builtin_scenario(n_peers=3, road="curved"), 3))
     for sumocfg, peers in configs:
         vehicles = _first_step(sumocfg)
         assert sorted(vehicles) == [f"V{i:03d}" for i in range(1, peers + 2)], sumocfg
-        ego_edge, ego_pos = vehicles.pop("V001")
-        assert ego_edge == EDGE_ID
-        for vehicle, (edge, position) in vehicles.items():
-            assert edge == EDGE_ID and position > ego_pos, f"{sumocfg}: {vehicle} is not ahead of the ego"
+        assert {edge for edge, _ in vehicles.values()} == {EDGE_ID}
+        positions = [vehicles[f"V{i:03d}"][1] for i in range(1, peers + 2)]
+        # getLanePosition is the front bumper, as departPos: neighbours sit one spacing apart.
+        spacings = [b - a for a, b in zip(positions, positions[1:])]
+        assert spacings == pytest.approx([PEER_SPACING_M[peers]] * peers, abs=0.5), sumocfg
+
+
+def test_spacing_is_front_to_front() -> None:
+    assert depart_positions(1) == [10.0, 60.0]  # 50 m front to front: inside the 50 m radio range
+    assert depart_positions(5) == [10.0 + 25.0 * i for i in range(6)]
 
 
 def test_the_tightest_draw_still_departs_every_car_at_zero(tmp_path: Path) -> None:
@@ -92,7 +101,7 @@ def test_the_tightest_draw_still_departs_every_car_at_zero(tmp_path: Path) -> No
 
 
 def test_generation_is_deterministic_and_fast(tmp_path: Path) -> None:
-    """Production size (25 train + 40 eval), twice: identical bytes, same manifest but created_at."""
+    """Production size (25 train + 20 val + 40 eval), twice: identical bytes, same manifest but created_at."""
     manifests = []
     for name in ("a", "b"):
         start = time.perf_counter()
@@ -102,7 +111,7 @@ def test_generation_is_deterministic_and_fast(tmp_path: Path) -> None:
         manifest.pop("created_at")
         manifests.append(manifest)
     assert manifests[0] == manifests[1]
-    assert len(manifests[0]["files"]) == 3 * 65
+    assert len(manifests[0]["files"]) == 3 * 85
     for relative, digest in manifests[0]["files"].items():
         assert _sha256(tmp_path / "a" / relative) == _sha256(tmp_path / "b" / relative) == digest, relative
 
@@ -118,6 +127,37 @@ def test_eval_peer_counts_are_balanced(small_dataset: Path) -> None:
     counts = Counter(dataset.peer_count("eval", i) for i in dataset.ids("eval"))
     assert counts == {1: 2, 2: 2, 3: 2, 4: 2, 5: 2}
     assert dataset.manifest["splits"]["eval"]["peer_count_distribution"] == {str(n): 2 for n in range(1, 6)}
+
+
+def test_val_split_is_balanced_seeded_on_its_own_and_disjoint_from_eval(small_dataset: Path) -> None:
+    dataset = Dataset.open(small_dataset)
+    val, evaluation = dataset.ids("val"), dataset.ids("eval")
+    assert val == [f"val-{i:04d}" for i in range(5)] and not set(val) & set(evaluation)
+    assert [dataset.peer_count("val", i) for i in val] == [1, 2, 3, 4, 5]
+    manifest = dataset.manifest
+    assert manifest["seeds"] == {"dataset_seed": 3, "val_dataset_seed": 5, "eval_dataset_seed": 4}
+    assert manifest["splits"]["val"]["peer_count_distribution"] == {str(n): 1 for n in range(1, 6)}
+    cars = {s: [e["vehicle_type"] for e in manifest["splits"][s]["scenarios"][:5]] for s in ("val", "eval")}
+    assert cars["val"] != cars["eval"]  # own seed: not the eval scenarios again
+    assert all(f"val/{i}/routes.rou.xml" in manifest["files"] for i in val)
+    # Served exactly like eval: in order, cycling, and as a matrix.
+    manager = ScenarioManager(dataset, "val", seed=9)
+    assert [manager.next()[0] for _ in range(10)] == val + val
+    plan = plan_matrix(dataset, 2, 7, split="val")
+    assert len(plan) == 2 * 15 and {spec.scenario_id for spec in plan} == set(val)
+
+
+@pytest.mark.parametrize(
+    ("seeds", "named"),
+    [
+        ({"val_dataset_seed": 1042}, "val_dataset_seed and eval_dataset_seed are both 1042"),
+        ({"dataset_seed": 2042}, "dataset_seed and val_dataset_seed are both 2042"),
+        ({"dataset_seed": 1042}, "dataset_seed and eval_dataset_seed are both 1042"),
+    ],
+)
+def test_config_refuses_a_split_seed_shared_with_another(seeds: dict[str, int], named: str) -> None:
+    with pytest.raises(ValidationError, match=named):
+        DatasetConfig(**seeds)
 
 
 @pytest.mark.parametrize(("drop_prob", "expected_mean"), [(0.0, 5.0), (0.4, 3.0), (0.9, 1.0)])
@@ -174,9 +214,76 @@ def _tamper(root: Path, how: str) -> str:
     if how == "peer behind the ego":
         # Consistent hashes, broken invariant: only the scenario check can catch it.
         routes.write_text(re.sub(r'(id="V002".*?departPos=")[^"]*', r"\g<1>5.00", routes.read_text()))
-        _edit_manifest(root, lambda m: m["files"].update({"train/train-0000/routes.rou.xml": _sha256(routes)}))
+        _rehash(root, "train/train-0000/routes.rou.xml")
         return "V002 departs behind or inside the ego"
+    if how == "old spacing":
+        # A format-2 manifest over format-1 routes (55 m front to front for one peer).
+        old = routes.read_text()
+        positions = [float(x) for x in re.findall(r'departPos="([^"]*)"', old)]
+        step = positions[1] - positions[0] + 5.0
+        routes.write_text(re.sub(r'(id="V(\d+)".*?departPos=")[^"]*', lambda m: f"{m[1]}{10 + (int(m[2]) - 1) * step:.2f}", old))
+        _rehash(root, "train/train-0000/routes.rou.xml")
+        return "do not follow the front-to-front spacing"
+    if how == "old spacing in the manifest":
+        _edit_manifest(root, lambda m: m["spacing"]["metres_by_peer_count"].update({"1": 55.0}))
+        return "spacing: not the spacing of this roadsense"
+    if how in _SUMOCFG_EDITS:
+        old_text, new_text, expected = _SUMOCFG_EDITS[how]
+        sumocfg = root / "val" / "val-0001" / "scenario.sumocfg"
+        assert old_text in sumocfg.read_text()
+        sumocfg.write_text(sumocfg.read_text().replace(old_text, new_text))
+        _rehash(root, "val/val-0001/scenario.sumocfg")
+        return expected
+    if how == "route element":
+        routes.write_text(routes.read_text().replace("</routes>", '<additional><e1Detector id="d" file="/tmp/x"/></additional></routes>'))
+        _rehash(root, "train/train-0000/routes.rou.xml")
+        return "found routes: ['additional']"
+    if how == "listed foreign file":
+        (root / "eval" / "notes.txt").write_text("hi")
+        _rehash(root, "eval/notes.txt")
+        return "eval/notes.txt: not a file of the dataset format"
+    if how == "huge net file":
+        net = root / "eval" / "eval-0002" / "network.net.xml"
+        net.write_bytes(net.read_bytes() + b" " * (9 << 20))
+        _rehash(root, "eval/eval-0002/network.net.xml")
+        return "over the 8388608-byte limit of a network.net.xml"
+    if how == "invalid emulator params":
+        params = root / "emulator_params.json"
+        params.write_text(json.dumps({**json.loads(params.read_text()), "loss_prob": [0.1, 1.7]}))
+        _rehash(root, "emulator_params.json")
+        return "emulator_params.json: invalid emulator parameters: loss_prob"
+    if how == "val id in eval":
+        _edit_manifest(root, lambda m: m["splits"]["eval"]["scenarios"][-1].update(id="val-0000"))
+        return "ids must start with their split's name"
     raise AssertionError(how)
+
+
+def _rehash(root: Path, relative: str) -> None:
+    """Record the current sha256 of a tampered file, so only the deeper checks can catch it."""
+    _edit_manifest(root, lambda m: m["files"].update({relative: _sha256(root / relative)}))
+
+
+# sumocfg edits: (text replaced, replacement, phrase the problem must contain).
+_SUMOCFG_EDITS = {
+    "sumocfg output": (
+        "    </input>",
+        '    </input>\n    <output>\n        <tripinfo-output value="tripinfo.xml"/>\n    </output>',
+        "<output> is not allowed",
+    ),
+    "sumocfg additional": (
+        "    </input>",
+        '        <additional-files value="extra.add.xml"/>\n    </input>',
+        "<input/additional-files> is not allowed",
+    ),
+    "sumocfg summary in report": (
+        "    </report>",
+        '        <summary-output value="summary.xml"/>\n    </report>',
+        "<report/summary-output> is not allowed",
+    ),
+    "sumocfg path out": ('value="routes.rou.xml"', 'value="../../train/train-0000/routes.rou.xml"', "must be the plain name of a file"),
+    "sumocfg end nan": ('<end value="65.0"/>', '<end value="nan"/>', "end = 'nan' must be 0..3600 s"),
+    "sumocfg extra attribute": ('<begin value="0"/>', '<begin value="0" file="x"/>', "<time/begin> is not allowed"),
+}
 
 
 def _sha256(path: Path) -> str:
@@ -187,7 +294,11 @@ def _sha256(path: Path) -> str:
 
 @pytest.mark.parametrize(
     "how",
-    ["modified file", "missing file", "unlisted file", "parent id", "absolute path", "empty split", "non-JSON manifest", "peer behind the ego"],
+    [
+        "modified file", "missing file", "unlisted file", "parent id", "absolute path", "empty split", "non-JSON manifest",
+        "peer behind the ego", "old spacing", "old spacing in the manifest", *_SUMOCFG_EDITS, "route element",
+        "listed foreign file", "huge net file", "invalid emulator params", "val id in eval",
+    ],
 )
 def test_verify_refuses_a_damaged_dataset(dataset_copy: Path, how: str) -> None:
     expected = _tamper(dataset_copy, how)
@@ -232,7 +343,7 @@ def test_a_broken_invariant_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     with pytest.raises(InvariantError, match="V001 must be the first vehicle"):
         check_routes(bad)
     # A generator bug (peers spaced backwards) stops generation and leaves nothing behind.
-    monkeypatch.setattr(scenario_module, "PEER_GAPS_M", {n: -40.0 for n in range(1, 6)})
+    monkeypatch.setattr(scenario_module, "PEER_SPACING_M", {n: -40.0 for n in range(1, 6)})
     with pytest.raises(InvariantError, match="behind or inside the ego"):
         generate_dataset(tmp_path / "out", SMALL, "params-hash")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.rou.xml"]
@@ -271,12 +382,111 @@ def test_generate_cli_refuses_invalid_emulator_params(tmp_path: Path) -> None:
 def test_cli_generates_and_verifies(tmp_path: Path, dataset_copy: Path) -> None:
     runner = CliRunner()
     out = tmp_path / "ds"
-    args = ["generate", "--output", str(out), "--train-count", "2", "--eval-count", "5", "--emulator-params", str(SHIPPED_PARAMS)]
+    args = ["generate", "--output", str(out), "--train-count", "2", "--val-count", "5", "--val-seed", "77", "--eval-count", "5",
+            "--emulator-params", str(SHIPPED_PARAMS)]
     result = runner.invoke(_cli(), args)
     assert result.exit_code == 0, result.output
     assert runner.invoke(_cli(), ["verify", str(out)]).exit_code == 0
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["eval", "train", "val"]
     manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["seeds"]["val_dataset_seed"] == 77
     assert manifest["emulator_params_hash"] == roadsense.v2v.params_hash(roadsense.v2v.load_params(None))
     expected = _tamper(dataset_copy, "modified file")
     result = runner.invoke(_cli(), ["verify", str(dataset_copy)])
     assert result.exit_code == 1 and expected in result.output
+
+
+def _one_line_refusal(root: Path) -> str:
+    """The DatasetError of ``root``, checked to be a single line; returns it."""
+    with pytest.raises(DatasetError) as err:
+        Dataset.open(root)
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+def test_a_format_1_dataset_is_refused_in_one_line_naming_the_old_spacing(dataset_copy: Path) -> None:
+    _edit_manifest(dataset_copy, lambda m: m.update(format_version=1))
+    message = _one_line_refusal(dataset_copy)
+    assert "old spacing rule" in message and "regenerate it with `roadsense generate`" in message
+    result = CliRunner().invoke(_cli(), ["verify", str(dataset_copy)])
+    assert result.exit_code == 1
+    assert result.output.strip().count("\n") == 0 and "old spacing rule" in result.output
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (lambda: '{"format_version": 2, "pad": "' + "x" * (5 << 20) + '"}', "over the 4194304-byte limit"),
+        (lambda: '{"format_version": 2, "config": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
+        (lambda: '{"format_version": "' + "9" * 100_000 + '"}', "is not 2, the format this roadsense reads"),
+    ],
+    ids=["huge", "deep", "long value"],
+)
+def test_a_hostile_manifest_is_one_short_line(dataset_copy: Path, content, expected: str) -> None:
+    (dataset_copy / "manifest.json").write_text(content())
+    problems = verify_dataset(dataset_copy)
+    assert len(problems) == 1 and expected in problems[0] and len(problems[0]) < 400, problems
+    assert len(_one_line_refusal(dataset_copy)) < 600
+
+
+def test_a_long_problem_list_is_cut_short(dataset_copy: Path) -> None:
+    for i in range(30):
+        (dataset_copy / "train" / f"extra-{i:02d}.xml").write_text("<x/>")
+    with pytest.raises(DatasetError) as err:
+        Dataset.open(dataset_copy)
+    lines = str(err.value).splitlines()
+    assert "(30 problems)" in lines[0] and len(lines) == 1 + 20 + 1 and lines[-1] == "  - ... and 10 more"
+
+
+def _link(root: Path, how: str) -> str:
+    """Plant a symlink of kind ``how`` in the dataset at ``root``; return its relative path."""
+    if how == "file inside":
+        target = root / "train" / "train-0000" / "routes.rou.xml"
+        (root / "train" / "train-0000" / "real.xml").write_bytes(target.read_bytes())
+        target.unlink()
+        target.symlink_to("real.xml")
+        return "train/train-0000/routes.rou.xml"
+    if how == "folder pointing out":
+        (root / "eval" / "outside").symlink_to(root.parent, target_is_directory=True)
+        return "eval/outside"
+    if how == "folder self-loop":
+        (root / "val" / "loop").symlink_to("..", target_is_directory=True)
+        return "val/loop"
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["file inside", "folder pointing out", "folder self-loop"])
+def test_verify_refuses_every_symlink(dataset_copy: Path, how: str) -> None:
+    relative = _link(dataset_copy, how)
+    problems = verify_dataset(dataset_copy)
+    assert f"{relative}: a symlink; a dataset holds only plain files and folders (regenerate it)" in problems, problems
+
+
+def test_a_run_never_copies_through_a_symlink_and_leaves_no_temp_folder(dataset_copy: Path, tmp_path: Path) -> None:
+    from roadsense.pipeline import RunPaths, _prepare_dataset
+    from tests.conftest import tiny_config
+
+    paths = RunPaths.under(tmp_path / "run")
+    paths.output.mkdir()
+    _link(dataset_copy, "folder self-loop")
+    with pytest.raises(DatasetError, match="val/loop: a symlink"):
+        _prepare_dataset(paths, tiny_config(), dataset_copy)
+    assert list(paths.output.iterdir()) == []
+    (dataset_copy / "val" / "loop").unlink()
+    opened = _prepare_dataset(paths, tiny_config(), dataset_copy)
+    assert opened.root == paths.dataset.resolve() and verify_dataset(paths.dataset) == []
+    assert sorted(p.name for p in paths.output.iterdir()) == ["dataset"]
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--val-seed", "1042"], "--val-seed and --eval-seed are both 1042"),
+        (["--seed", "2042"], "--seed and --val-seed are both 2042"),
+        (["--val-count", "3"], "--val-count 3"),
+    ],
+)
+def test_generate_cli_names_the_val_flags(tmp_path: Path, args: list[str], named: str) -> None:
+    result = CliRunner().invoke(_cli(), ["generate", "--output", str(tmp_path / "ds"), *args])
+    assert result.exit_code == 2 and named in result.output, result.output
+    assert not (tmp_path / "ds").exists()

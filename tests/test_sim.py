@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from roadsense.sim.backend import LibsumoBackend, SimulationError, TraciBackend, make_backend
+from roadsense.scenarios.scenario import sumocfg_xml
+from roadsense.sim.backend import (
+    LibsumoBackend,
+    SimulationError,
+    SumocfgError,
+    SumoConfig,
+    TraciBackend,
+    make_backend,
+    parse_sumocfg,
+)
+from roadsense.sim.sumo_home import sumo_binary, sumo_env
 
 
 @pytest.mark.slow
@@ -144,3 +155,44 @@ def test_bad_config_is_a_clear_simulation_error(
         good.step()
     finally:
         good.close()
+
+
+_OUTPUTS = (
+    "    <output>\n"
+    '        <tripinfo-output value="tripinfo.xml"/>\n'
+    '        <summary-output value="summary.xml"/>\n'
+    "    </output>\n"
+)
+
+
+def test_a_scenario_config_cannot_make_sumo_write_files(scenario_factory, tmp_path, sumo_children) -> None:
+    """The backend reads the sumocfg through the allow-list and never hands SUMO the file itself."""
+    src = scenario_factory(1).parent
+    for name in ("network.net.xml", "routes.rou.xml"):
+        shutil.copy(src / name, tmp_path / name)
+    cfg = tmp_path / "scenario.sumocfg"
+    cfg.write_text((src / "scenario.sumocfg").read_text().replace("</configuration>", _OUTPUTS + "</configuration>"))
+    for backend in (LibsumoBackend(), TraciBackend()):
+        with pytest.raises(SumocfgError, match=r"<output> is not allowed"):
+            backend.start(cfg, seed=0)
+        assert not backend.running
+    assert sumo_children() == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["network.net.xml", "routes.rou.xml", "scenario.sumocfg"]
+    # What the refusal prevents: SUMO given the file itself writes both outputs.
+    subprocess.run([sumo_binary("sumo"), "-c", str(cfg), "--end", "1"], cwd=tmp_path, env=sumo_env(), capture_output=True, check=True)
+    assert {"tripinfo.xml", "summary.xml"} <= {p.name for p in tmp_path.iterdir()}
+
+
+def test_the_written_sumocfg_is_exactly_what_the_allow_list_reads(tmp_path) -> None:
+    cfg = tmp_path / "scenario.sumocfg"
+    cfg.write_text(sumocfg_xml(65.0))
+    assert parse_sumocfg(cfg) == SumoConfig(tmp_path / "network.net.xml", tmp_path / "routes.rou.xml", 0.0, 65.0)
+
+
+def test_an_oversized_route_file_is_refused_before_sumo_reads_it(scenario_factory, tmp_path) -> None:
+    src = scenario_factory(1).parent
+    for name in ("network.net.xml", "scenario.sumocfg"):
+        shutil.copy(src / name, tmp_path / name)
+    (tmp_path / "routes.rou.xml").write_bytes((src / "routes.rou.xml").read_bytes() + b" " * (2 << 20))
+    with pytest.raises(SimulationError, match="route-files 'routes.rou.xml' is over the 1048576-byte limit"):
+        LibsumoBackend().start(tmp_path / "scenario.sumocfg", seed=0)

@@ -12,18 +12,26 @@ matplotlib.use("Agg")  # no display in containers or CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from roadsense.evaluation.metrics import RATES, format_rate  # noqa: E402
+
 HEADLINE = (
-    ("behavioral_success_rate", "behavioural success", "{:.1%}"),
-    ("collision_rate", "collisions", "{:.1%}"),
-    ("reception_rate", "hazard received", "{:.1%}"),
-    ("reaction_rate", "reacted", "{:.1%}"),
-    ("mean_reaction_time_s", "mean reaction (s)", "{:.2f}"),
-    ("mean_min_distance_post_hazard_m", "min gap after hazard (m)", "{:.1f}"),
+    ("behavioral_success_rate", "behavioural success"),
+    ("collision_rate", "collisions"),
+    ("reception_rate", "hazard received"),
+    ("reaction_rate", "reacted"),
+    ("mean_reaction_time_s", "mean reaction (s)"),
+    ("mean_min_distance_post_hazard_m", "min gap after hazard (m)"),
 )
+_MEAN_FORMATS = {"mean_reaction_time_s": "{:.2f}", "mean_min_distance_post_hazard_m": "{:.1f}"}
 
 
 def _fmt(value: Any, pattern: str) -> str:
     return "n/a" if value is None else pattern.format(value)
+
+
+def _cell(section: dict[str, Any], key: str) -> str:
+    """A rate with its 95 % interval, or a mean."""
+    return format_rate(section, key) if key in RATES else _fmt(section.get(key), _MEAN_FORMATS[key])
 
 
 def write_report(output: Path, metrics: dict[str, Any], progress_csv: Path | None = None) -> Path:
@@ -42,16 +50,23 @@ def write_report(output: Path, metrics: dict[str, Any], progress_csv: Path | Non
         f"{metrics['overall']['episodes']} episodes over {len(metrics['per_bucket'])} buckets "
         f"(peer count x hazard rank), hazards always on, eval seed {metrics['plan']['eval_seed']}.",
         "",
-        "| | " + " | ".join(label for _, label, _ in HEADLINE) + " |",
+        "Rates are shares of episodes, each with its 95 % Wilson interval in percent (low-high).",
+        "",
+        "| | " + " | ".join(label for _, label in HEADLINE) + " |",
         "|---|" + "---|" * len(HEADLINE),
     ]
     for kind, name, m in rows:
-        lines.append(f"| {kind}: {name} | " + " | ".join(_fmt(m.get(key), p) for key, _, p in HEADLINE) + " |")
+        lines.append(f"| {kind}: {name} | " + " | ".join(_cell(m, key) for key, _ in HEADLINE) + " |")
     lines += ["", "## Per peer count", "", "| peers | episodes | behavioural success | collisions | reaction (s) |",
               "|---|---|---|---|---|"]
     for n, m in metrics["per_peer_count"].items():
-        lines.append(f"| {n} | {m['episodes']} | {_fmt(m['behavioral_success_rate'], '{:.1%}')} | "
-                     f"{_fmt(m['collision_rate'], '{:.1%}')} | {_fmt(m['mean_reaction_time_s'], '{:.2f}')} |")
+        lines.append(f"| {n} | {m['episodes']} | {_cell(m, 'behavioral_success_rate')} | "
+                     f"{_cell(m, 'collision_rate')} | {_cell(m, 'mean_reaction_time_s')} |")
+    lines += ["", "## Per bucket", "", "| peers n | hazard rank k | episodes | behavioural success | collisions |",
+              "|---|---|---|---|---|"]
+    for key, m in metrics["per_bucket"].items():
+        n, k = _bucket(key)
+        lines.append(f"| {n} | {k} | {m['episodes']} | {_cell(m, 'behavioral_success_rate')} | {_cell(m, 'collision_rate')} |")
     lines.append("")
     lines += _selection_lines(metrics.get("model_selection"))
     for file, title in pictures:
@@ -74,17 +89,23 @@ def _selection_lines(selection: dict[str, Any] | None) -> list[str]:
         f"The evaluated model is the **{selection['selected']}** checkpoint by validation, at {steps}; "
         f"criterion: {selection['criterion']}.",
         f"On the val split ({score['episodes']} episodes, val seed {selection['val_seed']}): behavioural success "
-        f"{score['behavioral_success_rate']:.1%}, collisions {score['collision_rate']:.1%}. "
+        f"{format_rate(score, 'behavioral_success_rate')}, collisions {format_rate(score, 'collision_rate')}. "
         f"{len(selection['history'])} validations in all; `model_last.zip` is the last checkpoint.",
         "",
     ]
     return lines
 
 
+def _bucket(key: str) -> tuple[int, int]:
+    """``"n3_k2"`` -> (3, 2): peer count and hazard rank."""
+    n, k = (int(part[1:]) for part in key.split("_"))
+    return n, k
+
+
 def _heatmap(per_bucket: dict[str, Any], path: Path) -> None:
     grid = np.full((5, 5), np.nan)
     for key, m in per_bucket.items():
-        n, k = (int(part[1:]) for part in key.split("_"))
+        n, k = _bucket(key)
         grid[n - 1, k - 1] = m["behavioral_success_rate"]
     fig, ax = plt.subplots(figsize=(5, 4))
     image = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", origin="lower")

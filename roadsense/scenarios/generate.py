@@ -20,6 +20,7 @@ from tqdm import tqdm
 from roadsense.config import DatasetConfig
 from roadsense.provenance import container_image, git_commit
 from roadsense.scenarios.dataset import (
+    EMULATOR_PARAMS_FILE,
     FORMAT_VERSION,
     MANIFEST_FILE,
     Manifest,
@@ -27,6 +28,7 @@ from roadsense.scenarios.dataset import (
     SplitEntry,
     peer_count_distribution,
     sha256_file,
+    spacing_block,
     verify_dataset,
 )
 from roadsense.scenarios.invariants import InvariantError, check_routes
@@ -36,13 +38,12 @@ from roadsense.scenarios.scenario import (
     DEPART_SPEED_MPS,
     EGO_DEPART_POS_M,
     NETWORK_FILE,
-    PEER_GAPS_M,
     ROUTES_FILE,
+    SPLITS,
     SUMOCFG_FILE,
-    VEHICLE_LENGTH_M,
     ScenarioSpec,
     VehicleType,
-    eval_specs,
+    balanced_specs,
     routes_xml,
     sumocfg_xml,
     train_specs,
@@ -51,8 +52,8 @@ from roadsense.sim.sumo_home import sumo_version
 
 # Bump whenever the generator writes different bytes for the same inputs: it is part of
 # the manifest and of the built-in scenario cache key.
-GENERATOR_VERSION = "1"
-EMULATOR_PARAMS_FILE = "emulator_params.json"
+# 2: peers spaced front to front (50 m for one peer, not 55 m), and a val split.
+GENERATOR_VERSION = "2"
 
 
 def write_scenario(folder: Path, spec: ScenarioSpec, network: bytes, end_s: float) -> None:
@@ -79,8 +80,8 @@ def _dataset_id(content: dict[str, object]) -> str:
 
 
 def _write_dataset(root: Path, cfg: DatasetConfig, emulator_params_hash: str, emulator_params_file: Path | None, progress: bool) -> None:
-    specs = {"train": train_specs(cfg), "eval": eval_specs(cfg)}
-    all_specs = specs["train"] + specs["eval"]
+    specs = {"train": train_specs(cfg), "val": balanced_specs(cfg, "val"), "eval": balanced_specs(cfg, "eval")}
+    all_specs = [spec for split in SPLITS for spec in specs[split]]
     # Each road is built once and its bytes copied, so every scenario folder is self-contained.
     networks = {road: build_network(road) for road in sorted(ROADS)}
     for spec in tqdm(all_specs, desc="scenarios", unit="scenario", disable=not progress):
@@ -94,15 +95,16 @@ def _write_dataset(root: Path, cfg: DatasetConfig, emulator_params_hash: str, em
     content = {
         "format_version": FORMAT_VERSION,
         "generator_version": GENERATOR_VERSION,
-        "seeds": {"dataset_seed": cfg.dataset_seed, "eval_dataset_seed": cfg.eval_dataset_seed},
+        "seeds": {
+            "dataset_seed": cfg.dataset_seed,
+            "val_dataset_seed": cfg.val_dataset_seed,
+            "eval_dataset_seed": cfg.eval_dataset_seed,
+        },
         "config": cfg.model_dump(mode="json"),
         "augmentation": {
             "base_peers": BASE_PEERS,
-            "eval_peer_drop_prob": 0.0,
-            "eval_peer_counts": "cycle 1..5, balanced",
-            "peer_gaps_m": {str(n): gap for n, gap in PEER_GAPS_M.items()},
-            "peer_gap_definition": "bumper to bumper between neighbouring cars",
-            "vehicle_length_m": VEHICLE_LENGTH_M,
+            "val_eval_peer_drop_prob": 0.0,
+            "val_eval_peer_counts": "cycle 1..5, balanced",
             "ego_depart_pos_m": EGO_DEPART_POS_M,
             "depart_speed_mps": DEPART_SPEED_MPS,
             "spawn_jitter_m": 0.0,
@@ -117,7 +119,8 @@ def _write_dataset(root: Path, cfg: DatasetConfig, emulator_params_hash: str, em
             }
             for road, variant in sorted(ROADS.items())
         },
-        "splits": {"train": _split_entry(specs["train"]).model_dump(), "eval": _split_entry(specs["eval"]).model_dump()},
+        "spacing": spacing_block(),
+        "splits": {split: _split_entry(specs[split]).model_dump() for split in SPLITS},
         "sumo_version": sumo_version(),
         "emulator_params_hash": emulator_params_hash,
         "emulator_params_file": EMULATOR_PARAMS_FILE if emulator_params_file is not None else None,

@@ -4,6 +4,8 @@
 2. Departures are sorted: SUMO silently drops vehicles from an unsorted route file.
 3. No peer spawns behind (or overlapping) the ego: all cars share one route and lane, and
    every peer's front bumper is at least one car length ahead of the ego's.
+4. The file holds only what the generator writes (one vType, one route, the vehicles,
+   none with children), so a route file cannot bring in stops, detectors or other inputs.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from roadsense.scenarios.scenario import BASE_PEERS, EGO_ID, VEHICLE_LENGTH_M
+
+
+_ROUTE_ELEMENTS = ("vType", "route", "vehicle")
 
 
 class InvariantError(RuntimeError):
@@ -24,6 +29,9 @@ def routes_problems(path: Path) -> list[str]:
         root = ET.parse(path).getroot()
     except (ET.ParseError, OSError) as exc:
         return [f"{path.name}: not a readable route file ({exc})"]
+    foreign = sorted({child.tag for child in root if child.tag not in _ROUTE_ELEMENTS or len(child)})
+    if root.tag != "routes" or foreign:
+        return [f"{path.name}: only <routes> holding {', '.join(_ROUTE_ELEMENTS)} (no children) is allowed, found {root.tag}: {foreign}"]
     vehicles = root.findall("vehicle")
     if not vehicles:
         return [f"{path.name}: no vehicles"]
@@ -65,9 +73,9 @@ def check_routes(path: Path) -> None:
         raise InvariantError("scenario invariant broken (a generator bug): " + "; ".join(problems))
 
 
-def peer_count(path: Path) -> int:
-    """Peers in a route file that passed :func:`routes_problems`."""
-    return len(ET.parse(path).getroot().findall("vehicle")) - 1
+def formation(path: Path) -> list[float]:
+    """departPos (m) of every car, ego first, in a route file that passed :func:`routes_problems`."""
+    return [float(v.get("departPos", "")) for v in ET.parse(path).getroot().findall("vehicle")]
 
 
 def _number(text: str | None) -> float | None:

@@ -1,8 +1,8 @@
 """Which scenario the env loads at each reset (domain.md, invariant 3).
 
-Training draws scenarios at random, seeded, with replacement. Evaluation runs the fixed,
-sorted list in order and starts over at the end, so every evaluation sees the same
-scenarios in the same order.
+Training draws scenarios at random, seeded, with replacement. Validation and evaluation
+run their fixed, sorted list in order and start over at the end, so every validation (or
+evaluation) sees the same scenarios in the same order.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ class ScenarioManager:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
         checked = cast(Split, split)
         self._scenarios = [(i, dataset.sumocfg(checked, i)) for i in dataset.ids(checked)]
-        self._random = split == "train"
+        self._random = split == "train"  # val and eval: the fixed list, in order
         self._rng = np.random.default_rng(seed)
         self._cursor = 0
 

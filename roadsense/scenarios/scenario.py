@@ -7,12 +7,15 @@ A scenario is a single-lane convoy: the ego ``V001`` at the rear and 1..5 peers
 * one vehicle-type draw shared by all cars: speedFactor, sigma, decel (m/s^2), tau (s);
 * training: each of the 5 base peers is dropped with ``peer_drop_prob``, keeping at least
   one, and the road variant is drawn at random;
-* evaluation: no dropout; peer counts cycle 1, 2, 3, 4, 5 so every count is equally
-  represented, and each count alternates between the road variants;
-* the survivors are re-spaced by peer count: the bumper-to-bumper gap between neighbours
-  is 50, 40, 35, 30 or 25 m for n = 1..5 (no spawn jitter).
+* validation and evaluation: no dropout; peer counts cycle 1, 2, 3, 4, 5 so every count
+  is equally represented, and each count alternates between the road variants. The two
+  splits are drawn from separate seeds: validation picks the model, evaluation reports it;
+* the survivors are re-spaced by peer count: peer i departs with its front bumper at
+  ego + i * spacing, spacing 50, 40, 35, 30 or 25 m for n = 1..5 measured front to front
+  (the bumper gap is spacing minus the 5 m car; no spawn jitter). 50 m front to front is
+  the largest distance the radio was measured at, so with one peer the hazard is in range.
 
-Every scenario draws from its own generator seeded by (dataset seed, split, index), so
+Every scenario draws from its own generator seeded by (split seed, split, index), so
 scenario ``i`` does not change when the dataset grows.
 """
 
@@ -26,18 +29,24 @@ import numpy as np
 from roadsense.config import DatasetConfig
 from roadsense.scenarios.network import EDGE_ID, ROADS
 
-Split = Literal["train", "eval"]
-SPLITS: tuple[Split, ...] = ("train", "eval")
+Split = Literal["train", "val", "eval"]
+SPLITS: tuple[Split, ...] = ("train", "val", "eval")
+# The stream number of each split in its generators' seed. Fixed (not the SPLITS order) so
+# adding a split never changes the scenarios an existing split draws.
+_SPLIT_STREAM: dict[Split, int] = {"train": 0, "eval": 1, "val": 2}
 
 EGO_ID = "V001"
 BASE_PEERS = 5
-PEER_GAPS_M: dict[int, float] = {1: 50.0, 2: 40.0, 3: 35.0, 4: 30.0, 5: 25.0}
+# Front bumper to front bumper between neighbouring cars, by peer count (domain.md).
+PEER_SPACING_M: dict[int, float] = {1: 50.0, 2: 40.0, 3: 35.0, 4: 30.0, 5: 25.0}
+SPACING_RULE = "front-to-front"
 VEHICLE_LENGTH_M = 5.0
 EGO_DEPART_POS_M = 10.0  # front bumper of the ego, from the start of the road
 # SUMO inserts a car only if the car behind can stop safely. With the tightest draw (tau
-# 1.5 s, decel 3.5 m/s^2, 25 m gap) that holds up to 15 m/s; 13 m/s leaves a margin, so
-# every car really departs at t = 0 and the convoy reaches cruising speed during warm-up.
-DEPART_SPEED_MPS = 13.0
+# 1.5 s, decel 3.5 m/s^2, 25 m front to front = 17.5 m bumper gap after minGap) Krauss'
+# safe speed is 11.9 m/s (SUMO refused 12 m/s); 11 m/s leaves a margin, so every car
+# really departs at t = 0 and the convoy reaches cruising speed during warm-up.
+DEPART_SPEED_MPS = 11.0
 # The hazard brakes at up to 10 m/s^2; SUMO warns about braking harder than emergencyDecel.
 EMERGENCY_DECEL_MPS2 = 10.0
 ACCEL_MPS2 = 2.6
@@ -102,7 +111,7 @@ def draw_peer_count(rng: np.random.Generator, drop_prob: float) -> int:
 
 
 def _rng(seed: int, split: Split, index: int) -> np.random.Generator:
-    return np.random.default_rng([seed, SPLITS.index(split), index])
+    return np.random.default_rng([seed, _SPLIT_STREAM[split], index])
 
 
 def train_specs(cfg: DatasetConfig) -> list[ScenarioSpec]:
@@ -117,21 +126,23 @@ def train_specs(cfg: DatasetConfig) -> list[ScenarioSpec]:
     return specs
 
 
-def eval_specs(cfg: DatasetConfig) -> list[ScenarioSpec]:
+def balanced_specs(cfg: DatasetConfig, split: Split) -> list[ScenarioSpec]:
+    """The val or eval split: no dropout, peer counts cycling 1..5, roads alternating per count."""
+    seed, count = {"val": (cfg.val_dataset_seed, cfg.val_count), "eval": (cfg.eval_dataset_seed, cfg.eval_count)}[split]
     roads = sorted(ROADS)
     specs = []
-    for index in range(cfg.eval_count):
-        rng = _rng(cfg.eval_dataset_seed, "eval", index)
+    for index in range(count):
+        rng = _rng(seed, split, index)
         peers = 1 + index % BASE_PEERS
         road = roads[(index // BASE_PEERS) % len(roads)]
-        specs.append(ScenarioSpec(scenario_id("eval", index), "eval", peers, road, draw_vehicle_type(rng, cfg)))
+        specs.append(ScenarioSpec(scenario_id(split, index), split, peers, road, draw_vehicle_type(rng, cfg)))
     return specs
 
 
 def depart_positions(peer_count: int) -> list[float]:
-    """Front-bumper positions (m along the road) of V001, V002, ..., ego first."""
-    pitch = PEER_GAPS_M[peer_count] + VEHICLE_LENGTH_M
-    return [EGO_DEPART_POS_M + i * pitch for i in range(peer_count + 1)]
+    """Front-bumper positions (departPos, m along the road) of V001, V002, ..., ego first."""
+    spacing = PEER_SPACING_M[peer_count]
+    return [EGO_DEPART_POS_M + i * spacing for i in range(peer_count + 1)]
 
 
 def routes_xml(spec: ScenarioSpec) -> str:
