@@ -1,5 +1,9 @@
 """The training image, built and run as SageMaker runs it: container/smoke does the work.
 
+The smoke fails when the image is over its size budget (1,500 MB) or its CMD is not `train`,
+when a run with no command (the SDK's local mode) does not produce the model package, when
+malformed input is accepted, or when SIGTERM does not stop training with a checkpoint.
+
 It needs podman, or docker with a running daemon; .ci/run installs podman. From a cold
 cache (no base image, no wheelhouse) the smoke takes several minutes, a re-run about two.
 """

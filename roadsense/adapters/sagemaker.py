@@ -97,8 +97,14 @@ def _stop_on_sigterm(signum: int, _frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if args != ["train"]:
-        print("usage: roadsense-container train   (the command SageMaker runs in the image)", file=sys.stderr)
+    # SageMaker's service runs `IMAGE train`; the SDK's local mode (ModelTrainer with
+    # Mode.LOCAL_CONTAINER) and a plain `docker run IMAGE` pass no argument: both mean train.
+    if args == ["serve"]:
+        # What SageMaker hosting would run: say so plainly instead of a generic usage.
+        print("roadsense-container: serve is not supported, this image only trains (usage: roadsense-container train)", file=sys.stderr)
+        return 2
+    if args not in ([], ["train"]):
+        print("usage: roadsense-container train   (the command SageMaker runs in the image; no argument means train too)", file=sys.stderr)
         return 2
     paths = SageMakerPaths.from_env()
     paths.output_data.mkdir(parents=True, exist_ok=True)
