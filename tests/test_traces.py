@@ -17,6 +17,7 @@ from roadsense.cli import app
 from roadsense.evaluation.evaluate import evaluate
 from roadsense.evaluation.traces import (MAX_TRACED, NEAR_MISS_GAP_M, REPRODUCED_KEYS, TRACE_COLUMNS,
                                          failure_section, select_failures)
+from roadsense.training.train import train
 from tests.conftest import tiny_config
 
 
@@ -34,6 +35,9 @@ def test_failures_are_collisions_first_then_the_closest_near_misses_up_to_the_ca
     assert [e["episode"] for e in chosen] == [1, 5, 3, 0]  # a SUMO error and a gap of exactly 10 m are not near-misses
     many = [_episode(1, i, True, 1.0) for i in range(MAX_TRACED + 3)]
     assert len(select_failures(many)) == MAX_TRACED
+    # Collisions are spread over buckets: bucket 1's second collision comes after bucket 2's first.
+    spread = [_episode(1, 0, True, 1.0), _episode(1, 1, True, 1.0), _episode(2, 0, True, 1.0)]
+    assert [(e["bucket_n"], e["episode"]) for e in select_failures(spread)] == [(1, 0), (2, 0), (1, 1)]
 
 
 def test_the_section_says_so_when_there_is_nothing_to_show() -> None:
@@ -68,7 +72,7 @@ def test_the_report_traces_each_collision_and_the_rerun_reproduces_it(evaluated:
     assert "## Collisions and near-misses" in report and "**no**" not in report
     for e in select_failures(episodes):
         stem = f"n{e['bucket_n']}_k{e['bucket_k']}-e{e['episode']}"
-        assert f"![" in report and f"(traces/{stem}.png)" in report
+        assert f"](traces/{stem}.png)" in report
         assert (evaluated / "traces" / f"{stem}.png").read_bytes()[:4] == b"\x89PNG"
         trace = _trace(evaluated / "traces" / f"{stem}.json")
         # The re-run is the evaluated episode: the same outcome, exactly.
@@ -167,3 +171,19 @@ def test_replay_gui_without_a_display_is_a_clear_error(fake_run: Path, monkeypat
     result = CliRunner().invoke(app, ["replay", "--run", str(fake_run), "--bucket", "n2_k1", "--episode", "0", "--gui"])
     assert result.exit_code == 2
     assert "--gui: no display (DISPLAY is not set)" in result.output
+
+
+@pytest.mark.slow
+def test_a_trained_model_replays_over_traci_as_it_was_evaluated(tiny_dataset: Path, tmp_path: Path) -> None:
+    model = train(tiny_dataset, tmp_path / "train", tiny_config()).model_path
+    evaluate(str(model), tiny_dataset, tmp_path / "eval", tiny_config(), baselines=())
+    replay = json.loads((tmp_path / "eval" / "replay.json").read_text())
+    assert Path(replay["policy"]).is_absolute()  # the model lives outside the evaluation folder
+    for e in _episodes(tmp_path / "eval")[-2:]:  # the five-peer buckets: the most messages to act on
+        result = CliRunner().invoke(app, ["replay", "--run", str(tmp_path / "eval"), "--bucket",
+                                          f"n{e['bucket_n']}_k{e['bucket_k']}", "--episode", str(e["episode"])])
+        assert result.exit_code == 0, result.output
+        replayed = _trace(tmp_path / "eval" / "replays" / f"n{e['bucket_n']}_k{e['bucket_k']}-e{e['episode']}.json")
+        assert {k: replayed["summary"][k] for k in (*REPRODUCED_KEYS, "reward")} == \
+            {k: e[k] for k in (*REPRODUCED_KEYS, "reward")}
+        assert replayed["episode"]["policy_label"] == "model model.zip"

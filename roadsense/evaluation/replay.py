@@ -120,6 +120,10 @@ def replay(target: ReplayTarget, output: Path, gui: bool = False) -> ReplayResul
     """Re-run ``target`` over TraCI (in sumo-gui if ``gui``); write ``<stem>.json`` and ``.png`` into ``output``."""
     if gui:
         check_display()
+    if target.episode.policy not in BASELINES:
+        import torch
+
+        torch.set_num_threads(1)  # as in the evaluation's workers: the same arithmetic, the same actions
     act = load_policy(target.episode.policy)
     env = ConvoyEnv(target.dataset, split="eval", config=target.env.model_copy(update={"backend": "traci"}))
     recorder: TraceRecorder | _GuiView = TraceRecorder()

@@ -137,6 +137,7 @@ def plot_trace(document: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")  # no display in containers or CI
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     episode, steps, summary = document["episode"], document["steps"], document["summary"]
     t = np.asarray(steps["t_s"])
@@ -156,7 +157,8 @@ def plot_trace(document: dict[str, Any], path: Path) -> None:
     axes[2].legend(fontsize=7, loc="upper right")
     axes[3].step(t, steps["messages_received"], where="post", color="tab:gray", lw=0.8, label="messages received")
     hazard_t = t[np.asarray(steps["hazard_message"], bool)]
-    axes[3].plot(hazard_t, np.zeros_like(hazard_t), "|", color="tab:red", ms=8, label="from the hazard peer")
+    axes[3].plot(hazard_t, np.full_like(hazard_t, -0.5), "|", color="tab:red", ms=6, label="from the hazard peer")
+    axes[3].yaxis.set_major_locator(MaxNLocator(integer=True))
     axes[3].set_ylabel("messages\nper step")
     axes[3].set_xlabel("time since warm-up (s)")
     axes[3].legend(fontsize=7, loc="upper right")
@@ -172,8 +174,19 @@ def plot_trace(document: dict[str, Any], path: Path) -> None:
 
 
 def select_failures(episodes: list[dict[str, Any]], cap: int = MAX_TRACED) -> list[dict[str, Any]]:
-    """Up to ``cap`` episodes to trace: collisions (in plan order), then near-misses, closest first."""
-    collisions = [e for e in episodes if outcome(e) == "collision"]
+    """Up to ``cap`` episodes to trace: collisions, then near-misses, closest first.
+
+    Collisions are taken one bucket at a time (the first of every bucket, in plan order, then
+    the second...), so a policy that collides often shows where, not just its first bucket.
+    """
+    seen: dict[tuple[int, int], int] = {}
+    collisions = []
+    for e in episodes:
+        if outcome(e) == "collision":
+            bucket = (e["bucket_n"], e["bucket_k"])
+            seen[bucket] = seen.get(bucket, -1) + 1
+            collisions.append((seen[bucket], e))
+    collisions = [e for _, e in sorted(collisions, key=lambda pair: pair[0])]  # stable: plan order within a round
     near = sorted((e for e in episodes if outcome(e) == "near-miss"), key=lambda e: e["min_gap_post_hazard_m"])
     return (collisions + near)[:cap]
 
@@ -223,7 +236,7 @@ def failure_section(policy: str, episodes: list[dict[str, Any]], chosen: list[di
         f"outcome ({', '.join(REPRODUCED_KEYS)}) exactly. Per-step data: `{TRACE_DIR}/<bucket>-e<episode>.json`. "
         "Watch one: `roadsense replay --run <this folder> --bucket <bucket> --episode <episode> [--gui]`.",
         "",
-        "| bucket | episode | scenario | seed | outcome | min gap after hazard (m) | hazard message received | "
+        "| bucket | episode | scenario | seed | outcome | min gap after hazard (m) | hazard's braking message received | "
         "reaction (s) | reproduced |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -232,7 +245,7 @@ def failure_section(policy: str, episodes: list[dict[str, Any]], chosen: list[di
         reaction = "none" if evaluated["reaction_time_s"] is None else f"{evaluated['reaction_time_s']:.1f}"
         lines.append(
             f"| n{evaluated['bucket_n']}_k{evaluated['bucket_k']} | {evaluated['episode']} | {evaluated['scenario_id']} "
-            f"| {evaluated['seed']} | {outcome(evaluated)} | {evaluated['min_gap_post_hazard_m']:.2f} | "
+            f"| {evaluated['seed']} | {outcome(evaluated)} | {evaluated['min_gap_post_hazard_m']:.3f} | "
             f"{'yes' if evaluated['hazard_received'] else 'no'} | {reaction} | "
             f"{'yes' if same else '**no**: ' + _differences(evaluated, rerun)} |")
     lines.append("")
