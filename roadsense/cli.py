@@ -128,7 +128,7 @@ def replay(
 ) -> None:
     """Re-run one evaluation episode over TraCI and write its per-step trace (JSON) and plot (PNG)."""
     from roadsense.evaluation.policies import BASELINES
-    from roadsense.evaluation.replay import (ReplayAddressError, check_display, replay as run_replay, target_explicit,
+    from roadsense.evaluation.replay import (ReplayError, check_display, replay as run_replay, target_explicit,
                                              target_from_run)
 
     with _user_errors():
@@ -139,21 +139,21 @@ def replay(
         if run_folder is not None:
             given = [flag for flag, value in explicit.items() if value is not None] + (["--set"] if sets else [])
             if given:
-                raise ReplayAddressError(f"--run takes the episode's settings from the folder; drop {', '.join(given)}")
+                raise ReplayError(f"--run takes the episode's settings from the folder; drop {', '.join(given)}")
             if bucket is None or episode is None:
-                raise ReplayAddressError("--run needs --bucket (e.g. n2_k1) and --episode (index within the bucket)")
+                raise ReplayError("--run needs --bucket (e.g. n2_k1) and --episode (index within the bucket)")
             target = target_from_run(run_folder, bucket, episode)
             output = output or run_folder / "replays"
         else:
             if (model is None) == (policy is None):
-                raise ReplayAddressError("give exactly one of --model PATH or --policy never-brake|rule-based "
+                raise ReplayError("give exactly one of --model PATH or --policy never-brake|rule-based "
                                          "(or address an evaluated episode with --run RUN --bucket B --episode E)")
             missing = [flag for flag, value in explicit.items() if value is None and flag not in ("--model", "--policy")]
             if missing:
-                raise ReplayAddressError(f"{', '.join(missing)} missing: without --run, address the episode with "
+                raise ReplayError(f"{', '.join(missing)} missing: without --run, address the episode with "
                                          "--dataset, --scenario, --seed and --hazard-rank")
             if policy is not None and policy not in BASELINES:
-                raise ReplayAddressError(f"--policy {policy!r}: choose one of {', '.join(BASELINES)}")
+                raise ReplayError(f"--policy {policy!r}: choose one of {', '.join(BASELINES)}")
             if model is not None and not model.is_file():
                 raise FileNotFoundError(f"--model {model}: no such file")
             env = _config(preset, sets).env
@@ -165,6 +165,8 @@ def replay(
         typer.echo(f"{target.episode.scenario_id} seed {target.episode.seed} bucket {target.episode.bucket}: "
                    f"{'collision' if summary['collision'] else 'no collision'}, min gap after hazard "
                    f"{'n/a' if gap is None else f'{gap:.2f} m'}; trace {result.trace}, plot {result.trace.with_suffix('.png')}")
+        if target.evaluated is not None and not result.differences:
+            typer.echo("matches the evaluation (collision, min gap, steps, hazard received, reaction time)")
         if result.differences:
             typer.secho(f"failed: the replay differs from the evaluation: {'; '.join(result.differences)}", err=True,
                         fg=typer.colors.RED)

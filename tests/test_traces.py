@@ -146,6 +146,14 @@ def test_replay_refuses_a_bad_run_address(fake_run: Path, args: list[str], messa
     assert message in result.output and len(result.output.strip().splitlines()) == 1
 
 
+def test_replay_says_how_to_go_on_when_the_evaluated_model_is_gone(fake_run: Path) -> None:
+    record = json.loads((fake_run / "replay.json").read_text())
+    (fake_run / "replay.json").write_text(json.dumps({**record, "policy": "model.zip"}))
+    result = CliRunner().invoke(app, ["replay", "--run", str(fake_run), "--bucket", "n2_k1", "--episode", "1"])
+    assert result.exit_code == 2
+    assert "model.zip is gone; replay with --model PATH" in result.output and "--seed 101" in result.output
+
+
 def test_replay_refuses_a_folder_that_is_not_an_evaluation(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["replay", "--run", str(tmp_path), "--bucket", "n1_k1", "--episode", "0"])
     assert result.exit_code == 2 and "no replay.json" in result.output

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import numpy as np
 
 from roadsense.config import ConfigError, EnvConfig
 from roadsense.env.convoy_env import EGO_ID, ConvoyEnv
+from roadsense.env.hazard import STEP_S
 from roadsense.evaluation.policies import BASELINES, load_policy
 from roadsense.evaluation.runner import play_episode
 from roadsense.evaluation.traces import REPRODUCED_KEYS, TraceRecorder, TracedEpisode, write_trace
@@ -30,11 +32,10 @@ from roadsense.sim.backend import make_backend
 
 REPLAY_FILE = "replay.json"
 EPISODES_FILE = "episodes.jsonl"
-GUI_DELAY_MS = 100  # sumo-gui waits this long per 0.1 s step: the replay plays in real time
 
 
-class ReplayAddressError(ConfigError):
-    """The flags do not address an episode that exists; the message names the flag."""
+class ReplayError(ConfigError):
+    """The replay cannot run as asked (no such episode, no display...); the message names the flag."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,19 +75,23 @@ def target_from_run(run: Path, bucket: str, episode: int) -> ReplayTarget:
     record_path, episodes_path = run / REPLAY_FILE, run / EPISODES_FILE
     for path in (record_path, episodes_path):
         if not path.is_file():
-            raise ReplayAddressError(f"--run {run}: no {path.name} (not an evaluation folder, or one written before "
+            raise ReplayError(f"--run {run}: no {path.name} (not an evaluation folder, or one written before "
                                      "replay existed); address the episode with --dataset, --scenario, --seed, --hazard-rank")
     record = json.loads(record_path.read_text())
     episodes = [json.loads(line) for line in episodes_path.read_text().splitlines() if line.strip()]
     in_bucket = {e["episode"]: e for e in episodes if f"n{e['bucket_n']}_k{e['bucket_k']}" == bucket}
     if not in_bucket:
         buckets = sorted({f"n{e['bucket_n']}_k{e['bucket_k']}" for e in episodes})
-        raise ReplayAddressError(f"--bucket {bucket!r}: not a bucket of {episodes_path}; choose one of {', '.join(buckets)}")
+        raise ReplayError(f"--bucket {bucket!r}: not a bucket of {episodes_path}; choose one of {', '.join(buckets)}")
     if episode not in in_bucket:
-        raise ReplayAddressError(f"--episode {episode}: bucket {bucket} of {episodes_path} has episodes "
+        raise ReplayError(f"--episode {episode}: bucket {bucket} of {episodes_path} has episodes "
                                  f"{min(in_bucket)}..{max(in_bucket)}")
     evaluated = in_bucket[episode]
     policy = record["policy"] if record["policy"] in BASELINES else str(run / record["policy"])
+    if policy not in BASELINES and not Path(policy).is_file():
+        raise ReplayError(f"--run {run}: the evaluated model {policy} is gone; replay with --model PATH and "
+                          f"--dataset, --scenario {evaluated['scenario_id']}, --seed {evaluated['seed']}, "
+                          f"--hazard-rank {evaluated['bucket_k']}")
     dataset = run / record["dataset"]  # an absolute stored path stays absolute
     opened = Dataset.open(dataset)
     traced = TracedEpisode(policy, opened.dataset_id, evaluated["scenario_id"], evaluated["seed"],
@@ -100,11 +105,11 @@ def target_explicit(policy: str, dataset: Path, scenario_id: str, seed: int, haz
     opened = Dataset.open(dataset)
     ids = opened.ids("eval")
     if scenario_id not in ids:
-        raise ReplayAddressError(f"--scenario {scenario_id!r}: not in the eval split of {dataset} "
+        raise ReplayError(f"--scenario {scenario_id!r}: not in the eval split of {dataset} "
                                  f"({ids[0]}..{ids[-1]}, {len(ids)} scenarios)")
     n_peers = opened.peer_count("eval", scenario_id)
     if not 1 <= hazard_rank <= n_peers:
-        raise ReplayAddressError(f"--hazard-rank {hazard_rank}: {scenario_id} has {n_peers} peer(s) ahead; choose 1..{n_peers}")
+        raise ReplayError(f"--hazard-rank {hazard_rank}: {scenario_id} has {n_peers} peer(s) ahead; choose 1..{n_peers}")
     return ReplayTarget(TracedEpisode(policy, opened.dataset_id, scenario_id, seed, n_peers, hazard_rank),
                         opened.root, env)
 
@@ -112,7 +117,7 @@ def target_explicit(policy: str, dataset: Path, scenario_id: str, seed: int, haz
 def check_display() -> None:
     """sumo-gui needs an X display; without one it would fail deep inside SUMO's start."""
     if not os.environ.get("DISPLAY"):
-        raise ReplayAddressError("--gui: no display (DISPLAY is not set); replay without --gui, "
+        raise ReplayError("--gui: no display (DISPLAY is not set); replay without --gui, "
                                  "or run where a display exists (X forwarding, a desktop session)")
 
 
@@ -143,18 +148,23 @@ def replay(target: ReplayTarget, output: Path, gui: bool = False) -> ReplayResul
 
 
 class _GuiView:
-    """Wraps the trace recorder: on the first step, slow sumo-gui to real time and follow the ego."""
+    """Wraps the trace recorder for sumo-gui: follow the ego, and pace the steps to real time.
+
+    The pacing is done here because this TraCI client has no delay setting, and the backend's
+    SUMO options are shared with the evaluation.
+    """
 
     def __init__(self, recorder: TraceRecorder) -> None:
         self.recorder = recorder
+        self.started = 0.0
 
     def __call__(self, env: ConvoyEnv, action: np.ndarray, info: dict[str, Any]) -> None:
         if not self.recorder.rows:
             gui = env.backend.api.gui
-            view = gui.getIDList()[0]
-            gui.setDelay(view, GUI_DELAY_MS)
-            gui.trackVehicle(view, EGO_ID)
+            gui.trackVehicle(gui.DEFAULT_VIEW, EGO_ID)
+            self.started = time.monotonic()
         self.recorder(env, action, info)
+        time.sleep(max(0.0, self.started + len(self.recorder.rows) * STEP_S - time.monotonic()))
 
     def result(self) -> dict[str, Any]:
         return self.recorder.result()
