@@ -77,7 +77,7 @@ def test_the_report_traces_each_collision_and_the_rerun_reproduces_it(evaluated:
         trace = _trace(evaluated / "traces" / f"{stem}.json")
         # The re-run is the evaluated episode: the same outcome, exactly.
         assert {k: trace["summary"][k] for k in REPRODUCED_KEYS} == {k: e[k] for k in REPRODUCED_KEYS}
-        assert trace["summary"]["reward"] == e["reward"]
+        assert trace["summary"]["reward"] == e["reward"] == sum(trace["steps"]["reward"])
         steps = trace["steps"]
         assert set(steps) == set(TRACE_COLUMNS) == set(trace["columns"])
         assert len(steps["step"]) == e["steps"]

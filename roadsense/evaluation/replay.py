@@ -158,12 +158,12 @@ class _GuiView:
         self.recorder = recorder
         self.started = 0.0
 
-    def __call__(self, env: ConvoyEnv, action: np.ndarray, info: dict[str, Any]) -> None:
+    def __call__(self, env: ConvoyEnv, action: np.ndarray, reward: float, info: dict[str, Any]) -> None:
         if not self.recorder.rows:
             gui = env.backend.api.gui
             gui.trackVehicle(gui.DEFAULT_VIEW, EGO_ID)
             self.started = time.monotonic()
-        self.recorder(env, action, info)
+        self.recorder(env, action, reward, info)
         time.sleep(max(0.0, self.started + len(self.recorder.rows) * STEP_S - time.monotonic()))
 
     def result(self) -> dict[str, Any]:

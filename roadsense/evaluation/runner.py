@@ -47,7 +47,7 @@ def _policy(name: str) -> Callable:
 class Observer(Protocol):
     """Watches one episode: called after every env step, then asked for what it gathered."""
 
-    def __call__(self, env: "ConvoyEnv", action: np.ndarray, info: dict[str, Any]) -> None: ...
+    def __call__(self, env: "ConvoyEnv", action: np.ndarray, reward: float, info: dict[str, Any]) -> None: ...
 
     def result(self) -> Any: ...
 
@@ -61,9 +61,9 @@ def play_episode(env: "ConvoyEnv", act: Callable[[dict[str, np.ndarray]], np.nda
     obs, _ = env.reset(seed=seed, options={"scenario_id": scenario_id, "hazard_rank": hazard_rank})
     while True:
         action = act(obs)
-        obs, _, terminated, truncated, info = env.step(action)
+        obs, reward, terminated, truncated, info = env.step(action)
         if observer is not None:
-            observer(env, action, info)
+            observer(env, action, reward, info)
         if terminated or truncated:
             return dict(info["episode_summary"])
 

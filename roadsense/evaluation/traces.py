@@ -86,11 +86,10 @@ class TraceRecorder:
         self.hazard_start_step = -1
         self.backend = ""
 
-    def __call__(self, env: "ConvoyEnv", action: np.ndarray, info: dict[str, Any]) -> None:
+    def __call__(self, env: "ConvoyEnv", action: np.ndarray, reward: float, info: dict[str, Any]) -> None:
         if not self.rows:
             self.hazard_start_step, self.backend = env.hazard.start_step, env.backend.name
         gap = info.get("true_gap_m")  # absent when SUMO failed in this step
-        reward = sum(info["reward_terms"].values()) if "reward_terms" in info else None
         row: dict[str, float | int | None] = {
             "step": env.t, "t_s": round(env.t * STEP_S, 1),
             "true_gap_m": gap if gap is not None and math.isfinite(gap) else None}
