@@ -113,6 +113,69 @@ def evaluate(
 
 
 @app.command()
+def replay(
+    run_folder: Annotated[Optional[Path], typer.Option("--run", help="Evaluation folder (holds replay.json and episodes.jsonl).")] = None,
+    bucket: Annotated[Optional[str], typer.Option("--bucket", help="With --run: the bucket, e.g. n2_k1.")] = None,
+    episode: Annotated[Optional[int], typer.Option("--episode", help="With --run: the episode's index within its bucket.")] = None,
+    model: Annotated[Optional[Path], typer.Option("--model", help="Without --run: the model.zip to replay.")] = None,
+    policy: Annotated[Optional[str], typer.Option("--policy", help="Without --run: a baseline instead: never-brake | rule-based.")] = None,
+    dataset: Annotated[Optional[Path], typer.Option("--dataset", help="Without --run: the dataset (its eval split).")] = None,
+    scenario: Annotated[Optional[str], typer.Option("--scenario", help="Without --run: scenario id, e.g. eval-0003.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Without --run: the episode seed (episodes.jsonl: seed).")] = None,
+    hazard_rank: Annotated[Optional[int], typer.Option("--hazard-rank", help="Without --run: hazard on the k-th peer ahead.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", help="Folder for the trace JSON and plot; default <run>/replays or replays/.")] = None,
+    gui: Annotated[bool, typer.Option("--gui", help="Watch it in sumo-gui (needs a display).")] = False,
+    preset: PresetOpt = "production",
+    sets: SetOpt = None,
+) -> None:
+    """Re-run one evaluation episode over TraCI and write its per-step trace (JSON) and plot (PNG)."""
+    from roadsense.evaluation.policies import BASELINES
+    from roadsense.evaluation.replay import (ReplayError, check_display, replay as run_replay, target_explicit,
+                                             target_from_run)
+
+    with _user_errors():
+        if gui:
+            check_display()  # before anything slow
+        explicit = {"--model": model, "--policy": policy, "--dataset": dataset, "--scenario": scenario,
+                    "--seed": seed, "--hazard-rank": hazard_rank}
+        if run_folder is not None:
+            given = [flag for flag, value in explicit.items() if value is not None] + (["--set"] if sets else [])
+            if given:
+                raise ReplayError(f"--run takes the episode's settings from the folder; drop {', '.join(given)}")
+            if bucket is None or episode is None:
+                raise ReplayError("--run needs --bucket (e.g. n2_k1) and --episode (index within the bucket)")
+            target = target_from_run(run_folder, bucket, episode)
+            output = output or run_folder / "replays"
+        else:
+            if (model is None) == (policy is None):
+                raise ReplayError("give exactly one of --model PATH or --policy never-brake|rule-based "
+                                         "(or address an evaluated episode with --run RUN --bucket B --episode E)")
+            missing = [flag for flag, value in explicit.items() if value is None and flag not in ("--model", "--policy")]
+            if missing:
+                raise ReplayError(f"{', '.join(missing)} missing: without --run, address the episode with "
+                                         "--dataset, --scenario, --seed and --hazard-rank")
+            if policy is not None and policy not in BASELINES:
+                raise ReplayError(f"--policy {policy!r}: choose one of {', '.join(BASELINES)}")
+            if model is not None and not model.is_file():
+                raise FileNotFoundError(f"--model {model}: no such file")
+            env = _config(preset, sets).env
+            target = target_explicit(str(model) if model else policy, dataset, scenario, seed, hazard_rank, env)
+            output = output or Path("replays")
+        result = run_replay(target, output, gui)
+        summary = result.summary
+        gap = summary["min_gap_post_hazard_m"]
+        typer.echo(f"{target.episode.scenario_id} seed {target.episode.seed} bucket {target.episode.bucket}: "
+                   f"{'collision' if summary['collision'] else 'no collision'}, min gap after hazard "
+                   f"{'n/a' if gap is None else f'{gap:.2f} m'}; trace {result.trace}, plot {result.trace.with_suffix('.png')}")
+        if target.evaluated is not None and not result.differences:
+            typer.echo("matches the evaluation (collision, min gap, steps, hazard received, reaction time)")
+        if result.differences:
+            typer.secho(f"failed: the replay differs from the evaluation: {'; '.join(result.differences)}", err=True,
+                        fg=typer.colors.RED)
+            raise typer.Exit(1)
+
+
+@app.command()
 def run(
     output: Annotated[Path, typer.Option("--output", help="Run folder (resumes if it holds a run with the same settings).")],
     preset: PresetOpt = "production",

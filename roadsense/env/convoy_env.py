@@ -124,6 +124,7 @@ class ConvoyEnv(gym.Env):
         self._ego_stack[:] = 0.0
         self._prev_ego_speed = self._ego_speed
         self._summary = _EpisodeSummary(scenario_id, len(peers), self.hazard)
+        self._reception, self._action = reception, 0.0
         view = self._view(reception)
         return self._observe(view), {"scenario_id": scenario_id, "n_peers": len(peers), "hazard_step": start,
                                      "emulator": dict(self.emulator.episode_params)}
@@ -139,6 +140,7 @@ class ConvoyEnv(gym.Env):
         except Exception as exc:  # noqa: BLE001 - any SUMO failure ends this episode, visibly
             return self._end_on_error(exc)
         self.t += 1
+        self._reception, self._action = reception, a  # kept for trace_point(), which only traces call
 
         view = self._view(reception)
         ego_speed = self._ego_speed
@@ -159,6 +161,26 @@ class ConvoyEnv(gym.Env):
 
     def close(self) -> None:
         self.backend.close()
+
+    def trace_point(self) -> dict[str, float | int]:
+        """The last step's ego state and receptions, computed only when a trace asks for them.
+
+        ``ego_speed_mps`` (m/s, ground truth); ``action``: the brake intensity applied, in [0, 1];
+        ``braking_signal`` in [0, 1]; ``messages_received``: peers whose message reached the ego
+        in this step; ``hazard_message``: 1 if one of them was the hazard peer (0 before the
+        hazard starts). A message arrived in this step when its age is under one step (100 ms):
+        the emulator delivers within the step a message is sent (latency is a few ms), so a
+        message held from an earlier step is always at least 100 ms old.
+        """
+        arrived = self._reception.age_ms < STEP_S * 1000.0
+        hazard = self._hazard_peer
+        return {
+            "ego_speed_mps": self._ego_speed,
+            "action": self._action,
+            "braking_signal": self.braking_signal,
+            "messages_received": int(arrived.sum()),
+            "hazard_message": int(hazard is not None and bool(arrived[hazard - 1])),
+        }
 
     # ------------------------------------------------------------------------------------
     def _now(self) -> float:

@@ -9,8 +9,10 @@ from typing import Any
 from roadsense.config import PipelineConfig
 from roadsense.evaluation.matrix import plan_matrix
 from roadsense.evaluation.metrics import compute_metrics
+from roadsense.evaluation.replay import write_replay_record
 from roadsense.evaluation.report import write_report
 from roadsense.evaluation.runner import run_episodes
+from roadsense.evaluation.traces import trace_failures
 from roadsense.metric_lines import EVAL_TAG, emit
 from roadsense.scenarios.dataset import Dataset
 
@@ -51,6 +53,8 @@ def evaluate(policy: str, dataset_path: Path, output: Path, config: PipelineConf
     metrics["baselines"] = {name: {k: results[name][k] for k in ("overall", "per_peer_count", "per_bucket")}
                             for name in baselines}
     (output / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    write_report(output, metrics, progress_csv)
+    write_replay_record(output, policy, dataset.root, config.env)
+    failures = trace_failures(output, policy, dataset.root, dataset.dataset_id, config, episodes_by_policy[policy])
+    write_report(output, metrics, progress_csv, sections=failures)
     emit(EVAL_TAG, {k: v for k, v in metrics["overall"].items() if k in _EMITTED and v is not None})
     return metrics

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,12 @@ def _cell(section: dict[str, Any], key: str) -> str:
     return format_rate(section, key) if key in RATES else _fmt(section.get(key), _MEAN_FORMATS[key])
 
 
-def write_report(output: Path, metrics: dict[str, Any], progress_csv: Path | None = None) -> Path:
-    """Write report.md plus learning_curve.png, bucket_heatmap.png and reaction_times.png."""
+def write_report(output: Path, metrics: dict[str, Any], progress_csv: Path | None = None,
+                 sections: Sequence[str] = ()) -> Path:
+    """Write report.md plus learning_curve.png, bucket_heatmap.png and reaction_times.png.
+
+    ``sections``: markdown lines appended at the end (e.g. the collisions and near-misses).
+    """
     pictures = [("bucket_heatmap.png", "Behavioural success per bucket"), ("reaction_times.png", "Reaction times")]
     _heatmap(metrics["per_bucket"], output / "bucket_heatmap.png")
     _reaction_histogram(metrics.get("reaction_times_s", []), output / "reaction_times.png")
@@ -72,7 +77,7 @@ def write_report(output: Path, metrics: dict[str, Any], progress_csv: Path | Non
     for file, title in pictures:
         lines += [f"## {title}", "", f"![{title}]({file})", ""]
     path = output / "report.md"
-    path.write_text("\n".join(lines))
+    path.write_text("\n".join([*lines, *sections]))
     return path
 
 

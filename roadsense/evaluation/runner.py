@@ -1,7 +1,8 @@
 """Run the planned episodes in parallel processes, with results that do not depend on how many.
 
-Every task is (policy, episode spec); each worker loads a policy the first time it meets it,
-so one pool serves the model and its baselines.
+Every task is (policy, episode spec, observer type or None); each worker loads a policy the
+first time it meets it, so one pool serves the model and its baselines. :func:`play_episode` is
+the one episode loop: evaluation, the report's failure traces and ``roadsense replay`` all use it.
 """
 
 from __future__ import annotations
@@ -9,11 +10,16 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+import numpy as np
 
 from roadsense.config import EnvConfig
 from roadsense.evaluation.matrix import EpisodeSpec
 from roadsense.parallel import worker_context
+
+if TYPE_CHECKING:
+    from roadsense.env.convoy_env import ConvoyEnv
 
 _worker: dict[str, Any] = {}
 
@@ -38,25 +44,51 @@ def _policy(name: str) -> Callable:
     return policies[name]
 
 
-def _run_episode(task: tuple[str, EpisodeSpec]) -> dict[str, Any]:
-    name, spec = task
-    env, act = _worker["env"], _policy(name)
-    obs, _ = env.reset(seed=spec.seed, options={"scenario_id": spec.scenario_id, "hazard_rank": spec.hazard_rank})
+class Observer(Protocol):
+    """Watches one episode: called after every env step, then asked for what it gathered."""
+
+    def __call__(self, env: "ConvoyEnv", action: np.ndarray, reward: float, info: dict[str, Any]) -> None: ...
+
+    def result(self) -> Any: ...
+
+
+def play_episode(env: "ConvoyEnv", act: Callable[[dict[str, np.ndarray]], np.ndarray], scenario_id: str, seed: int,
+                 hazard_rank: int, observer: Observer | None = None) -> dict[str, Any]:
+    """Run one episode (scenario, seed, hazard rank) to its end; returns the env's episode summary.
+
+    ``observer`` (if any) sees every step; without one the loop does nothing extra per step.
+    """
+    obs, _ = env.reset(seed=seed, options={"scenario_id": scenario_id, "hazard_rank": hazard_rank})
     while True:
-        obs, _, terminated, truncated, info = env.step(act(obs))
+        action = act(obs)
+        obs, reward, terminated, truncated, info = env.step(action)
+        if observer is not None:
+            observer(env, action, reward, info)
         if terminated or truncated:
-            summary = dict(info["episode_summary"])
-            summary.update(policy=name, episode=spec.episode, bucket_n=spec.n_peers, bucket_k=spec.hazard_rank)
-            return summary
+            return dict(info["episode_summary"])
+
+
+def _run_episode(task: tuple[str, EpisodeSpec, Callable[[], Observer] | None]) -> dict[str, Any]:
+    name, spec, make_observer = task
+    observer = make_observer() if make_observer is not None else None
+    summary = play_episode(_worker["env"], _policy(name), spec.scenario_id, spec.seed, spec.hazard_rank, observer)
+    # The seed is recorded so that anyone can re-run this episode (roadsense replay).
+    summary.update(policy=name, episode=spec.episode, bucket_n=spec.n_peers, bucket_k=spec.hazard_rank, seed=spec.seed)
+    if observer is not None:
+        summary["observed"] = observer.result()
+    return summary
 
 
 def run_episodes(plan: list[EpisodeSpec], policies: list[str], dataset: Path, env_config: EnvConfig,
-                 workers: int = 0, split: str = "eval") -> dict[str, list[dict[str, Any]]]:
+                 workers: int = 0, split: str = "eval",
+                 observer: Callable[[], Observer] | None = None) -> dict[str, list[dict[str, Any]]]:
     """Per policy, one summary per planned episode in plan order; ``workers`` 0 = one per CPU.
 
-    ``split`` is the dataset split the plan was made from (``eval``, or ``val`` for model selection).
+    ``split`` is the dataset split the plan was made from (``eval``, or ``val`` for model
+    selection). ``observer`` (a picklable factory, e.g. a class) makes one observer per
+    episode; its ``result()`` is returned in the summary under ``observed``.
     """
-    tasks = [(name, spec) for name in policies for spec in plan]
+    tasks = [(name, spec, observer) for name in policies for spec in plan]
     workers = min(len(tasks), workers or len(os.sched_getaffinity(0)))
     pool = worker_context().Pool(workers, _init_worker, (str(dataset), split, env_config.model_dump(mode="json")))
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
