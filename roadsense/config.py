@@ -25,6 +25,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from roadsense.artifacts.status import write_json_atomic
 from roadsense.exits import clip
 
 PRESETS = ("smoke", "standard", "production")
@@ -260,7 +261,7 @@ class PipelineConfig(BaseModel):
         return {k: v if isinstance(v, str) else json.dumps(v) for k, v in self.flat().items()}
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n")
+        write_json_atomic(Path(path), self.model_dump(mode="json"))
 
 
 def _check_key(key: str) -> None:

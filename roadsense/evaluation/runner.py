@@ -7,19 +7,19 @@ so one pool serves the model and its baselines.
 from __future__ import annotations
 
 import os
-import signal
 from pathlib import Path
 from typing import Any, Callable
 
 from roadsense.config import EnvConfig
 from roadsense.evaluation.matrix import EpisodeSpec
-from roadsense.parallel import worker_context
+from roadsense.exits import sigterm_raises
+from roadsense.parallel import ignore_stop_signals, worker_pool
 
 _worker: dict[str, Any] = {}
 
 
 def _init_worker(dataset: str, env_config: dict[str, Any]) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    ignore_stop_signals()  # the parent decides when to stop
     import torch
 
     torch.set_num_threads(1)
@@ -55,17 +55,12 @@ def run_episodes(plan: list[EpisodeSpec], policies: list[str], dataset: Path, en
     """Per policy, one summary per planned episode in plan order; ``workers`` 0 = one per CPU."""
     tasks = [(name, spec) for name in policies for spec in plan]
     workers = min(len(tasks), workers or len(os.sched_getaffinity(0)))
-    pool = worker_context().Pool(workers, _init_worker, (str(dataset), env_config.model_dump(mode="json")))
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        results = pool.map(_run_episode, tasks, chunksize=1)
-        pool.close()
-    finally:
-        pool.terminate()  # stops every worker and its SUMO, also on error or SIGTERM
-        pool.join()
-        signal.signal(signal.SIGTERM, previous)
+    with sigterm_raises():
+        pool = worker_pool(workers, _init_worker, (str(dataset), env_config.model_dump(mode="json")))
+        try:
+            results = pool.map(_run_episode, tasks, chunksize=1)
+            pool.close()
+        finally:
+            pool.terminate()  # kills every worker and its SUMO, also on error, Ctrl-C or SIGTERM
+            pool.join()
     return {name: [r for r in results if r["policy"] == name] for name in policies}
-
-
-def _raise_interrupt(signum: int, _frame) -> None:
-    raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name} during evaluation")
