@@ -79,7 +79,7 @@ def classify(exc: BaseException) -> tuple[int, str] | None:
 
     if isinstance(exc, KeyboardInterrupt):
         name = signal_name_of(exc)
-        return (SIGTERM if name == "SIGTERM" else CTRL_C), f"interrupted: {exc or f'stopped by {name}'}"
+        return (SIGTERM if name == "SIGTERM" else CTRL_C), f"interrupted: {str(exc) or f'stopped by {name}'}"
     if isinstance(exc, (ConfigError, DatasetError, CoverageError, ParamsError, OutputLocked, FileNotFoundError,
                         FileExistsError)):
         return BAD_INPUT, f"bad input: {exc}"

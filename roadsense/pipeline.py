@@ -30,9 +30,9 @@ from roadsense.artifacts.lock import output_lock
 from roadsense.artifacts.status import RunStatus, remove_stale_temps, write_json_atomic
 from roadsense.config import ConfigError, PipelineConfig
 from roadsense.estimate import stage_seconds
-from roadsense.exits import signal_name_of
 from roadsense.evaluation.evaluate import evaluate
 from roadsense.evaluation.matrix import plan_matrix
+from roadsense.exits import signal_name_of
 from roadsense.scenarios.dataset import Dataset
 from roadsense.scenarios.generate import generate_dataset
 from roadsense.sim.sumo_home import sumo_version

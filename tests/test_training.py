@@ -57,7 +57,10 @@ def test_resume_skips_a_corrupt_newest_checkpoint(tiny_dataset: Path, tmp_path: 
     assert resumed.resumed_from == 256 and resumed.num_timesteps == 768
 
 
-def test_sigterm_checkpoints_stops_every_sumo_and_resumes(tiny_dataset: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("to", ["pid", "group"])
+def test_sigterm_checkpoints_stops_every_sumo_and_resumes(tiny_dataset: Path, tmp_path: Path, to: str) -> None:
+    # "group" is what `timeout`, systemd and supervisors send: the env workers get it too and must leave
+    # the stop to the trainer, which checkpoints and then ends them.
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "roadsense.cli", "train", "--dataset", str(tiny_dataset), "--output", str(out),
            "--preset", "smoke", "--total-timesteps", "100000", "--n-envs", "2",
@@ -72,7 +75,10 @@ def test_sigterm_checkpoints_stops_every_sumo_and_resumes(tiny_dataset: Path, tm
             break
         assert time.monotonic() < deadline, "training did not start in time"
     assert seen_update, "training ended before an update was logged"
-    proc.send_signal(signal.SIGTERM)
+    if to == "pid":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGTERM)  # start_new_session: the trainer leads its own group
     stopped_at = time.monotonic()
     rest, _ = proc.communicate(timeout=60)
     assert time.monotonic() - stopped_at < 30
