@@ -30,14 +30,20 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 def worker_context() -> ForkServerContext:
     """The forkserver context, with the preload set and the server running, deaf to stop signals."""
     mp.set_forkserver_preload(_PRELOAD)
-    # The server inherits the signal mask it is started with (through fork and exec) and keeps it:
-    # blocked there, a group SIGTERM can no longer kill it under the workers. Blocked rather than
-    # ignored in this process, so a signal arriving meanwhile is delivered right after, not lost.
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    # An ignored signal stays ignored through fork and exec (a blocked one does not survive
+    # multiprocessing's exec of the server), so the server starts with both ignored and a group
+    # SIGTERM cannot kill it under its workers. For the milliseconds of the start, once per
+    # process, they are also blocked in this thread: Linux keeps a blocked signal pending even
+    # while it is ignored and delivers it once the handler is back (one that another thread
+    # takes meanwhile is lost).
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    handlers = {signum: signal.signal(signum, signal.SIG_IGN) for signum in STOP_SIGNALS}
     try:
         forkserver.ensure_running()
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for signum, handler in handlers.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     return mp.get_context(START_METHOD)
 
 
