@@ -9,6 +9,8 @@ Under the root ``$ROADSENSE_SM_ROOT`` (default ``/opt/ml``):
   ``checkpoints/`` (synced to S3 during the run, and restored before a restart, so a
   stopped or spot-interrupted job resumes from them);
 * prints the plan, with the expected seconds of each stage, on one line at the start;
+* runs one job per root: the pipeline holds an exclusive lock on ``model/`` (a second
+  container on the same root exits 2 naming the first one's pid);
 * on any failure writes a short reason to ``output/failure`` (the job's FailureReason),
   the reason first, and exits with the code of ``roadsense.exits``: 2 for bad input,
   143 when stopped by SIGTERM, 130 by Ctrl-C, 1 otherwise.
