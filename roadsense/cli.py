@@ -1,7 +1,8 @@
 """`roadsense`: the pipeline's command line. Each command is a thin wrapper over the library.
 
-Exit codes: 0 success; 1 a stage failed; 2 bad input (the message names the field and the
-fix); 130 / 143 stopped by Ctrl-C / SIGTERM after writing a checkpoint.
+Exit codes (roadsense.exits): 0 success; 1 a stage failed; 2 bad input (the message names
+the field and the fix), or the output folder is in use by another run; 130 / 143 stopped
+by Ctrl-C / SIGTERM (training writes a checkpoint first).
 """
 
 from __future__ import annotations
@@ -31,24 +32,20 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a s
 
 @contextlib.contextmanager
 def _user_errors() -> Iterator[None]:
-    """Turn the errors a user can fix into one clear line and an exit code, never a traceback."""
-    from roadsense.evaluation.matrix import CoverageError
-    from roadsense.scenarios.dataset import DatasetError
-    from roadsense.sim.backend import SimulationError
-    from roadsense.training.train import TrainingAborted, TrainingInterrupted
-    from roadsense.v2v import ParamsError
+    """Turn the outcomes a user can act on into one clear line and an exit code (roadsense.exits), never a
+    traceback; SIGTERM stops the command as Ctrl-C does, with clean-up (training checkpoints first)."""
+    from roadsense.exits import CTRL_C, SIGTERM, classify, sigterm_raises
 
     try:
-        yield
-    except (ConfigError, DatasetError, CoverageError, ParamsError, FileNotFoundError, FileExistsError) as exc:
-        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(2) from None
-    except TrainingInterrupted as exc:
-        typer.secho(f"interrupted: {exc}", err=True, fg=typer.colors.YELLOW)
-        raise typer.Exit(143 if "SIGTERM" in str(exc) else 130) from None
-    except (TrainingAborted, SimulationError, OSError) as exc:
-        typer.secho(f"failed: {exc}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(1) from None
+        with sigterm_raises():
+            yield
+    except BaseException as exc:
+        outcome = classify(exc)
+        if outcome is None:
+            raise  # typer's own exits, and bugs: a bug's traceback is its message
+        code, message = outcome
+        typer.secho(message, err=True, fg=typer.colors.YELLOW if code in (CTRL_C, SIGTERM) else typer.colors.RED)
+        raise typer.Exit(code) from None
 
 
 def _config(preset: str, sets: list[str] | None, **flags: object) -> PipelineConfig:

@@ -22,7 +22,11 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from roadsense.artifacts.status import write_json_atomic
+from roadsense.exits import clip
 
 PRESETS = ("smoke", "standard", "production")
 Preset = Literal["smoke", "standard", "production"]
@@ -34,7 +38,20 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    # allow_inf_nan=False: NaN and +-Infinity (which JSON, and so --set and config.json, can spell) are refused.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """pydantic reads true as 1 for an int or float field (``total_timesteps=true`` trained 1 step): refuse it."""
+        if cls.model_fields[info.field_name].annotation is not bool and _holds_bool(value):
+            raise PydanticCustomError("bool_not_number", "expected a number, not true/false")
+        return value
+
+
+def _holds_bool(value: Any) -> bool:
+    return isinstance(value, bool) or (isinstance(value, (list, tuple)) and any(isinstance(v, bool) for v in value))
 
 
 def _ordered(name: str, value: Range) -> Range:
@@ -248,14 +265,14 @@ class PipelineConfig(BaseModel):
         return {k: v if isinstance(v, str) else json.dumps(v) for k, v in self.flat().items()}
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n")
+        write_json_atomic(Path(path), self.model_dump(mode="json"))
 
 
 def _check_key(key: str) -> None:
     if key not in KEY_SECTION:
         close = difflib.get_close_matches(key, list(KEY_SECTION), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(sorted(KEY_SECTION))}"
-        raise ConfigError(f"unknown config key {key!r}{hint}")
+        raise ConfigError(f"unknown config key {clip(repr(key))}{hint}")
 
 
 def _parse_value(text: str) -> Any:
@@ -272,8 +289,10 @@ def _explain(exc: ValidationError) -> str:
         loc = [str(p) for p in err["loc"] if p not in SECTIONS]
         key = ".".join(loc) or "config"
         value = err.get("input")
-        shown = "" if isinstance(value, dict) else f" = {value!r}"
-        lines.append(f"{key}{shown}: {err['msg']}")
+        # The reason first, the value after and cut short: a 3 KB value must not push the reason out of a
+        # 1,024-character SageMaker FailureReason.
+        shown = "" if isinstance(value, dict) else f" (got {clip(repr(value))})"
+        lines.append(f"{key}: {err['msg']}{shown}")
     return "; ".join(lines)
 
 
@@ -283,7 +302,7 @@ def parse_set_options(items: list[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set total_timesteps=100000")
+            raise ConfigError(f"--set {clip(repr(item))}: expected key=value, e.g. --set total_timesteps=100000")
         key = key.strip()
         if key != "preset":
             _check_key(key)

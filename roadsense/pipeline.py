@@ -27,11 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from roadsense import provenance
-from roadsense.artifacts.status import RunStatus, write_json_atomic
+from roadsense.artifacts.lock import output_lock
+from roadsense.artifacts.status import RunStatus, remove_stale_temps, write_json_atomic
 from roadsense.config import ConfigError, PipelineConfig
 from roadsense.estimate import stage_seconds
 from roadsense.evaluation.evaluate import evaluate
 from roadsense.evaluation.matrix import plan_matrix
+from roadsense.exits import signal_name_of
 from roadsense.scenarios.dataset import Dataset
 from roadsense.scenarios.generate import generate_dataset
 from roadsense.sim.sumo_home import sumo_version
@@ -111,10 +113,23 @@ def plan_run(paths: RunPaths, config: PipelineConfig, dataset: Path | None) -> d
 
 def run_pipeline(paths: RunPaths, config: PipelineConfig, dataset: Path | None = None,
                  progress: bool | None = None) -> dict[str, Any]:
-    """Run (or resume) every stage; returns the provenance. A failing stage is recorded in status.json."""
+    """Run (or resume) every stage; returns the provenance.
+
+    Holds ``paths.output`` exclusively (a second run on it raises OutputLocked at once) and
+    records in status.json how every stage ended: succeeded, failed (with the error) or
+    stopped (with the signal).
+    """
+    with output_lock(paths.output):
+        # Under the lock no other process writes here: every temporary name is a killed run's leftover.
+        for folder in (paths.output, paths.checkpoints):
+            for stale in remove_stale_temps(folder):
+                print(f"removed {stale}, left by an interrupted run", file=sys.stderr, flush=True)
+        return _run_stages(paths, config, dataset, progress)
+
+
+def _run_stages(paths: RunPaths, config: PipelineConfig, dataset: Path | None, progress: bool | None) -> dict[str, Any]:
     started_at = datetime.now(timezone.utc)
     t0 = time.monotonic()
-    paths.output.mkdir(parents=True, exist_ok=True)
     check_output_config(paths.output, config)
     config.save(paths.output / CONFIG_FILE)
     status = RunStatus(paths.output, STAGES)
@@ -145,6 +160,10 @@ def run_pipeline(paths: RunPaths, config: PipelineConfig, dataset: Path | None =
         write_json_atomic(paths.output / PROVENANCE_FILE, record)
         status.succeed(stage)
         return record
+    except KeyboardInterrupt as exc:
+        name = signal_name_of(exc)
+        status.stop(stage, name, str(exc) or f"stopped by {name}")
+        raise
     except BaseException as exc:
         status.fail(stage, f"{type(exc).__name__}: {exc}")
         raise

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from roadsense.adapters.sagemaker import SageMakerPaths, main
+from roadsense.adapters.sagemaker import SageMakerPaths, _Tee, main
 from roadsense.training.checkpoints import latest_valid_checkpoint
 from roadsense.training.train import train
 from tests.conftest import process_group_members, tiny_config
@@ -51,6 +51,8 @@ def test_a_job_with_string_hyperparameters_writes_the_package(tiny_dataset: Path
     assert latest_valid_checkpoint(paths.checkpoints).num_timesteps == 512
     log = (paths.output_data / "training.log").read_text()
     assert "[train] timesteps=512" in log and "[eval] " in log
+    plan = json.loads(next(line for line in log.splitlines() if line.startswith("plan: "))[len("plan: "):])
+    assert plan["expected_total_seconds"] > 0 and set(plan["expected_seconds"]) >= {"train", "evaluate"}
     assert (paths.output_data / "logs" / "progress.csv").is_file()
     assert json.loads((paths.model / "config.json").read_text())["train"]["total_timesteps"] == 512
 
@@ -139,3 +141,38 @@ def test_sigterm_mid_training_then_a_restart_finishes_the_same_total(tiny_datase
     assert not paths.failure.exists()
     provenance = json.loads((paths.model / "provenance.json").read_text())
     assert provenance["training"] == {**provenance["training"], "resumed_from": saved, "num_timesteps": 1536}
+
+
+def test_the_failure_reason_comes_first_and_a_huge_value_is_cut(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = _job(tmp_path, {"total_timesteps": "9" * 3000 + "x"})
+    assert _run(paths, monkeypatch) == 2
+    reason = paths.failure.read_text()
+    assert reason.startswith("bad input: hyperparameters: total_timesteps: Input should be a valid integer")
+    assert "…" in reason and len(reason) < 300
+
+
+@pytest.mark.parametrize("value", ["true", "NaN", "Infinity"])
+def test_a_bool_or_non_finite_hyperparameter_is_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          value: str) -> None:
+    paths = _job(tmp_path, {"total_timesteps": value})
+    assert _run(paths, monkeypatch) == 2
+    assert paths.failure.read_text().startswith("bad input: hyperparameters: total_timesteps: ")
+
+
+def test_the_log_copy_ends_at_once_though_a_helper_holds_the_pipe(tmp_path: Path) -> None:
+    log = tmp_path / "training.log"
+    helper = None
+    try:
+        with _Tee(log):
+            print("written before the end", flush=True)
+            # Inherits fds 1 and 2 as the forkserver and the resource tracker do, and outlives the block.
+            helper = subprocess.Popen(["sleep", "60"])
+            ending = time.monotonic()
+        ended_in = time.monotonic() - ending
+    finally:
+        if helper is not None:
+            helper.kill()
+            helper.wait()
+    assert ended_in < 3, f"the log copy waited {ended_in:.1f} s for a helper process"
+    assert "written before the end" in log.read_text()

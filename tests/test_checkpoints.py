@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import gymnasium as gym
@@ -70,3 +72,25 @@ def test_prune_keeps_the_newest_and_the_milestones(tmp_path: Path, model_and_nor
     prune_checkpoints(tmp_path, keep=2)
     kept = sorted(int(p.name.split("_")[1]) for p in list_checkpoints(tmp_path))
     assert kept == [200, 400, 500]
+
+
+@pytest.mark.slow
+def test_a_write_that_fails_names_the_checkpoint_and_leaves_no_temp_folder(tmp_path: Path) -> None:
+    # A real failing write: a file-size limit (as a full disk, the write fails midway) in a separate process.
+    script = f"""
+import resource, gymnasium as gym
+from pathlib import Path
+from stable_baselines3 import PPO
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+from roadsense.training.checkpoints import save_checkpoint
+venv = VecNormalize(DummyVecEnv([lambda: gym.make("Pendulum-v1")]), norm_obs=False)
+model = PPO("MlpPolicy", venv, n_steps=64, batch_size=32, device="cpu", seed=0)
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))  # model.zip is larger; Python ignores SIGXFSZ
+save_checkpoint(Path({str(tmp_path)!r}), model, venv, 300, milestone=False)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == (f"roadsense.artifacts.status.WriteError: cannot write {tmp_path / 'step_000000000300'}: "
+                    "File too large (errno 27); free space there or choose another folder")
+    assert list(tmp_path.iterdir()) == []

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import typing
 
 import pytest
 
@@ -79,3 +81,77 @@ def test_set_options_parse_and_check_keys() -> None:
 def test_every_key_lives_in_exactly_one_section() -> None:
     assert sum(len(model.model_fields) for model in SECTIONS.values()) == len(KEY_SECTION)
     assert {"seed", "dataset_seed", "eval_dataset_seed", "eval_seed"} <= set(KEY_SECTION)
+
+
+# --- hostile numbers: every numeric key, every way a value arrives --------------------------------
+
+
+def _number_kinds(annotation: object) -> set[type]:
+    """int and float found anywhere in a field's annotation (``tuple[float, float] | None`` -> {float})."""
+    if annotation in (int, float):
+        return {annotation}
+    return set().union(*(_number_kinds(arg) for arg in typing.get_args(annotation))) if typing.get_args(annotation) else set()
+
+
+def _is_pair(annotation: object) -> bool:
+    return any(typing.get_origin(a) is tuple for a in (annotation, *typing.get_args(annotation)))
+
+
+NUMERIC_KEYS = sorted(key for key, section in KEY_SECTION.items()
+                      if _number_kinds(SECTIONS[section].model_fields[key].annotation))
+NAN, INF = float("nan"), float("inf")
+
+
+def _hostile(key: str) -> list[object]:
+    if _is_pair(SECTIONS[KEY_SECTION[key]].model_fields[key].annotation):
+        return [[NAN, 1.0], [1.0, INF], [-INF, 1.0], [True, 2], [1, False]]
+    return [True, False, NAN, INF, -INF]
+
+
+def test_the_numeric_keys_are_found_from_the_model() -> None:
+    # The table below covers whatever keys the model has; this guards the discovery itself.
+    assert {"total_timesteps", "log_std_init", "ent_coef", "instance_price_per_hour", "sigma_range",
+            "hazard_window", "learning_rate", "episodes_per_bucket"} <= set(NUMERIC_KEYS)
+    assert "domain_randomization" not in NUMERIC_KEYS and "backend" not in NUMERIC_KEYS
+
+
+@pytest.mark.parametrize(("key", "value"), [(k, v) for k in NUMERIC_KEYS for v in _hostile(k)], ids=repr)
+def test_bools_and_non_finite_numbers_are_refused_naming_the_key(tmp_path, key: str, value: object) -> None:
+    named = re.escape(key) + r"(\.\d)?: "
+    text = json.dumps(value)  # how --set, SageMaker and config.json spell it: true, NaN, Infinity, [NaN, 1.0]
+    with pytest.raises(ConfigError, match=named):
+        PipelineConfig.from_overrides("smoke", {key: value})  # typed, from Python
+    with pytest.raises(ConfigError, match=named):
+        PipelineConfig.from_overrides("smoke", parse_set_options([f"{key}={text}"]))  # the CLI
+    with pytest.raises(ConfigError, match=named):
+        PipelineConfig.from_hyperparameters({"preset": "smoke", key: text})  # SageMaker
+    saved = tmp_path / "config.json"
+    PipelineConfig.from_overrides("smoke").save(saved)
+    data = json.loads(saved.read_text())
+    data[KEY_SECTION[key]][key] = value
+    saved.write_text(json.dumps(data))  # Python's json writes NaN and Infinity, and reads them back
+    with pytest.raises(ConfigError, match=named):
+        PipelineConfig.load(saved)
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-Infinity", "1e999"])
+def test_non_finite_spellings_that_are_not_json_are_refused(text: str) -> None:
+    with pytest.raises(ConfigError, match="learning_rate: Input should be a finite number"):
+        PipelineConfig.from_overrides("smoke", {"learning_rate": text})
+
+
+def test_numbers_as_strings_and_lists_as_json_are_still_accepted() -> None:
+    config = PipelineConfig.from_overrides("smoke", {"total_timesteps": "5000", "sigma_range": "[0.1, 0.2]",
+                                                     "hazard_window": [100, 300], "log_std_init": -1,
+                                                     "domain_randomization": "false"})
+    assert config.train.total_timesteps == 5000 and config.dataset.sigma_range == (0.1, 0.2)
+    assert config.env.hazard_window == (100, 300) and config.train.log_std_init == -1.0
+    assert config.env.domain_randomization is False
+
+
+def test_a_huge_value_is_quoted_short_after_the_reason() -> None:
+    with pytest.raises(ConfigError) as caught:
+        PipelineConfig.from_overrides("smoke", {"total_timesteps": "7" * 3000 + "x"})
+    message = str(caught.value)
+    assert message.startswith("total_timesteps: Input should be a valid integer")
+    assert message.endswith("…)") and len(message) < 200

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
+import resource
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from roadsense import pipeline
+from roadsense.artifacts.lock import LOCK_FILE, OutputLocked, output_lock
+from roadsense.artifacts.status import STATUS_FILE, TEMP_MARK, RunStatus
 from roadsense.cli import app
+from roadsense.config import ConfigError
 from roadsense.pipeline import RunPaths, run_pipeline
-from tests.conftest import tiny_config
+from tests.conftest import TINY, process_group_members, tiny_config
 
 runner = CliRunner()
 
@@ -105,3 +114,152 @@ def test_an_output_with_other_settings_is_refused(tmp_path: Path) -> None:
     result = runner.invoke(app, ["run", "--preset", "smoke", "--output", str(tmp_path), "--set", "seed=2"])
     assert result.exit_code == 2
     assert "other settings" in result.output and "seed" in result.output
+
+
+# --- signals, the output lock, full disks --------------------------------------------------------
+
+
+def _run_cmd(out: Path, dataset: Path, **sets: object) -> list[str]:
+    """`roadsense run` on ``out`` with the tiny settings (and ``sets``), as a separate process."""
+    cmd = [sys.executable, "-m", "roadsense.cli", "run", "--preset", "smoke", "--output", str(out),
+           "--dataset", str(dataset)]
+    for key, value in {**TINY, **sets}.items():
+        cmd += ["--set", f"{key}={value}"]
+    return cmd
+
+
+def _wait_for_status(out: Path, stage: str, proc: subprocess.Popen, timeout_s: float = 240) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before {stage} started"
+        try:
+            if json.loads((out / STATUS_FILE).read_text())["stage"] == stage:
+                return
+        except (OSError, ValueError):  # not written yet
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"the run did not reach {stage} within {timeout_s} s")
+
+
+def _wait_gone(pgid: int) -> list[int]:
+    deadline = time.monotonic() + 15
+    while process_group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return process_group_members(pgid)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_during_evaluation_exits_with_its_code_and_is_recorded(tiny_dataset: Path, tmp_path: Path,
+                                                                        signum: int, code: int) -> None:
+    out = tmp_path / "run"
+    # Many episodes, so evaluation is still running when the signal comes.
+    proc = subprocess.Popen(_run_cmd(out, tiny_dataset, total_timesteps=256, episodes_per_bucket=30),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _wait_for_status(out, "evaluate", proc)
+    time.sleep(2)  # the pool is up and its workers are in episodes
+    os.killpg(proc.pid, signum)  # the whole group, as a terminal's Ctrl-C or `timeout` sends it
+    _, err = proc.communicate(timeout=60)
+    name = signal.Signals(signum).name
+    assert proc.returncode == code, err
+    assert f"stopped by {name}" in err
+    status = json.loads((out / STATUS_FILE).read_text())
+    assert status["state"] == "stopped" and status["stage"] == "evaluate"
+    assert status["stages"]["evaluate"]["signal"] == name
+    assert status["stages"]["train"]["state"] == "succeeded"
+    assert _wait_gone(proc.pid) == [], "an evaluation worker outlived the run"
+    assert not (out / LOCK_FILE).exists()
+
+
+@pytest.mark.slow
+def test_a_second_run_on_the_same_output_is_refused_naming_the_holder(tiny_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    first = subprocess.Popen(_run_cmd(out, tiny_dataset, total_timesteps=100_000), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for_status(out, "train", first)
+        second = subprocess.run(_run_cmd(out, tiny_dataset, total_timesteps=100_000), capture_output=True,
+                                text=True, timeout=120)
+        assert second.returncode == 2, second.stderr
+        assert f"in use by another run (pid {first.pid})" in second.stderr
+        assert json.loads((out / STATUS_FILE).read_text())["stage"] == "train"  # the first run's, untouched
+    finally:
+        os.killpg(first.pid, signal.SIGTERM)
+        first.communicate(timeout=60)
+    assert first.returncode == 143
+    with output_lock(out):  # released with the first run
+        pass
+
+
+def test_the_lock_dies_with_a_killed_holder(tmp_path: Path) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from roadsense.artifacts.lock import output_lock\n"
+                               f"with output_lock(Path({str(tmp_path)!r})):\n print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(OutputLocked, match=f"pid {holder.pid}"):
+        with output_lock(tmp_path):
+            pass
+    holder.kill()
+    holder.wait()
+    with output_lock(tmp_path) as lock:  # no stale lock to clear by hand
+        assert lock.read_text() == f"{os.getpid()}\n"
+    assert not lock.exists()
+
+
+def test_a_refused_run_releases_the_lock_and_records_nothing(tmp_path: Path) -> None:
+    tiny_config(seed=1).save(tmp_path / "config.json")
+    with pytest.raises(ConfigError, match="other settings"):
+        run_pipeline(RunPaths.under(tmp_path), tiny_config(seed=2))
+    with output_lock(tmp_path):
+        pass
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_training_is_named_recorded_and_cleaned_up(tiny_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    # What a SIGKILLed run leaves behind: a checkpoint, status.json and dataset staging, half written.
+    leftovers = [out / "checkpoints" / ".step_000000000256.tmp-999999", out / ".status.json.tmp-999999",
+                 out / ".dataset.tmp-999999"]
+    for path in leftovers:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir() if "status" not in path.name else path.write_text("{")
+
+    def small_disk() -> None:
+        # Every file this run writes may grow to 100 KB: the dataset copy, logs and status.json fit, a
+        # checkpoint's model.zip (about 230 KB) does not. Python ignores SIGXFSZ, so the write fails with EFBIG.
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    proc = subprocess.run(_run_cmd(out, tiny_dataset), capture_output=True, text=True, timeout=300,
+                          preexec_fn=small_disk)
+    assert proc.returncode == 1, proc.stderr
+    checkpoint = out / "checkpoints" / "step_000000000256"
+    assert f"cannot write {checkpoint}: File too large" in proc.stderr
+    status = json.loads((out / STATUS_FILE).read_text())
+    assert status["state"] == "failed" and status["stage"] == "train"
+    assert f"cannot write {checkpoint}: File too large" in status["error"]
+    for path in leftovers:
+        assert f"removed {path}" in proc.stderr
+    temps = [p for folder in (out, out / "checkpoints") for p in folder.iterdir() if TEMP_MARK in p.name]
+    assert temps == [], "a failed or killed write left its temporary files"
+    assert not checkpoint.exists()
+
+
+def test_status_keeps_a_failure_it_cannot_write_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    folder = tmp_path / "run"
+    folder.mkdir()
+    status = RunStatus(folder, ["train"])
+    status.start("train")
+    shutil.rmtree(folder)  # the next status.json write fails, as on a full disk or a removed output
+    status.fail("train", "OSError: the real reason")
+    err = capsys.readouterr().err
+    assert "train failed (OSError: the real reason)" in err
+    assert f"cannot write {folder / STATUS_FILE}: No such file or directory" in err
+
+
+def test_a_long_error_is_kept_short_in_status(tmp_path: Path) -> None:
+    status = RunStatus(tmp_path, ["train"])
+    status.start("train")
+    status.fail("train", "RuntimeError: the reason " + "x" * 5000)
+    error = json.loads((tmp_path / STATUS_FILE).read_text())["error"]
+    assert error.startswith("RuntimeError: the reason") and len(error) == 1024 and error.endswith("…")

@@ -46,7 +46,8 @@ def test_resume_continues_from_the_checkpoint_to_the_exact_total(tiny_dataset: P
     # 700 is not a multiple of the 256-step rollout: the last rollout is shortened (to a multiple of n_envs).
     assert resumed.num_timesteps == 700
     assert latest_valid_checkpoint(tmp_path / "checkpoints").num_timesteps == 700
-    assert PPO.load(tmp_path / "model.zip", device="cpu").num_timesteps == 700
+    # model.zip is the best checkpoint on the val split; the last one is published beside it.
+    assert PPO.load(tmp_path / "model_last.zip", device="cpu").num_timesteps == 700
 
 
 def test_resume_skips_a_corrupt_newest_checkpoint(tiny_dataset: Path, tmp_path: Path) -> None:
@@ -57,7 +58,10 @@ def test_resume_skips_a_corrupt_newest_checkpoint(tiny_dataset: Path, tmp_path: 
     assert resumed.resumed_from == 256 and resumed.num_timesteps == 768
 
 
-def test_sigterm_checkpoints_stops_every_sumo_and_resumes(tiny_dataset: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("to", ["pid", "group"])
+def test_sigterm_checkpoints_stops_every_sumo_and_resumes(tiny_dataset: Path, tmp_path: Path, to: str) -> None:
+    # "group" is what `timeout`, systemd and supervisors send: the env workers get it too and must leave
+    # the stop to the trainer, which checkpoints and then ends them.
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "roadsense.cli", "train", "--dataset", str(tiny_dataset), "--output", str(out),
            "--preset", "smoke", "--total-timesteps", "100000", "--n-envs", "2",
@@ -72,7 +76,10 @@ def test_sigterm_checkpoints_stops_every_sumo_and_resumes(tiny_dataset: Path, tm
             break
         assert time.monotonic() < deadline, "training did not start in time"
     assert seen_update, "training ended before an update was logged"
-    proc.send_signal(signal.SIGTERM)
+    if to == "pid":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGTERM)  # start_new_session: the trainer leads its own group
     stopped_at = time.monotonic()
     rest, _ = proc.communicate(timeout=60)
     assert time.monotonic() - stopped_at < 30

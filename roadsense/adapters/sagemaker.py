@@ -8,25 +8,31 @@ Under the root ``$ROADSENSE_SM_ROOT`` (default ``/opt/ml``):
   TensorBoard/CSV logs and the full log to ``output/data/``, checkpoints to
   ``checkpoints/`` (synced to S3 during the run, and restored before a restart, so a
   stopped or spot-interrupted job resumes from them);
-* on any failure writes a short reason to ``output/failure`` (the job's FailureReason)
-  and exits non-zero: 2 for bad input, 143 when stopped by SIGTERM, 1 otherwise.
+* prints the plan, with the expected seconds of each stage, on one line at the start;
+* runs one job per root: the pipeline holds an exclusive lock on ``model/`` (a second
+  container on the same root exits 2 naming the first one's pid);
+* on any failure writes a short reason to ``output/failure`` (the job's FailureReason),
+  the reason first, and exits with the code of ``roadsense.exits``: 2 for bad input,
+  143 when stopped by SIGTERM, 130 by Ctrl-C, 1 otherwise.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
+import select
 import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 from roadsense.config import ConfigError, PipelineConfig
+from roadsense.exits import FAILED, OK, classify, clip, sigterm_raises
 
 DEFAULT_ROOT = "/opt/ml"
 FAILURE_LIMIT = 1024  # characters SageMaker keeps of the failure reason
 LOG_FILE = "training.log"
+JOIN_TIMEOUT_S = 5.0  # the copy ends as soon as the pipe is drained; this only bounds a console that blocks
 
 
 class SageMakerPaths:
@@ -46,7 +52,7 @@ class SageMakerPaths:
         return cls(Path(os.environ.get("ROADSENSE_SM_ROOT", DEFAULT_ROOT)))
 
 
-class BadInput(ValueError):
+class BadInput(ConfigError):
     """The job's inputs (hyperparameters, channels) are wrong; nothing was run."""
 
 
@@ -79,20 +85,18 @@ def dataset_from_channel(channel: Path) -> Path | None:
 
 def train_job(paths: SageMakerPaths) -> None:
     """Run (or resume) the whole pipeline under the SageMaker layout."""
-    from roadsense.pipeline import RunPaths, run_pipeline
+    from roadsense.pipeline import RunPaths, plan_run, run_pipeline
 
+    hyperparameters = read_hyperparameters(paths.hyperparameters)
     try:
-        config = PipelineConfig.from_hyperparameters(read_hyperparameters(paths.hyperparameters))
+        config = PipelineConfig.from_hyperparameters(hyperparameters)
     except ConfigError as exc:
         raise BadInput(f"hyperparameters: {exc}") from None
     dataset = dataset_from_channel(paths.dataset_channel)
     run_paths = RunPaths(paths.model, paths.checkpoints, paths.output_data / "logs")
+    # One line, as `roadsense run` prints it: the job's log says from its start how long it should take.
+    print(f"plan: {json.dumps(plan_run(run_paths, config, dataset))}", flush=True)
     run_pipeline(run_paths, config, dataset, progress=False)
-
-
-def _stop_on_sigterm(signum: int, _frame: object) -> None:
-    # Training installs its own handler (checkpoint first); everywhere else a stop ends the job.
-    raise KeyboardInterrupt("stopped by SIGTERM")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,34 +113,30 @@ def main(argv: list[str] | None = None) -> int:
     paths = SageMakerPaths.from_env()
     paths.output_data.mkdir(parents=True, exist_ok=True)
     paths.failure.unlink(missing_ok=True)  # a restarted job starts with a clean slate
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    with _Tee(paths.output_data / LOG_FILE):
+    with _Tee(paths.output_data / LOG_FILE), sigterm_raises():
         code, reason = _run(paths)
+        if reason:
+            reason = clip(reason, FAILURE_LIMIT)
+            print(reason, file=sys.stderr, flush=True)  # first: the disk that failed the job may refuse the file too
     if reason:
         paths.failure.parent.mkdir(parents=True, exist_ok=True)
-        paths.failure.write_text(reason[:FAILURE_LIMIT])
-        print(f"failed: {reason}", file=sys.stderr, flush=True)
+        paths.failure.write_text(reason)
     return code
 
 
 def _run(paths: SageMakerPaths) -> tuple[int, str | None]:
-    """(exit code, failure reason or None)."""
-    from roadsense.evaluation.matrix import CoverageError
-    from roadsense.scenarios.dataset import DatasetError
-    from roadsense.training.train import TrainingInterrupted
-    from roadsense.v2v import ParamsError
-
+    """(exit code, failure reason or None), as ``roadsense.exits`` maps them."""
     try:
         train_job(paths)
-        return 0, None
-    except (BadInput, ConfigError, DatasetError, CoverageError, ParamsError) as exc:
-        return 2, f"bad input: {exc}"
-    except TrainingInterrupted as exc:
-        return 143, f"{exc}; the next start of this job resumes from /opt/ml/checkpoints"
-    except KeyboardInterrupt as exc:
-        return 143, f"{exc or 'interrupted'}; checkpoints (if any) are kept and the next start resumes"
-    except Exception as exc:  # noqa: BLE001 - the contract: every failure becomes a FailureReason
-        return 1, f"{type(exc).__name__}: {exc}"
+        return OK, None
+    except (Exception, KeyboardInterrupt) as exc:  # the contract: every failure becomes a FailureReason
+        outcome = classify(exc)
+        if outcome is None:
+            return FAILED, f"failed: {type(exc).__name__}: {exc}"
+        code, reason = outcome
+        if isinstance(exc, KeyboardInterrupt):
+            reason += f"; checkpoints are kept in {paths.checkpoints} and the next start of this job resumes from them"
+        return code, reason
 
 
 class _Tee:
@@ -149,7 +149,8 @@ class _Tee:
         sys.stdout.flush()
         sys.stderr.flush()
         self._saved = (os.dup(1), os.dup(2))
-        read_fd, write_fd = os.pipe()
+        self._read_fd, write_fd = os.pipe()
+        self._stop_r, self._stop_w = os.pipe()
         os.dup2(write_fd, 1)
         os.dup2(write_fd, 2)
         os.close(write_fd)
@@ -157,14 +158,23 @@ class _Tee:
         self._streams = (sys.stdout, sys.stderr)
         sys.stdout = open(1, "w", buffering=1, closefd=False)
         sys.stderr = open(2, "w", buffering=1, closefd=False)
-        self._thread = threading.Thread(target=self._pump, args=(read_fd,), daemon=True)
+        self._thread = threading.Thread(target=self._pump, daemon=True)
         self._thread.start()
         return self
 
-    def _pump(self, read_fd: int) -> None:
+    def _pump(self) -> None:
         console = self._saved[0]
-        with open(self.path, "ab") as log, os.fdopen(read_fd, "rb", buffering=0) as pipe:
-            while chunk := pipe.read(65536):
+        with open(self.path, "ab") as log:
+            while True:
+                ready, _, _ = select.select([self._read_fd, self._stop_r], [], [])
+                # Pending output first; then a stop ends the copy. Waiting for end-of-file instead would
+                # wait for every helper process that inherited fds 1 and 2 (the forkserver lives until
+                # this process exits): the job would hang at every exit.
+                if self._read_fd not in ready:
+                    return
+                chunk = os.read(self._read_fd, 65536)
+                if not chunk:
+                    return
                 os.write(console, chunk)
                 log.write(chunk)
                 log.flush()
@@ -173,8 +183,9 @@ class _Tee:
         sys.stdout.close()
         sys.stderr.close()
         sys.stdout, sys.stderr = self._streams
-        os.dup2(self._saved[0], 1)  # closes our pipe ends; the pump sees EOF once workers are gone
+        os.dup2(self._saved[0], 1)
         os.dup2(self._saved[1], 2)
-        self._thread.join(timeout=10)
-        os.close(self._saved[0])
-        os.close(self._saved[1])
+        os.write(self._stop_w, b"x")
+        self._thread.join(timeout=JOIN_TIMEOUT_S)
+        for fd in (*self._saved, self._read_fd, self._stop_r, self._stop_w):
+            os.close(fd)

@@ -8,7 +8,6 @@ the one episode loop: evaluation, the report's failure traces and ``roadsense re
 from __future__ import annotations
 
 import os
-import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
@@ -16,7 +15,8 @@ import numpy as np
 
 from roadsense.config import EnvConfig
 from roadsense.evaluation.matrix import EpisodeSpec
-from roadsense.parallel import worker_context
+from roadsense.exits import sigterm_raises
+from roadsense.parallel import ignore_stop_signals, worker_pool
 
 if TYPE_CHECKING:
     from roadsense.env.convoy_env import ConvoyEnv
@@ -25,7 +25,7 @@ _worker: dict[str, Any] = {}
 
 
 def _init_worker(dataset: str, split: str, env_config: dict[str, Any]) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    ignore_stop_signals()  # the parent decides when to stop
     import torch
 
     torch.set_num_threads(1)
@@ -90,17 +90,12 @@ def run_episodes(plan: list[EpisodeSpec], policies: list[str], dataset: Path, en
     """
     tasks = [(name, spec, observer) for name in policies for spec in plan]
     workers = min(len(tasks), workers or len(os.sched_getaffinity(0)))
-    pool = worker_context().Pool(workers, _init_worker, (str(dataset), split, env_config.model_dump(mode="json")))
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        results = pool.map(_run_episode, tasks, chunksize=1)
-        pool.close()
-    finally:
-        pool.terminate()  # stops every worker and its SUMO, also on error or SIGTERM
-        pool.join()
-        signal.signal(signal.SIGTERM, previous)
+    with sigterm_raises():
+        pool = worker_pool(workers, _init_worker, (str(dataset), split, env_config.model_dump(mode="json")))
+        try:
+            results = pool.map(_run_episode, tasks, chunksize=1)
+            pool.close()
+        finally:
+            pool.terminate()  # kills every worker and its SUMO, also on error, Ctrl-C or SIGTERM
+            pool.join()
     return {name: [r for r in results if r["policy"] == name] for name in policies}
-
-
-def _raise_interrupt(signum: int, _frame) -> None:
-    raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name} during evaluation")

@@ -4,7 +4,8 @@ A checkpoint is a folder ``step_<000000123456>/`` holding ``model.zip`` (policy 
 optimizer state), ``vecnormalize.pkl`` (the reward normaliser) and ``state.json`` (step
 count and the sha256 of both files). It is written into a temporary folder and renamed
 into place, so a folder with that name is either complete or absent; a file damaged later
-fails its hash and is skipped with a warning, never loaded.
+fails its hash and is skipped with a warning, never loaded. A write that fails (disk full)
+removes its temporary folder and raises :class:`WriteError` naming the checkpoint.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+from roadsense.artifacts.status import WriteError, temp_path
 
 log = logging.getLogger(__name__)
 
@@ -50,22 +53,27 @@ def sha256_file(path: Path) -> str:
 
 def save_checkpoint(directory: Path, model, vecnormalize, num_timesteps: int, milestone: bool) -> Checkpoint:
     """Write one checkpoint atomically; ``model`` is an SB3 algorithm, ``vecnormalize`` its VecNormalize."""
-    directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"{_PREFIX}{num_timesteps:012d}"
-    tmp = directory / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    model.save(tmp / MODEL_FILE)
-    vecnormalize.save(str(tmp / VECNORM_FILE))
-    state = {
-        "num_timesteps": num_timesteps,
-        "milestone": milestone,
-        "sha256": {name: sha256_file(tmp / name) for name in (MODEL_FILE, VECNORM_FILE)},
-    }
-    (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True))
-    _fsync_dir_contents(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    tmp = temp_path(final)  # what a killed run leaves is removed at the next start (remove_stale_temps)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run that had the same pid
+        tmp.mkdir()
+        model.save(tmp / MODEL_FILE)
+        vecnormalize.save(str(tmp / VECNORM_FILE))
+        state = {
+            "num_timesteps": num_timesteps,
+            "milestone": milestone,
+            "sha256": {name: sha256_file(tmp / name) for name in (MODEL_FILE, VECNORM_FILE)},
+        }
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True))
+        _fsync_dir_contents(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    except OSError as exc:  # disk full, file too large: name the checkpoint, leave no half-written folder
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        raise WriteError(final, exc) from exc
     return Checkpoint(final, num_timesteps, milestone)
 
 

@@ -22,6 +22,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 import numpy as np
 import torch
@@ -30,6 +31,8 @@ from stable_baselines3.common.logger import Logger, make_output_format
 from stable_baselines3.common.vec_env import VecNormalize
 
 from roadsense.config import PipelineConfig
+from roadsense.exits import Stopped
+from roadsense.parallel import STOP_SIGNALS
 from roadsense.policy import policy_kwargs
 from roadsense.training.checkpoints import (
     MODEL_FILE,
@@ -51,7 +54,7 @@ LAST_MODEL_FILE = "model_last.zip"
 LAST_VECNORM_FILE = "vecnormalize_last.pkl"
 
 
-class TrainingInterrupted(RuntimeError):
+class TrainingInterrupted(Stopped):
     """SIGTERM or Ctrl-C arrived; a checkpoint was written and every SUMO stopped."""
 
 
@@ -171,7 +174,7 @@ def _train_loop(model: PPO, venv: VecNormalize, config: PipelineConfig, output: 
                 if stop:  # the rollout in hand is not learned from: the checkpoint is the last update
                     save_checkpoint(checkpoint_dir, model, venv, model.num_timesteps, milestone=False)
                     raise TrainingInterrupted(
-                        f"stopped by {stop.signal_name} at {model.num_timesteps} steps; checkpoint saved")
+                        stop.signal_name, f"stopped by {stop.signal_name} at {model.num_timesteps} steps; checkpoint saved")
                 monitor.record(segments)
                 batch = build_batch(segments, model.policy, venv, tc.gamma, tc.gae_lambda)
                 previous_steps = model.num_timesteps
@@ -190,13 +193,8 @@ def _train_loop(model: PPO, venv: VecNormalize, config: PipelineConfig, output: 
                     checkpoint = save_checkpoint(checkpoint_dir, model, venv, model.num_timesteps, milestone)
                     prune_checkpoints(checkpoint_dir, tc.keep_checkpoints)
                     last_checkpoint = model.num_timesteps
-                if validate:
-                    try:
-                        score = validator.validate(checkpoint)
-                    except KeyboardInterrupt as exc:  # the evaluation pool's SIGTERM/SIGINT; the checkpoint is saved
-                        raise TrainingInterrupted(f"{exc or 'stopped by SIGINT'} while validating at "
-                                                  f"{model.num_timesteps} steps; checkpoint saved") from None
-                    _log_validation(model, score)
+                if validate:  # a stop signal meanwhile only sets `stop`: the run ends after the next rollout
+                    _log_validation(model, validator.validate(checkpoint))
         except (EOFError, BrokenPipeError, ConnectionResetError) as exc:
             raise TrainingAborted(
                 f"an env worker died ({type(exc).__name__}); scenario per env: {monitor.current_scenarios()}"
@@ -271,7 +269,11 @@ def _make_logger(log_dir: Path, total: int) -> Logger:
 
 
 class _StopSignal:
-    """Turns SIGTERM (SageMaker stop, spot interruption) and Ctrl-C into a flag the loop checks."""
+    """Turns SIGTERM (SageMaker stop, spot interruption) and Ctrl-C into a flag the loop checks.
+
+    The env workers ignore both (``roadsense.parallel``), so a signal sent to the whole process
+    group leaves them collecting: the loop finishes the rollout, checkpoints, then closes them.
+    """
 
     def __init__(self) -> None:
         self.signal_name: str | None = None
@@ -279,11 +281,11 @@ class _StopSignal:
     def __bool__(self) -> bool:
         return self.signal_name is not None
 
-    def _handle(self, signum: int, _frame) -> None:
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
         self.signal_name = signal.Signals(signum).name
 
     def __enter__(self) -> "_StopSignal":
-        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
         return self
 
     def __exit__(self, *exc: object) -> None:

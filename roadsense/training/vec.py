@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 from pathlib import Path
 from typing import Any, Callable
 
@@ -11,7 +10,9 @@ import gymnasium as gym
 from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv
 
 from roadsense.config import EnvConfig
-from roadsense.parallel import START_METHOD, worker_context
+from roadsense.parallel import START_METHOD, ignore_stop_signals, stop_processes, worker_context
+
+CLOSE_GRACE_S = 5.0  # a worker told to close stops its SUMO and exits in well under a second
 
 
 def default_n_envs() -> int:
@@ -22,9 +23,7 @@ def default_n_envs() -> int:
 def _env_factory(scenario: Path | None, split: str, config: EnvConfig, policy_kwargs: dict[str, Any], seed: int,
                  scenario_file: Path) -> Callable[[], gym.Env]:
     def make() -> gym.Env:
-        # Runs inside the worker. Ctrl-C reaches the whole process group; only the trainer may
-        # react to it (it checkpoints, then closes the workers), so the workers ignore it.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        ignore_stop_signals()  # runs inside the worker: the trainer checkpoints, then closes it
         import torch
 
         torch.set_num_threads(1)
@@ -59,7 +58,4 @@ def close_vec_env(venv: VecEnv) -> None:
         venv.close()
     except (EOFError, BrokenPipeError, ConnectionResetError):
         pass
-    for process in getattr(venv.unwrapped, "processes", []):
-        if process.is_alive():
-            process.terminate()
-        process.join(timeout=5)
+    stop_processes(getattr(venv.unwrapped, "processes", []), CLOSE_GRACE_S)
