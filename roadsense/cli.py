@@ -66,6 +66,7 @@ def train(
     sets: SetOpt = None,
 ) -> None:
     """Train the Deep Sets PPO policy."""
+    from roadsense.pipeline import RunPaths, exclusive_output
     from roadsense.training.train import train as run_training
 
     with _user_errors():
@@ -74,9 +75,9 @@ def train(
             from roadsense.scenarios.dataset import Dataset
 
             dataset = Dataset.open(dataset).root
-        output.mkdir(parents=True, exist_ok=True)
-        config.save(output / "config.json")
-        result = run_training(dataset, output, config, resume=resume)
+        with exclusive_output(RunPaths.under(output)):
+            config.save(output / "config.json")
+            result = run_training(dataset, output, config, resume=resume)
         selection = result.model_selection
         typer.echo(f"trained to {result.num_timesteps} steps at {result.steps_per_s:.0f} steps/s: {result.model_path} "
                    f"is the {selection['selected']} checkpoint ({selection['selected_timesteps']} steps)")

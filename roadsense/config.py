@@ -37,9 +37,14 @@ class ConfigError(ValueError):
     """A setting is unknown or has a value that is not allowed; the message says which and why."""
 
 
-class _Section(BaseModel):
+class StrictNumbers(BaseModel):
+    """A model whose numbers are numbers: no NaN or +-Infinity, no true/false for an int or float.
+
+    Every model that reads values from outside (settings, parameter files) builds on it.
+    """
+
     # allow_inf_nan=False: NaN and +-Infinity (which JSON, and so --set and config.json, can spell) are refused.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
+    model_config = ConfigDict(allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -48,6 +53,10 @@ class _Section(BaseModel):
         if cls.model_fields[info.field_name].annotation is not bool and _holds_bool(value):
             raise PydanticCustomError("bool_not_number", "expected a number, not true/false")
         return value
+
+
+class _Section(StrictNumbers):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
 def _holds_bool(value: Any) -> bool:

@@ -16,6 +16,7 @@ training resumes from the newest valid checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shutil
@@ -24,7 +25,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from roadsense import provenance
 from roadsense.artifacts.lock import output_lock
@@ -119,12 +120,20 @@ def run_pipeline(paths: RunPaths, config: PipelineConfig, dataset: Path | None =
     records in status.json how every stage ended: succeeded, failed (with the error) or
     stopped (with the signal).
     """
+    with exclusive_output(paths):
+        return _run_stages(paths, config, dataset, progress)
+
+
+@contextlib.contextmanager
+def exclusive_output(paths: RunPaths) -> Iterator[None]:
+    """Hold the run's output folder for the block (OutputLocked at once if another process has
+    it), after removing the temporary files a killed run left in it and in its checkpoints."""
     with output_lock(paths.output):
         # Under the lock no other process writes here: every temporary name is a killed run's leftover.
         for folder in (paths.output, paths.checkpoints):
             for stale in remove_stale_temps(folder):
                 print(f"removed {stale}, left by an interrupted run", file=sys.stderr, flush=True)
-        return _run_stages(paths, config, dataset, progress)
+        yield
 
 
 def _run_stages(paths: RunPaths, config: PipelineConfig, dataset: Path | None, progress: bool | None) -> dict[str, Any]:

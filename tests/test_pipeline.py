@@ -207,6 +207,14 @@ def test_the_lock_dies_with_a_killed_holder(tmp_path: Path) -> None:
     assert not lock.exists()
 
 
+def test_train_alone_also_refuses_a_folder_in_use(tmp_path: Path) -> None:
+    with output_lock(tmp_path):
+        result = runner.invoke(app, ["train", "--output", str(tmp_path), "--preset", "smoke"])
+    assert result.exit_code == 2
+    assert f"in use by another run (pid {os.getpid()})" in result.output
+    assert not (tmp_path / "config.json").exists()
+
+
 def test_a_refused_run_releases_the_lock_and_records_nothing(tmp_path: Path) -> None:
     tiny_config(seed=1).save(tmp_path / "config.json")
     with pytest.raises(ConfigError, match="other settings"):

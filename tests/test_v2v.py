@@ -281,3 +281,32 @@ def test_unreadable_files_name_the_file(tmp_path: Path) -> None:
         load_params(broken)
     with pytest.raises(ParamsError, match="missing.json.*no such file"):
         load_params(tmp_path / "missing.json")
+
+
+def _numeric_paths(model: type, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every number-holding key of the parameter schema, nested ranges included (so new keys are covered)."""
+    from pydantic import BaseModel
+
+    paths = []
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            paths += _numeric_paths(field.annotation, (*prefix, name))
+        else:
+            paths.append((*prefix, name))
+    return paths
+
+
+@pytest.mark.parametrize("path", _numeric_paths(EspNowParams))
+@pytest.mark.parametrize("bad", [True, math.inf, -math.inf, math.nan])
+def test_true_false_and_non_finite_numbers_are_refused_with_the_key_named(tmp_path: Path, path: tuple[str, ...],
+                                                                          bad: object) -> None:
+    data = json.loads((Path(__file__).parents[1] / "roadsense" / "v2v" / "espnow_params.json").read_text())
+    holder = data
+    for key in path[:-1]:
+        holder = holder[key]
+    value = holder[path[-1]]
+    holder[path[-1]] = [bad, *value[1:]] if isinstance(value, list) else bad  # JSON spells these true/Infinity/NaN
+    file = tmp_path / "params.json"
+    file.write_text(json.dumps(data))
+    with pytest.raises(ParamsError, match=".".join(path)):
+        load_params(file)

@@ -17,6 +17,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from roadsense.config import StrictNumbers
+
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 NonNegative = Annotated[float, Field(ge=0.0)]
 
@@ -27,7 +29,7 @@ class ParamsError(ValueError):
     """The parameter file is missing, is not JSON, or holds a key or value that is not allowed."""
 
 
-class RandomizationRanges(BaseModel):
+class RandomizationRanges(StrictNumbers):
     """Per-episode domain randomisation: each value is drawn U(low, high) once per episode."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -47,7 +49,7 @@ class RandomizationRanges(BaseModel):
         return value
 
 
-class EspNowParams(BaseModel):
+class EspNowParams(StrictNumbers):
     """The mesh model of domain.md. Units are in the field names (m, ms, m/s, m/s^2, deg)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
