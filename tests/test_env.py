@@ -15,6 +15,7 @@ import roadsense
 from roadsense.config import EnvConfig
 from roadsense.env.convoy_env import CF_OVERRIDE_DELAY, EGO_ID, ConvoyEnv
 from roadsense.env.observation import MAX_PEERS, PEER_FEATURES, PeerView, fill_peer_slots
+from roadsense.scenarios.scenario import NETWORK_FILE, sumocfg_xml
 from roadsense.sim.backend import SimulationError
 from roadsense.v2v import ParamsError
 
@@ -368,8 +369,9 @@ def test_missing_sumocfg_is_a_clear_error(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("content", "problem"),
     [("definitely not XML <<<", "not valid XML"),
-     ('<configuration><input><net-file value="gone.net.xml"/></input></configuration>', "net-file 'gone.net.xml' does not exist")],
-    ids=["not-xml", "missing-net"],
+     ('<configuration><input><net-file value="gone.net.xml"/></input></configuration>', "missing route-files, begin, end"),
+     (sumocfg_xml(65.0).replace(NETWORK_FILE, "gone.net.xml"), "net-file 'gone.net.xml' does not exist")],
+    ids=["not-xml", "incomplete", "missing-net"],
 )
 def test_malformed_sumocfg_is_a_clear_error(make_env, tmp_path, backend: str, content: str, problem: str) -> None:
     sumocfg = tmp_path / "bad.sumocfg"
