@@ -14,7 +14,7 @@ from stable_baselines3.common.logger import configure
 
 from roadsense.env.observation import observation_space
 from roadsense.policy import policy_kwargs
-from roadsense.policy.actor_critic import evaluate
+from roadsense.policy.actor_critic import PolicyNet, gaussian_log_prob
 from roadsense.training.ppo import ppo_update
 from roadsense.training.rollout import RolloutBatch
 
@@ -91,11 +91,13 @@ def test_the_update_equals_sb3_ppo_train(batch_size: int, n_epochs: int, ent_coe
     assert stats.clip_fraction > 0, "the test batch should exercise the clipping"
 
 
-def test_evaluate_equals_sb3_evaluate_actions() -> None:
+def test_the_forward_pass_equals_sb3_evaluate_actions() -> None:
     model = _model_with_a_filled_buffer(64, 64, 1)
     batch = _batch_of(model)
+    log_std = model.policy.log_std
     with torch.no_grad():
-        values, log_prob = evaluate(model.policy, batch.obs, batch.actions)
+        values, mean, _ = PolicyNet(model.policy).forward(batch.obs)
+        log_prob = gaussian_log_prob((batch.actions - mean) / log_std.exp(), log_std)
         sb3_values, sb3_log_prob, _ = model.policy.evaluate_actions(batch.obs, batch.actions)
-    assert torch.allclose(values, sb3_values.flatten())
+    assert torch.allclose(values, sb3_values.flatten(), atol=1e-6)
     assert torch.allclose(log_prob, sb3_log_prob, atol=1e-5)

@@ -27,7 +27,7 @@ import torch
 from stable_baselines3.common.policies import MultiInputActorCriticPolicy
 from stable_baselines3.common.vec_env import VecNormalize
 
-from roadsense.policy.actor_critic import Actor, evaluate
+from roadsense.policy.actor_critic import Layout, NumpyActor, PolicyNet, gaussian_log_prob
 
 ACTION_STREAM = 1  # the action sampler's seed is (env seed, ACTION_STREAM): apart from the env's own draws
 
@@ -78,8 +78,7 @@ class RolloutCollector(gym.Wrapper):
         super().__init__(env)
         self.policy = MultiInputActorCriticPolicy(env.observation_space, env.action_space, lambda _: 0.0,
                                                   **policy_kwargs)
-        self.policy.set_training_mode(False)
-        self.actor = Actor(self.policy)
+        self.actor = NumpyActor(Layout.of(self.policy))
         self.seed = seed
         self.rng = np.random.default_rng([seed, ACTION_STREAM])
         self.scenario_file = scenario_file
@@ -91,8 +90,7 @@ class RolloutCollector(gym.Wrapper):
 
     def collect(self, weights: dict[str, np.ndarray], n_steps: int) -> Segment:
         """Run ``n_steps`` steps with the given policy weights; episodes carry over between calls."""
-        self.policy.load_state_dict({name: torch.from_numpy(value) for name, value in weights.items()})
-        std = np.exp(weights["log_std"])
+        self.actor.load(weights)
         if self._obs is None:
             self._obs = self._reset(seed=self.seed)
         low, high = self.action_space.low, self.action_space.high
@@ -105,12 +103,14 @@ class RolloutCollector(gym.Wrapper):
         truncated_steps: list[int] = []
         truncated_obs: list[dict[str, np.ndarray]] = []
         episodes: list[EpisodeEnd] = []
+        # Drawn for the whole segment at once: the same numbers, in the same order, as one draw per step.
+        noise = self.actor.std * self.rng.standard_normal(actions.shape, np.float32)
 
         for t in range(n_steps):
             for key, value in self._obs.items():
                 obs[key][t] = value
             episode_starts[t] = self._episode_start
-            action = self._actor_mean(self._obs) + std * self.rng.standard_normal(actions.shape[1:], np.float32)
+            action = self.actor.mean(self._obs) + noise[t]
             actions[t] = action
             next_obs, reward, terminated, truncated, info = self.env.step(np.clip(action, low, high))
             rewards[t] = reward
@@ -134,11 +134,6 @@ class RolloutCollector(gym.Wrapper):
                            for key, space in self.observation_space.items()},
             last_obs=self._obs, episodes=episodes,
         )
-
-    def _actor_mean(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        """The Gaussian's mean ``(A,)`` for one observation."""
-        with torch.inference_mode():
-            return self.actor({key: torch.from_numpy(value).unsqueeze(0) for key, value in obs.items()})[0].numpy()
 
     def _reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
         """Start the next episode and its bookkeeping; returns its first observation."""
@@ -189,15 +184,20 @@ def build_batch(segments: list[Segment], policy: MultiInputActorCriticPolicy, no
     rewards = normalize_rewards(normalizer, raw_rewards, dones)
     flat_obs = {key: torch.from_numpy(value.reshape(-1, *value.shape[2:])) for key, value in obs.items()}
     flat_actions = torch.from_numpy(actions.reshape(-1, actions.shape[-1]))
+    # One forward pass for every observation that needs a value: the batch's, the final
+    # observations of time-limited episodes (to bootstrap), and the one after the last step.
+    n_samples, n_truncated = len(flat_actions), [len(s.truncated_steps) for s in segments]
+    evaluated = {key: torch.cat([flat_obs[key], *(torch.from_numpy(s.truncated_obs[key]) for s in segments),
+                                 torch.from_numpy(np.stack([s.last_obs[key] for s in segments]))])
+                 for key in flat_obs}
     with torch.no_grad():
-        values, log_prob = evaluate(policy, flat_obs, flat_actions)
-        for env, segment in enumerate(segments):
-            if len(segment.truncated_steps):
-                bootstrap = policy.predict_values({k: torch.from_numpy(v) for k, v in segment.truncated_obs.items()})
-                rewards[segment.truncated_steps, env] += gamma * bootstrap.flatten().numpy()
-        last_values = policy.predict_values(
-            {key: torch.from_numpy(np.stack([s.last_obs[key] for s in segments])) for key in segments[0].last_obs}
-        ).flatten().numpy()
+        all_values, mean, _ = PolicyNet(policy).forward(evaluated)
+        log_prob = gaussian_log_prob((flat_actions - mean[:n_samples]) / policy.log_std.exp(), policy.log_std)
+    values = all_values[:n_samples]
+    bootstraps = np.split(all_values[n_samples:].numpy(), np.cumsum(n_truncated))
+    for env, (segment, bootstrap) in enumerate(zip(segments, bootstraps)):
+        rewards[segment.truncated_steps, env] += gamma * bootstrap
+    last_values = bootstraps[-1]
     values_np = values.numpy().reshape(n_steps, len(segments))
     advantages = gae(rewards, values_np, episode_starts, last_values, dones[-1], gamma, gae_lambda)
     returns = advantages + values_np
