@@ -15,7 +15,16 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from roadsense.env.observation import observation_space
 from roadsense.policy import policy_kwargs
-from roadsense.training.rollout import EpisodeEnd, RolloutCollector, Segment, build_batch, gae, normalize_rewards
+from roadsense.policy.actor_critic import Layout, PolicyNet, gaussian_log_prob
+from roadsense.training.rollout import (
+    ACTION_STREAM,
+    EpisodeEnd,
+    RolloutCollector,
+    Segment,
+    build_batch,
+    gae,
+    normalize_rewards,
+)
 from roadsense.training.train import TrainingAborted, _RolloutMonitor
 
 KWARGS = policy_kwargs(16, -0.5)
@@ -86,6 +95,49 @@ def _weights(policy: MultiInputActorCriticPolicy) -> dict[str, np.ndarray]:
     return {name: value.numpy() for name, value in policy.state_dict().items()}
 
 
+def _policy(seed: int) -> MultiInputActorCriticPolicy:
+    """A policy with every weight, bias and log_std moved off SB3's initial values (zero biases, -0.5)."""
+    torch.manual_seed(seed)
+    policy = MultiInputActorCriticPolicy(observation_space(3), spaces.Box(0, 1, (1,), np.float32), lambda _: 1e-4,
+                                         **KWARGS)
+    with torch.no_grad():
+        for parameter in policy.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    return policy
+
+
+def test_the_numpy_actor_is_sb3s_gaussian() -> None:
+    policy = _policy(0)
+    rng = np.random.default_rng(4)
+    n = 40
+    obs = {key: rng.uniform(-2, 2, (n, *space.shape)).astype(np.float32) for key, space in observation_space(3).items()}
+    obs["peer_mask"] = (rng.random((n, 8)) < 0.5).astype(np.float32)
+    obs["peer_mask"][0], obs["peer_mask"][1] = 0, 1  # an empty peer set and a full one
+    actor = PolicyNet(Layout.of(policy), _weights(policy))  # what a worker builds from the weights it receives
+    means = np.stack([actor.mean({key: value[i][None] for key, value in obs.items()})[0] for i in range(n)])
+    actions = rng.normal(0.3, 0.6, (n, 1)).astype(np.float32)
+    log_prob = gaussian_log_prob((actions - means) / np.exp(actor.log_std), actor.log_std)
+
+    with torch.no_grad():
+        sb3 = policy.get_distribution({key: torch.from_numpy(value) for key, value in obs.items()})
+        sb3_log_prob = sb3.log_prob(torch.from_numpy(actions))
+    np.testing.assert_allclose(means, sb3.distribution.mean.numpy(), atol=1e-6)
+    np.testing.assert_allclose(np.exp(actor.log_std), sb3.distribution.stddev[0].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(log_prob, sb3_log_prob.numpy(), atol=1e-5)
+    assert np.ptp(means) > 0.1, "the observations should move the mean"
+
+
+def test_a_worker_samples_sb3s_gaussian_from_its_own_stream(collector) -> None:
+    worker = collector(4)
+    policy = _policy(1)
+    segment = worker.collect(_weights(policy), 50)
+    with torch.no_grad():
+        sb3 = policy.get_distribution({key: torch.from_numpy(value) for key, value in segment.obs.items()}).distribution
+    noise = (segment.actions - sb3.mean.numpy()) / sb3.stddev.numpy()
+    expected = np.random.default_rng([4, ACTION_STREAM]).standard_normal((50, 1), np.float32)
+    np.testing.assert_allclose(noise, expected, atol=1e-4)
+
+
 def test_a_segment_records_steps_episodes_and_time_limits(collector) -> None:
     first = collector(5)
     weights = _weights(first.policy)
@@ -152,7 +204,7 @@ def test_the_batch_bootstraps_time_limits_only() -> None:
     # The batch is step-major (T, n_envs) flattened: env 0's steps are the even samples.
     env0_returns = batch.returns.reshape(40, 2)[:, 0]
     env0_values = batch.old_values.reshape(40, 2)[:, 0]
-    torch.testing.assert_close(env0_values, values)
+    np.testing.assert_allclose(env0_values, values.numpy(), atol=1e-6)
     # With lambda = 1 the return at a time limit is the normalised reward + gamma * V(final obs); at a collision, the reward.
     rewards = normalize_rewards(VecNormalize(DummyVecEnv([lambda: _ScriptedRewards(np.zeros(1), np.zeros(1))] * 2),
                                              norm_obs=False), np.stack([s.rewards for s in segments], 1),

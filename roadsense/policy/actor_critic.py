@@ -1,27 +1,30 @@
-"""Lean paths through SB3's actor-critic policy: a worker's step, the batch evaluation, the PPO update.
+"""The policy's network in numpy: a worker's step, the batch evaluation, and the PPO update's gradients.
 
 The network is tiny (a 6 -> h -> h peer encoder, two 64-64 MLPs, one-unit heads), so what
-SB3's own paths cost is almost all per-call overhead: distribution objects, observation
-copies, and autograd recording and replaying ~140 forward and ~280 backward operations per
-minibatch. These paths compute the same numbers from the same weights with fewer calls:
+SB3's torch paths cost is almost all per-call overhead: distribution objects, observation
+copies, torch's dispatch (~150 us per step for a worker's batch-of-1 forward pass) and
+autograd recording and replaying ~140 forward and ~280 backward operations per minibatch.
+:class:`PolicyNet` computes the same numbers from the same weights in numpy, whose per-call
+cost and small elementwise kernels (tanh, comparisons) are several times cheaper, with a
+backward pass derived by hand. The weights are numpy views: of the arrays a worker receives,
+or of the trainer's torch parameters themselves, so the torch optimizer's in-place steps
+are what the next forward pass reads.
 
-- :class:`NumpyActor`: the Gaussian's mean for one observation in numpy (a worker's step;
-  numpy's per-call cost is a fraction of torch's at batch 1);
-- :class:`PolicyNet`: values and means for a batch in torch, and the hand-derived backward
-  pass that writes every parameter's gradient (the PPO update; no autograd graph).
-
-Both read the layers from the SB3 policy through :class:`Layout`, which refuses a policy
-whose structure they do not implement. ``tests/test_ppo.py`` and ``tests/test_rollout.py``
-compare them with SB3's ``get_distribution``, ``evaluate_actions`` and autograd.
+:class:`Layout` reads the layers from the SB3 policy and refuses a policy whose structure
+``PolicyNet`` does not implement. ``tests/test_ppo.py`` and ``tests/test_rollout.py`` compare
+it with SB3's ``get_distribution``, ``evaluate_actions`` and autograd.
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-import torch
 from stable_baselines3.common.distributions import DiagGaussianDistribution
 from stable_baselines3.common.policies import MultiInputActorCriticPolicy
 from torch import nn
@@ -33,11 +36,10 @@ LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 @dataclass(frozen=True)
 class Dense:
-    """One ``nn.Linear`` of the policy and the activation after it (None for an output head)."""
+    """One ``nn.Linear`` of the policy, by its state_dict prefix, and the activation after it."""
 
-    linear: nn.Linear
-    name: str  # its state_dict prefix, e.g. "mlp_extractor.policy_net.0"
-    activation: type[nn.Module] | None  # nn.ReLU or nn.Tanh
+    name: str  # e.g. "mlp_extractor.policy_net.0": weights f"{name}.weight" (out, in), f"{name}.bias" (out,)
+    activation: type[nn.Module] | None  # nn.ReLU, nn.Tanh, or None for an output head
 
 
 @dataclass(frozen=True)
@@ -48,163 +50,179 @@ class Layout:
     ``value_net``. Both start from the shared Deep Sets features ``(ego, pooled phi)``.
     """
 
-    phi: list[Dense]
-    pi: list[Dense]
-    vf: list[Dense]
+    phi: tuple[Dense, ...]
+    pi: tuple[Dense, ...]
+    vf: tuple[Dense, ...]
 
     @classmethod
     def of(cls, policy: MultiInputActorCriticPolicy) -> "Layout":
-        """Read the layers, checking every assumption the lean paths make about them."""
+        """Read the layers, checking every assumption :class:`PolicyNet` makes about them."""
         if not isinstance(policy.features_extractor, DeepSetsExtractor) or not policy.share_features_extractor:
-            raise ValueError("the lean policy paths need one Deep Sets extractor shared by actor and critic")
+            raise ValueError("PolicyNet needs one Deep Sets extractor shared by actor and critic")
         if type(policy.action_dist) is not DiagGaussianDistribution:
-            raise ValueError(f"the lean policy paths implement a diagonal Gaussian, not {type(policy.action_dist)}")
+            raise ValueError(f"PolicyNet implements a diagonal Gaussian, not {type(policy.action_dist).__name__}")
         names = {id(module): name for name, module in policy.named_modules()}
         phi = _dense(policy.features_extractor.phi, names)
         # The extractor's masked max-pool relies on non-negative encodings (deep_sets.py).
         if not phi or phi[-1].activation is not nn.ReLU:
             raise ValueError("the peer encoder phi must end in a ReLU")
-        head = [Dense(policy.action_net, names[id(policy.action_net)], None)]
-        value = [Dense(policy.value_net, names[id(policy.value_net)], None)]
-        return cls(phi=phi, pi=_dense(policy.mlp_extractor.policy_net, names) + head,
-                   vf=_dense(policy.mlp_extractor.value_net, names) + value)
+        return cls(phi=phi, pi=_dense(policy.mlp_extractor.policy_net, names) + (Dense(names[id(policy.action_net)], None),),
+                   vf=_dense(policy.mlp_extractor.value_net, names) + (Dense(names[id(policy.value_net)], None),))
 
 
-def _dense(sequential: nn.Module, names: dict[int, str]) -> list[Dense]:
+def _dense(sequential: nn.Module, names: dict[int, str]) -> tuple[Dense, ...]:
     """``Sequential(Linear, activation, Linear, activation, ...)`` -> its Dense layers."""
     modules = list(sequential)
-    if len(modules) % 2:
-        raise ValueError(f"expected Linear/activation pairs, got {sequential}")
-    layers = []
-    for linear, activation in zip(modules[::2], modules[1::2]):
-        if type(linear) is not nn.Linear or type(activation) not in (nn.ReLU, nn.Tanh):
-            raise ValueError(f"expected Linear/ReLU or Linear/Tanh pairs, got {sequential}")
-        layers.append(Dense(linear, names[id(linear)], type(activation)))
-    return layers
+    pairs = list(zip(modules[::2], modules[1::2]))
+    if len(modules) % 2 or any(type(linear) is not nn.Linear or type(activation) not in (nn.ReLU, nn.Tanh)
+                               for linear, activation in pairs):
+        raise ValueError(f"expected Linear/ReLU or Linear/Tanh pairs, got {sequential}")
+    return tuple(Dense(names[id(linear)], type(activation)) for linear, activation in pairs)
 
 
-def gaussian_log_prob(z: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+def gaussian_log_prob(z: np.ndarray, log_std: np.ndarray) -> np.ndarray:
     """Log-density ``(B,)`` of a diagonal Gaussian at standardised actions ``z = (a - mean) / std`` ``(B, A)``."""
-    return -0.5 * z.square().sum(dim=1) - (log_std.sum() + len(log_std) * LOG_SQRT_2PI)
+    return -0.5 * np.square(z).sum(axis=1) - (log_std.sum() + len(log_std) * LOG_SQRT_2PI)
 
 
-def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
+def gaussian_entropy(log_std: np.ndarray) -> float:
     """Entropy of a diagonal Gaussian with these log standard deviations (the same for every state)."""
-    return (0.5 + LOG_SQRT_2PI + log_std).sum()
-
-
-class NumpyActor:
-    """The Gaussian a worker acts with, in numpy: weights as sent to the worker, one observation per call.
-
-    A worker's forward pass is ~20 operations on arrays of a few hundred numbers; torch
-    spends ~150 us per step on dispatch there, numpy a fraction of it.
-    """
-
-    def __init__(self, layout: Layout) -> None:
-        self._phi = [(layer.name, layer.activation) for layer in layout.phi]
-        self._pi = [(layer.name, layer.activation) for layer in layout.pi]
-        self._weights: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        self.std = np.empty(0, np.float32)
-
-    def load(self, weights: dict[str, np.ndarray]) -> None:
-        """Take the policy's ``state_dict`` as numpy arrays (float32)."""
-        # Stored as (in, out), contiguous: x @ w without a transpose per call.
-        self._weights = {name: (np.ascontiguousarray(weights[f"{name}.weight"].T), weights[f"{name}.bias"])
-                         for name, _ in self._phi + self._pi}
-        self.std = np.exp(weights["log_std"])
-
-    def mean(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        """The Gaussian's mean ``(A,)`` for one observation (``ego`` (E,), ``peers`` (P, F), ``peer_mask`` (P,))."""
-        encoded = self._mlp(self._phi, obs["peers"])  # (P, h), >= 0
-        pooled = (encoded * obs["peer_mask"][:, None]).max(axis=0)  # the extractor's masked max-pool
-        return self._mlp(self._pi, np.concatenate([obs["ego"], pooled]))
-
-    def _mlp(self, layers: list[tuple[str, type[nn.Module] | None]], x: np.ndarray) -> np.ndarray:
-        for name, activation in layers:
-            weight, bias = self._weights[name]
-            x = x @ weight + bias
-            if activation is nn.ReLU:
-                np.maximum(x, 0, out=x)
-            elif activation is nn.Tanh:
-                np.tanh(x, out=x)
-        return x
+    return float((0.5 + LOG_SQRT_2PI + log_std).sum())
 
 
 @dataclass
 class Activations:
     """What the backward pass needs from a forward pass over a batch of ``B``."""
 
-    phi: list[torch.Tensor]  # phi's input (B*P, F), then each layer's output (B*P, h)
-    mask: torch.Tensor  # (B, P, 1)
-    masked: torch.Tensor  # (B, P, h): phi's output times the mask
-    pooled: torch.Tensor  # (B, h): its max over the peers
-    pi: list[torch.Tensor]  # the features (B, E + h), then each actor layer's output; the last is the mean (B, A)
-    vf: list[torch.Tensor]  # the features, then each critic layer's output; the last is the value (B, 1)
+    phi: list[np.ndarray]  # phi's input (B*P, F), then each layer's output (B*P, h)
+    mask: np.ndarray  # (B, P, 1)
+    masked: np.ndarray  # (B, P, h): phi's output times the mask
+    pooled: np.ndarray  # (B, h): its max over the peers
+    pi: list[np.ndarray]  # the features (B, E + h), then each actor layer's output; the last is the mean (B, A)
+    vf: list[np.ndarray]  # the features, then each critic layer's output; the last is the value (B, 1)
 
 
 class PolicyNet:
-    """SB3's forward pass for whole batches, and its backward pass derived by hand.
+    """SB3's actor-critic forward pass for batches of observations, and its backward pass derived by hand.
 
-    Reads the policy's parameters in place, so it follows every optimizer step. Call under
-    ``torch.no_grad()``: no autograd graph is recorded, the gradients are computed directly.
+    Observations are dicts of float32 arrays ``ego`` (B, E), ``peers`` (B, P, F),
+    ``peer_mask`` (B, P). Weights are ``state_dict`` names -> float32 arrays, read at every
+    call (so they may be views that an optimizer updates in place); ``log_std`` is (A,).
+
+    Args:
+        layout: the policy's layers (:meth:`Layout.of`).
+        weights: every layer's ``.weight`` and ``.bias``, and ``log_std``.
+        grads: the same names -> arrays that :meth:`backward` writes the gradients into; only
+            needed for training.
     """
 
-    def __init__(self, policy: MultiInputActorCriticPolicy) -> None:
-        self.layout = Layout.of(policy)
-        self.log_std = policy.log_std
+    def __init__(self, layout: Layout, weights: dict[str, np.ndarray],
+                 grads: dict[str, np.ndarray] | None = None) -> None:
+        self.layout = layout
+        self.weights = weights
+        self.grads = grads
+        self.log_std = weights["log_std"]
 
-    def forward(self, obs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, Activations]:
-        """Values ``(B,)``, Gaussian means ``(B, A)`` and the activations for :meth:`backward`.
+    @classmethod
+    def of(cls, policy: MultiInputActorCriticPolicy, grads: dict[str, np.ndarray] | None = None) -> "PolicyNet":
+        """Over ``policy``'s own parameters (numpy views, so every optimizer step shows at the next call)."""
+        return cls(Layout.of(policy), {name: p.detach().numpy() for name, p in policy.named_parameters()}, grads)
 
-        ``obs`` holds float32 tensors ``ego`` (B, E), ``peers`` (B, P, F), ``peer_mask`` (B, P).
+    def mean(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """The Gaussian's means ``(B, A)``: the actor alone (a worker's step)."""
+        return _forward(self.layout.pi, self.weights, self._features(obs)[0])[-1]
+
+    def forward(self, obs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, Activations]:
+        """Values ``(B,)``, Gaussian means ``(B, A)`` and the activations for :meth:`backward`."""
+        features, phi, masked, pooled, mask = self._features(obs)
+        pi = _forward(self.layout.pi, self.weights, features)
+        vf = _forward(self.layout.vf, self.weights, features)
+        return vf[-1][:, 0], pi[-1], Activations(phi, mask, masked, pooled, pi, vf)
+
+    def backward(self, saved: Activations, d_values: np.ndarray, d_mean: np.ndarray) -> None:
+        """Write ``d loss / d weight`` of every layer into ``grads``, from ``d loss / d values`` ``(B,)``
+        and ``d loss / d means`` ``(B, A)``. ``log_std``'s gradient is the caller's (it depends on the loss).
         """
+        d_features = _backward(self.layout.pi, self.weights, self.grads, saved.pi, d_mean)
+        d_features += _backward(self.layout.vf, self.weights, self.grads, saved.vf, d_values[:, None])
+        d_pooled = d_features[:, -saved.pooled.shape[1]:]
+        # A max shares its gradient equally among tied maxima, as torch's amax backward does.
+        tied = saved.masked == saved.pooled[:, None, :]
+        d_masked = tied * (d_pooled / tied.sum(axis=1, dtype=np.float32))[:, None, :]
+        d_encoded = (d_masked * saved.mask).reshape(len(saved.phi[0]), -1)
+        _backward(self.layout.phi, self.weights, self.grads, saved.phi, d_encoded, input_grad=False)
+
+    def _features(self, obs: dict[str, np.ndarray]) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, np.ndarray,
+                                                             np.ndarray]:
+        """The Deep Sets features ``(B, E + h)``, and phi's activations, the masked encodings, the pool, the mask."""
         peers = obs["peers"]
         batch, n_peers, _ = peers.shape
-        phi = _forward(self.layout.phi, peers.reshape(batch * n_peers, -1))
-        mask = obs["peer_mask"].unsqueeze(-1)
-        masked = phi[-1].view(batch, n_peers, -1) * mask
-        pooled = masked.amax(dim=1)
-        features = torch.cat([obs["ego"], pooled], dim=1)
-        pi, vf = _forward(self.layout.pi, features), _forward(self.layout.vf, features)
-        return vf[-1].flatten(), pi[-1], Activations(phi, mask, masked, pooled, pi, vf)
-
-    def backward(self, saved: Activations, d_values: torch.Tensor, d_mean: torch.Tensor) -> None:
-        """Write ``d loss / d parameter`` into every layer's ``.grad`` (which must exist), given
-        ``d loss / d values`` ``(B,)`` and ``d loss / d means`` ``(B, A)``. ``log_std`` is the caller's.
-        """
-        d_features = _backward(self.layout.pi, saved.pi, d_mean) + _backward(self.layout.vf, saved.vf,
-                                                                              d_values.unsqueeze(1))
-        d_pooled = d_features[:, -saved.pooled.shape[1]:]
-        # amax shares the gradient equally among tied maxima, as torch's amax backward does.
-        tied = saved.masked == saved.pooled.unsqueeze(1)
-        d_masked = tied * (d_pooled / tied.sum(dim=1)).unsqueeze(1)
-        _backward(self.layout.phi, saved.phi, (d_masked * saved.mask).flatten(0, 1), input_grad=False)
+        phi = _forward(self.layout.phi, self.weights, peers.reshape(batch * n_peers, -1))
+        mask = obs["peer_mask"][:, :, None]
+        masked = phi[-1].reshape(batch, n_peers, -1) * mask
+        pooled = masked.max(axis=1)  # the extractor's masked max-pool (every encoding is >= 0)
+        return np.concatenate([obs["ego"], pooled], axis=1), phi, masked, pooled, mask
 
 
-def _forward(layers: list[Dense], x: torch.Tensor) -> list[torch.Tensor]:
+def _forward(layers: tuple[Dense, ...], weights: dict[str, np.ndarray], x: np.ndarray) -> list[np.ndarray]:
     """``[x, output of layer 1, ..., output of the last layer]``."""
     outputs = [x]
     for layer in layers:
-        x = torch.addmm(layer.linear.bias, x, layer.linear.weight.t())
+        x = x @ weights[f"{layer.name}.weight"].T
+        x += weights[f"{layer.name}.bias"]
         if layer.activation is nn.ReLU:
-            x.relu_()
+            np.maximum(x, 0, out=x)
         elif layer.activation is nn.Tanh:
-            x.tanh_()
+            np.tanh(x, out=x)
         outputs.append(x)
     return outputs
 
 
-def _backward(layers: list[Dense], outputs: list[torch.Tensor], grad: torch.Tensor,
-              input_grad: bool = True) -> torch.Tensor | None:
-    """Backpropagate ``grad`` (d loss / d last output) through ``layers``; returns d loss / d input."""
+def _backward(layers: tuple[Dense, ...], weights: dict[str, np.ndarray], grads: dict[str, np.ndarray],
+              outputs: list[np.ndarray], grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+    """Backpropagate ``grad`` (d loss / d last output) through ``layers``, writing the weights'
+    gradients into ``grads``; returns d loss / d input (when ``input_grad``)."""
     for i in reversed(range(len(layers))):
-        linear, output = layers[i].linear, outputs[i + 1]
-        if layers[i].activation is nn.ReLU:
+        name, activation, output = layers[i].name, layers[i].activation, outputs[i + 1]
+        if activation is nn.ReLU:
             grad = grad * (output > 0)
-        elif layers[i].activation is nn.Tanh:
-            grad = torch.addcmul(grad, grad, output.square(), value=-1)  # grad * (1 - tanh^2)
-        torch.mm(grad.t(), outputs[i], out=linear.weight.grad)
-        torch.sum(grad, dim=0, out=linear.bias.grad)
+        elif activation is nn.Tanh:
+            grad = grad * (1 - np.square(output))
+        np.matmul(grad.T, outputs[i], out=grads[f"{name}.weight"])
+        grad.sum(axis=0, out=grads[f"{name}.bias"])
         if i or input_grad:
-            grad = grad @ linear.weight
+            grad = grad @ weights[f"{name}.weight"]
     return grad if input_grad else None
+
+
+@contextmanager
+def blas_threads(n: int) -> Iterator[None]:
+    """numpy's OpenBLAS limited to ``n`` threads inside the block.
+
+    OpenBLAS splits a matrix product over every CPU once it passes ~256k multiply-adds (a
+    minibatch's peer encoder does), and for products this small the threads cost more than
+    they save; on a busy machine a 60 us product took 5 ms. Without numpy's bundled OpenBLAS
+    (another BLAS, another platform) this does nothing.
+    """
+    set_threads, get_threads = _openblas_thread_functions()
+    if set_threads is None:
+        yield
+        return
+    previous = get_threads()
+    set_threads(n)
+    try:
+        yield
+    finally:
+        set_threads(previous)
+
+
+def _openblas_thread_functions() -> tuple[ctypes._CFuncPtr | None, ctypes._CFuncPtr | None]:
+    """``openblas_set_num_threads`` and ``openblas_get_num_threads`` of the OpenBLAS numpy wheels bundle."""
+    for library in sorted((Path(np.__file__).parent.parent / "numpy.libs").glob("*openblas*")):
+        blas = ctypes.CDLL(str(library))  # already loaded by numpy: this returns the same library
+        for prefix, suffix in (("scipy_openblas", "64_"), ("openblas", "64_"), ("openblas", "")):
+            setter = getattr(blas, f"{prefix}_set_num_threads{suffix}", None)
+            getter = getattr(blas, f"{prefix}_get_num_threads{suffix}", None)
+            if setter is not None and getter is not None:
+                return setter, getter
+    return None, None

@@ -27,7 +27,7 @@ import torch
 from stable_baselines3.common.policies import MultiInputActorCriticPolicy
 from stable_baselines3.common.vec_env import VecNormalize
 
-from roadsense.policy.actor_critic import Layout, NumpyActor, PolicyNet, gaussian_log_prob
+from roadsense.policy.actor_critic import Layout, PolicyNet, blas_threads, gaussian_log_prob
 
 ACTION_STREAM = 1  # the action sampler's seed is (env seed, ACTION_STREAM): apart from the env's own draws
 
@@ -78,7 +78,7 @@ class RolloutCollector(gym.Wrapper):
         super().__init__(env)
         self.policy = MultiInputActorCriticPolicy(env.observation_space, env.action_space, lambda _: 0.0,
                                                   **policy_kwargs)
-        self.actor = NumpyActor(Layout.of(self.policy))
+        self.layout = Layout.of(self.policy)
         self.seed = seed
         self.rng = np.random.default_rng([seed, ACTION_STREAM])
         self.scenario_file = scenario_file
@@ -90,7 +90,7 @@ class RolloutCollector(gym.Wrapper):
 
     def collect(self, weights: dict[str, np.ndarray], n_steps: int) -> Segment:
         """Run ``n_steps`` steps with the given policy weights; episodes carry over between calls."""
-        self.actor.load(weights)
+        actor = PolicyNet(self.layout, weights)
         if self._obs is None:
             self._obs = self._reset(seed=self.seed)
         low, high = self.action_space.low, self.action_space.high
@@ -104,13 +104,13 @@ class RolloutCollector(gym.Wrapper):
         truncated_obs: list[dict[str, np.ndarray]] = []
         episodes: list[EpisodeEnd] = []
         # Drawn for the whole segment at once: the same numbers, in the same order, as one draw per step.
-        noise = self.actor.std * self.rng.standard_normal(actions.shape, np.float32)
+        noise = np.exp(weights["log_std"]) * self.rng.standard_normal(actions.shape, np.float32)
 
         for t in range(n_steps):
             for key, value in self._obs.items():
                 obs[key][t] = value
             episode_starts[t] = self._episode_start
-            action = self.actor.mean(self._obs) + noise[t]
+            action = actor.mean({key: value[None] for key, value in self._obs.items()})[0] + noise[t]
             actions[t] = action
             next_obs, reward, terminated, truncated, info = self.env.step(np.clip(action, low, high))
             rewards[t] = reward
@@ -151,16 +151,16 @@ class RolloutCollector(gym.Wrapper):
 class RolloutBatch:
     """What one PPO update learns from: ``N = n_envs * T`` samples, flattened.
 
-    Observations are dicts of tensors ``(N, ...)``; every other field is ``(N,)`` except
-    ``actions`` ``(N, action dim)``.
+    Observations are dicts of float32 arrays ``(N, ...)``; every other field is ``(N,)``
+    float32 except ``actions`` ``(N, action dim)``.
     """
 
-    obs: dict[str, torch.Tensor]
-    actions: torch.Tensor
-    old_log_prob: torch.Tensor
-    old_values: torch.Tensor
-    advantages: torch.Tensor
-    returns: torch.Tensor
+    obs: dict[str, np.ndarray]
+    actions: np.ndarray
+    old_log_prob: np.ndarray
+    old_values: np.ndarray
+    advantages: np.ndarray
+    returns: np.ndarray
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -173,7 +173,7 @@ def build_batch(segments: list[Segment], policy: MultiInputActorCriticPolicy, no
     ``segments`` holds one segment per env, all of the same length, collected with ``policy``'s
     current weights.
     """
-    n_steps = len(segments[0].rewards)
+    n_steps, n_envs = len(segments[0].rewards), len(segments)
     # (T, n_envs, ...) arrays, the layout of SB3's rollout buffer.
     obs = {key: np.stack([s.obs[key] for s in segments], axis=1) for key in segments[0].obs}
     actions = np.stack([s.actions for s in segments], axis=1)
@@ -182,29 +182,26 @@ def build_batch(segments: list[Segment], policy: MultiInputActorCriticPolicy, no
     episode_starts = np.stack([s.episode_starts for s in segments], axis=1)
 
     rewards = normalize_rewards(normalizer, raw_rewards, dones)
-    flat_obs = {key: torch.from_numpy(value.reshape(-1, *value.shape[2:])) for key, value in obs.items()}
-    flat_actions = torch.from_numpy(actions.reshape(-1, actions.shape[-1]))
+    flat_obs = {key: value.reshape(-1, *value.shape[2:]) for key, value in obs.items()}
+    flat_actions = actions.reshape(-1, actions.shape[-1])
     # One forward pass for every observation that needs a value: the batch's, the final
     # observations of time-limited episodes (to bootstrap), and the one after the last step.
-    n_samples, n_truncated = len(flat_actions), [len(s.truncated_steps) for s in segments]
-    evaluated = {key: torch.cat([flat_obs[key], *(torch.from_numpy(s.truncated_obs[key]) for s in segments),
-                                 torch.from_numpy(np.stack([s.last_obs[key] for s in segments]))])
-                 for key in flat_obs}
-    with torch.no_grad():
-        all_values, mean, _ = PolicyNet(policy).forward(evaluated)
-        log_prob = gaussian_log_prob((flat_actions - mean[:n_samples]) / policy.log_std.exp(), policy.log_std)
+    n_samples = len(flat_actions)
+    evaluated = {key: np.concatenate([flat_obs[key], *(s.truncated_obs[key] for s in segments),
+                                      np.stack([s.last_obs[key] for s in segments])]) for key in flat_obs}
+    net = PolicyNet.of(policy)
+    with blas_threads(torch.get_num_threads()):
+        all_values, mean, _ = net.forward(evaluated)
+    log_prob = gaussian_log_prob((flat_actions - mean[:n_samples]) / np.exp(net.log_std), net.log_std)
     values = all_values[:n_samples]
-    bootstraps = np.split(all_values[n_samples:].numpy(), np.cumsum(n_truncated))
-    for env, (segment, bootstrap) in enumerate(zip(segments, bootstraps)):
-        rewards[segment.truncated_steps, env] += gamma * bootstrap
-    last_values = bootstraps[-1]
-    values_np = values.numpy().reshape(n_steps, len(segments))
-    advantages = gae(rewards, values_np, episode_starts, last_values, dones[-1], gamma, gae_lambda)
-    returns = advantages + values_np
-    return RolloutBatch(
-        obs=flat_obs, actions=flat_actions, old_log_prob=log_prob, old_values=values,
-        advantages=torch.from_numpy(advantages.reshape(-1)), returns=torch.from_numpy(returns.reshape(-1)),
-    )
+    bootstraps = np.split(all_values[n_samples:], np.cumsum([len(s.truncated_steps) for s in segments]))
+    for env, segment in enumerate(segments):
+        rewards[segment.truncated_steps, env] += gamma * bootstraps[env]
+    last_values = bootstraps[n_envs]
+    advantages = gae(rewards, values.reshape(n_steps, n_envs), episode_starts, last_values, dones[-1], gamma,
+                     gae_lambda).reshape(-1)
+    return RolloutBatch(obs=flat_obs, actions=flat_actions, old_log_prob=log_prob, old_values=values,
+                        advantages=advantages, returns=advantages + values)
 
 
 def normalize_rewards(normalizer: VecNormalize, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
