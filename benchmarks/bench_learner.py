@@ -32,10 +32,11 @@ from roadsense.training.rollout import Segment, build_batch
 N_ENVS = 2
 
 
-def _segment(rng: np.random.Generator, space: spaces.Dict, steps: int) -> Segment:
-    """``steps`` steps of one env with 200-step episodes, every other one ending at the time limit."""
+def _segment(rng: np.random.Generator, space: spaces.Dict, steps: int, peer_fill: float) -> Segment:
+    """``steps`` steps of one env with 200-step episodes, every other one ending at the time limit;
+    each peer slot is occupied with probability ``peer_fill``."""
     obs = {key: rng.uniform(-1, 1, (steps, *s.shape)).astype(np.float32) for key, s in space.items()}
-    obs["peer_mask"] = (rng.random(obs["peer_mask"].shape) < 0.5).astype(np.float32)
+    obs["peer_mask"] = (rng.random(obs["peer_mask"].shape) < peer_fill).astype(np.float32)
     dones = np.zeros(steps, bool)
     dones[199::200] = True
     truncated = np.flatnonzero(dones)[::2]
@@ -50,6 +51,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=TrainConfig().batch_size)
+    parser.add_argument("--peer-fill", type=float, default=0.5,
+                        help="share of occupied peer slots (the built-in scenario's rollouts: ~0.03)")
     args = parser.parse_args()
     tc = TrainConfig()
     torch.set_num_threads(tc.torch_threads)
@@ -58,7 +61,7 @@ def main() -> None:
                                          **policy_kwargs(tc.peer_hidden, tc.log_std_init))
     normalizer = VecNormalize(DummyVecEnv([lambda: _Spaces(space)] * N_ENVS), norm_obs=False, gamma=tc.gamma)
     rng = np.random.default_rng(0)
-    segments = [_segment(rng, space, tc.n_steps // N_ENVS) for _ in range(N_ENVS)]
+    segments = [_segment(rng, space, tc.n_steps // N_ENVS, args.peer_fill) for _ in range(N_ENVS)]
     minibatches = tc.n_epochs * math.ceil(tc.n_steps / args.batch_size)
     build_s, update_s = [], []
     for _ in range(args.repeats):

@@ -94,9 +94,10 @@ def gaussian_entropy(log_std: np.ndarray) -> float:
 class Activations:
     """What the backward pass needs from a forward pass over a batch of ``B``."""
 
-    phi: list[np.ndarray]  # phi's input (B*P, F), then each layer's output (B*P, h)
-    mask: np.ndarray  # (B, P, 1)
-    masked: np.ndarray  # (B, P, h): phi's output times the mask
+    peers: np.ndarray  # (R,) indices of the occupied peer slots in the flattened (B*P) slots
+    mask: np.ndarray  # (R, 1) their mask values
+    phi: list[np.ndarray]  # phi's input (R, F), then each layer's output (R, h)
+    masked: np.ndarray  # (B, P, h): phi's output times the mask, zeros in the empty slots
     pooled: np.ndarray  # (B, h): its max over the peers
     pi: list[np.ndarray]  # the features (B, E + h), then each actor layer's output; the last is the mean (B, A)
     vf: list[np.ndarray]  # the features, then each critic layer's output; the last is the value (B, 1)
@@ -130,14 +131,14 @@ class PolicyNet:
 
     def mean(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """The Gaussian's means ``(B, A)``: the actor alone (a worker's step)."""
-        return _forward(self.layout.pi, self.weights, self._features(obs)[0])[-1]
+        return _forward(self.layout.pi, self.weights, self._features(obs).pi[0])[-1]
 
     def forward(self, obs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, Activations]:
         """Values ``(B,)``, Gaussian means ``(B, A)`` and the activations for :meth:`backward`."""
-        features, phi, masked, pooled, mask = self._features(obs)
-        pi = _forward(self.layout.pi, self.weights, features)
-        vf = _forward(self.layout.vf, self.weights, features)
-        return vf[-1][:, 0], pi[-1], Activations(phi, mask, masked, pooled, pi, vf)
+        saved = self._features(obs)
+        saved.pi = _forward(self.layout.pi, self.weights, saved.pi[0])
+        saved.vf = _forward(self.layout.vf, self.weights, saved.vf[0])
+        return saved.vf[-1][:, 0], saved.pi[-1], saved
 
     def backward(self, saved: Activations, d_values: np.ndarray, d_mean: np.ndarray) -> None:
         """Write ``d loss / d weight`` of every layer into ``grads``, from ``d loss / d values`` ``(B,)``
@@ -149,19 +150,28 @@ class PolicyNet:
         # A max shares its gradient equally among tied maxima, as torch's amax backward does.
         tied = saved.masked == saved.pooled[:, None, :]
         d_masked = tied * (d_pooled / tied.sum(axis=1, dtype=np.float32))[:, None, :]
-        d_encoded = (d_masked * saved.mask).reshape(len(saved.phi[0]), -1)
+        d_encoded = d_masked.reshape(-1, d_masked.shape[2])[saved.peers] * saved.mask
         _backward(self.layout.phi, self.weights, self.grads, saved.phi, d_encoded, input_grad=False)
 
-    def _features(self, obs: dict[str, np.ndarray]) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, np.ndarray,
-                                                             np.ndarray]:
-        """The Deep Sets features ``(B, E + h)``, and phi's activations, the masked encodings, the pool, the mask."""
-        peers = obs["peers"]
-        batch, n_peers, _ = peers.shape
-        phi = _forward(self.layout.phi, self.weights, peers.reshape(batch * n_peers, -1))
-        mask = obs["peer_mask"][:, :, None]
-        masked = phi[-1].reshape(batch, n_peers, -1) * mask
+    def _features(self, obs: dict[str, np.ndarray]) -> Activations:
+        """The Deep Sets features and what led to them; ``pi`` and ``vf`` hold just the features ``(B, E + h)``.
+
+        phi runs on the occupied peer slots only: an empty slot's encoding is multiplied by a
+        zero mask, so it adds nothing to the pool or to any gradient, and most slots are empty
+        (3 % were occupied in the built-in scenario's rollouts).
+        """
+        peers, mask = obs["peers"], obs["peer_mask"]
+        batch, n_peers, n_features = peers.shape
+        slots = mask.reshape(-1)
+        occupied = np.flatnonzero(slots)
+        occupied_mask = slots[occupied][:, None]
+        phi = _forward(self.layout.phi, self.weights, peers.reshape(-1, n_features)[occupied])
+        masked = np.zeros((batch * n_peers, phi[-1].shape[1]), np.float32)
+        masked[occupied] = phi[-1] * occupied_mask
+        masked = masked.reshape(batch, n_peers, -1)
         pooled = masked.max(axis=1)  # the extractor's masked max-pool (every encoding is >= 0)
-        return np.concatenate([obs["ego"], pooled], axis=1), phi, masked, pooled, mask
+        features = np.concatenate([obs["ego"], pooled], axis=1)
+        return Activations(occupied, occupied_mask, phi, masked, pooled, [features], [features])
 
 
 def _forward(layers: tuple[Dense, ...], weights: dict[str, np.ndarray], x: np.ndarray) -> list[np.ndarray]:
