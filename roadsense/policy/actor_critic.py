@@ -92,13 +92,17 @@ def gaussian_entropy(log_std: np.ndarray) -> float:
 
 @dataclass
 class Activations:
-    """What the backward pass needs from a forward pass over a batch of ``B``."""
+    """What the backward pass needs from a forward pass over a batch of ``B``.
 
-    peers: np.ndarray  # (R,) indices of the occupied peer slots in the flattened (B*P) slots
-    mask: np.ndarray  # (R, 1) their mask values
+    phi runs on the ``R`` occupied peer slots only, in observation order.
+    """
+
+    sample: np.ndarray  # (R,) the observation each occupied slot belongs to (ascending)
+    groups: np.ndarray  # (G,) where each observation with an occupied slot starts in ``sample``
+    mask: np.ndarray  # (R, 1) the occupied slots' mask values
     phi: list[np.ndarray]  # phi's input (R, F), then each layer's output (R, h)
-    masked: np.ndarray  # (B, P, h): phi's output times the mask, zeros in the empty slots
-    pooled: np.ndarray  # (B, h): its max over the peers
+    masked: np.ndarray  # (R, h): phi's output times the mask
+    pooled: np.ndarray  # (B, h): the max over each observation's slots (0 for an empty set)
     pi: list[np.ndarray]  # the features (B, E + h), then each actor layer's output; the last is the mean (B, A)
     vf: list[np.ndarray]  # the features, then each critic layer's output; the last is the value (B, 1)
 
@@ -147,31 +151,43 @@ class PolicyNet:
         d_features = _backward(self.layout.pi, self.weights, self.grads, saved.pi, d_mean)
         d_features += _backward(self.layout.vf, self.weights, self.grads, saved.vf, d_values[:, None])
         d_pooled = d_features[:, -saved.pooled.shape[1]:]
-        # A max shares its gradient equally among tied maxima, as torch's amax backward does.
-        tied = saved.masked == saved.pooled[:, None, :]
-        d_masked = tied * (d_pooled / tied.sum(axis=1, dtype=np.float32))[:, None, :]
-        d_encoded = d_masked.reshape(-1, d_masked.shape[2])[saved.peers] * saved.mask
+        # A max shares its gradient equally among tied maxima, as torch's amax backward does. Only
+        # occupied slots are counted: where an empty slot ties, the max is 0 and phi's final ReLU
+        # passes no gradient to any slot that ties with it.
+        group = saved.sample[saved.groups]
+        tied = saved.masked == saved.pooled[saved.sample]
+        ties = np.ones_like(saved.pooled)
+        if len(saved.groups):
+            ties[group] = np.add.reduceat(tied, saved.groups, axis=0, dtype=np.float32)
+        d_encoded = tied * (d_pooled / ties)[saved.sample] * saved.mask
         _backward(self.layout.phi, self.weights, self.grads, saved.phi, d_encoded, input_grad=False)
 
     def _features(self, obs: dict[str, np.ndarray]) -> Activations:
         """The Deep Sets features and what led to them; ``pi`` and ``vf`` hold just the features ``(B, E + h)``.
 
         phi runs on the occupied peer slots only: an empty slot's encoding is multiplied by a
-        zero mask, so it adds nothing to the pool or to any gradient, and most slots are empty
-        (3 % were occupied in the built-in scenario's rollouts).
+        zero mask, so it adds nothing to the pool (encodings are >= 0) or to any gradient, and
+        most slots are empty (3 % were occupied in the built-in scenario's rollouts).
         """
         peers, mask = obs["peers"], obs["peer_mask"]
         batch, n_peers, n_features = peers.shape
         slots = mask.reshape(-1)
         occupied = np.flatnonzero(slots)
+        sample = occupied // n_peers
+        if batch == 1:  # a worker's step: every slot is the one observation's (and grouping costs ~5 us)
+            groups = np.zeros(min(len(occupied), 1), np.intp)
+        else:
+            groups = np.flatnonzero(np.diff(sample, prepend=-1))
         occupied_mask = slots[occupied][:, None]
         phi = _forward(self.layout.phi, self.weights, peers.reshape(-1, n_features)[occupied])
-        masked = np.zeros((batch * n_peers, phi[-1].shape[1]), np.float32)
-        masked[occupied] = phi[-1] * occupied_mask
-        masked = masked.reshape(batch, n_peers, -1)
-        pooled = masked.max(axis=1)  # the extractor's masked max-pool (every encoding is >= 0)
+        masked = phi[-1] * occupied_mask
+        # The extractor's masked max-pool: 0 for an empty set, else the max over the occupied
+        # slots (the empty slots' zeros never exceed it).
+        pooled = np.zeros((batch, masked.shape[1]), np.float32)
+        if len(groups):
+            pooled[sample[groups]] = np.maximum.reduceat(masked, groups, axis=0)
         features = np.concatenate([obs["ego"], pooled], axis=1)
-        return Activations(occupied, occupied_mask, phi, masked, pooled, [features], [features])
+        return Activations(sample, groups, occupied_mask, phi, masked, pooled, [features], [features])
 
 
 def _forward(layers: tuple[Dense, ...], weights: dict[str, np.ndarray], x: np.ndarray) -> list[np.ndarray]:
@@ -214,7 +230,7 @@ def blas_threads(n: int) -> Iterator[None]:
     they save; on a busy machine a 60 us product took 5 ms. Without numpy's bundled OpenBLAS
     (another BLAS, another platform) this does nothing.
     """
-    set_threads, get_threads = _openblas_thread_functions()
+    set_threads, get_threads = openblas_thread_functions()
     if set_threads is None:
         yield
         return
@@ -226,7 +242,7 @@ def blas_threads(n: int) -> Iterator[None]:
         set_threads(previous)
 
 
-def _openblas_thread_functions() -> tuple[ctypes._CFuncPtr | None, ctypes._CFuncPtr | None]:
+def openblas_thread_functions() -> tuple[ctypes._CFuncPtr | None, ctypes._CFuncPtr | None]:
     """``openblas_set_num_threads`` and ``openblas_get_num_threads`` of the OpenBLAS numpy wheels bundle."""
     for library in sorted((Path(np.__file__).parent.parent / "numpy.libs").glob("*openblas*")):
         blas = ctypes.CDLL(str(library))  # already loaded by numpy: this returns the same library

@@ -78,7 +78,7 @@ class RolloutCollector(gym.Wrapper):
         super().__init__(env)
         self.policy = MultiInputActorCriticPolicy(env.observation_space, env.action_space, lambda _: 0.0,
                                                   **policy_kwargs)
-        self.layout = Layout.of(self.policy)
+        self.layout = Layout.of(self.policy)  # what the numpy actor reads the weights it is sent by
         self.seed = seed
         self.rng = np.random.default_rng([seed, ACTION_STREAM])
         self.scenario_file = scenario_file
