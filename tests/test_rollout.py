@@ -57,8 +57,8 @@ def test_reward_normalisation_is_vecnormalize_step_by_step(training: bool) -> No
     dones = rng.random((300, 2)) < 0.03
 
     def normalizer(env_rewards: list[np.ndarray], env_dones: list[np.ndarray]) -> VecNormalize:
-        vec = VecNormalize(DummyVecEnv([lambda r=r, d=d: _ScriptedRewards(r, d) for r, d in zip(env_rewards, env_dones)]),
-                           norm_obs=False, gamma=0.99)
+        envs = [lambda r=r, d=d: _ScriptedRewards(r, d) for r, d in zip(env_rewards, env_dones)]
+        vec = VecNormalize(DummyVecEnv(envs), norm_obs=False, gamma=0.99)
         # A normaliser that has seen a rollout already (a resumed run's vecnormalize.pkl).
         vec.ret_rms.update(rng.normal(-30, 20, 50))
         vec.returns[:] = rng.normal(-10, 5, 2)
@@ -74,8 +74,9 @@ def test_reward_normalisation_is_vecnormalize_step_by_step(training: bool) -> No
 
     # The same operations in the same order: equal to the last bit.
     np.testing.assert_array_equal(normalize_rewards(ours, rewards, dones), expected)
+    # The checkpointed state goes on the same.
     assert (ours.ret_rms.mean, ours.ret_rms.var, ours.ret_rms.count) == (
-        reference.ret_rms.mean, reference.ret_rms.var, reference.ret_rms.count)  # the checkpointed state goes on the same
+        reference.ret_rms.mean, reference.ret_rms.var, reference.ret_rms.count)
     np.testing.assert_array_equal(ours.returns, reference.returns)
 
 

@@ -66,8 +66,9 @@ class Layout:
         # The extractor's masked max-pool relies on non-negative encodings (deep_sets.py).
         if not phi or phi[-1].activation is not nn.ReLU:
             raise ValueError("the peer encoder phi must end in a ReLU")
-        return cls(phi=phi, pi=_dense(policy.mlp_extractor.policy_net, names) + (Dense(names[id(policy.action_net)], None),),
-                   vf=_dense(policy.mlp_extractor.value_net, names) + (Dense(names[id(policy.value_net)], None),))
+        action, value = Dense(names[id(policy.action_net)], None), Dense(names[id(policy.value_net)], None)
+        return cls(phi=phi, pi=_dense(policy.mlp_extractor.policy_net, names) + (action,),
+                   vf=_dense(policy.mlp_extractor.value_net, names) + (value,))
 
 
 def _dense(sequential: nn.Module, names: dict[int, str]) -> tuple[Dense, ...]:
