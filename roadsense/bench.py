@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -66,7 +68,15 @@ def _raw_sumo_rate(scenario: Path, steps: int, episode_len: int) -> float:
 
 
 def bench_train(steps: int = 16_384, n_envs: int = 0, overrides: dict[str, str] | None = None) -> dict[str, float]:
-    """PPO env-steps/s with the production settings (built-in scenario, no checkpoints mid-run)."""
+    """PPO env-steps/s with the production settings (built-in scenario, no checkpoints mid-run).
+
+    Also where a rollout's wall time goes (medians over the run's rollouts, from the
+    ``time/*`` keys the training loop logs): ``collect_s`` (the workers' env steps and
+    actor passes, in parallel), ``evaluate_gae_s`` (the trainer's batch forward pass, reward
+    normalisation and GAE), ``update_s`` (the PPO update); and per unit of work,
+    ``worker_step_ms`` (one worker's wall ms per env step while collecting) and
+    ``minibatch_ms`` (wall ms per PPO minibatch, optimizer step included).
+    """
     from roadsense.training.train import train
 
     values: dict[str, object] = {"total_timesteps": steps, "n_envs": n_envs, "checkpoint_every": steps}
@@ -74,5 +84,23 @@ def bench_train(steps: int = 16_384, n_envs: int = 0, overrides: dict[str, str] 
     config = PipelineConfig.from_overrides("production", values)
     with tempfile.TemporaryDirectory(prefix="roadsense-bench-") as tmp:
         result = train(None, Path(tmp), config, progress=False)
+        rollouts = _rollout_times(Path(tmp) / "logs" / "progress.csv")
+    tc = config.train
+    minibatches = tc.n_epochs * math.ceil(tc.n_steps / tc.batch_size)
+    full = [r for r in rollouts if r["steps"] == tc.n_steps // result.n_envs * result.n_envs]
+    median = {key: float(np.median([r[key] for r in full])) for key in ("collect_s", "evaluate_gae_s", "update_s")}
     return {"train_steps_per_s": round(result.steps_per_s, 1), "n_envs": result.n_envs,
-            "total_timesteps": result.num_timesteps, "wall_s": round(result.wall_s, 1)}
+            "total_timesteps": result.num_timesteps, "wall_s": round(result.wall_s, 1),
+            **{key: round(value, 3) for key, value in median.items()},
+            "worker_step_ms": round(1000 * median["collect_s"] / (tc.n_steps // result.n_envs), 3),
+            "minibatch_ms": round(1000 * median["update_s"] / minibatches, 3)}
+
+
+def _rollout_times(progress_csv: Path) -> list[dict[str, float]]:
+    """Per rollout: its env ``steps`` and the ``time/*_s`` seconds the training loop logged."""
+    with progress_csv.open() as f:
+        rows = list(csv.DictReader(f))
+    steps = np.diff([0] + [int(row["time/total_timesteps"]) for row in rows])
+    return [{"steps": int(n), **{key.removeprefix("time/"): float(row[key])
+                                 for key in ("time/collect_s", "time/evaluate_gae_s", "time/update_s")}}
+            for n, row in zip(steps, rows)]

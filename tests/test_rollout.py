@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import gymnasium as gym
@@ -15,7 +16,16 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from roadsense.env.observation import observation_space
 from roadsense.policy import policy_kwargs
-from roadsense.training.rollout import EpisodeEnd, RolloutCollector, Segment, build_batch, gae, normalize_rewards
+from roadsense.policy.actor_critic import Layout, PolicyNet, gaussian_log_prob
+from roadsense.training.rollout import (
+    ACTION_STREAM,
+    EpisodeEnd,
+    RolloutCollector,
+    Segment,
+    build_batch,
+    gae,
+    normalize_rewards,
+)
 from roadsense.training.train import TrainingAborted, _RolloutMonitor
 
 KWARGS = policy_kwargs(16, -0.5)
@@ -39,20 +49,34 @@ class _ScriptedRewards(gym.Env):
         return np.zeros(1, np.float32), reward, done, False, {}
 
 
-def test_reward_normalisation_is_vecnormalize_step_by_step() -> None:
+@pytest.mark.parametrize("training", [True, False])
+def test_reward_normalisation_is_vecnormalize_step_by_step(training: bool) -> None:
     rng = np.random.default_rng(1)
     # float32 values: DummyVecEnv hands VecNormalize float32 rewards, the workers float64.
     rewards = rng.normal(-2, 5, (300, 2)).astype(np.float32).astype(np.float64)
     dones = rng.random((300, 2)) < 0.03
-    reference = VecNormalize(DummyVecEnv([lambda i=i: _ScriptedRewards(rewards[:, i], dones[:, i]) for i in range(2)]),
-                             norm_obs=False, gamma=0.99)
-    reference.reset()
+
+    def normalizer(env_rewards: list[np.ndarray], env_dones: list[np.ndarray]) -> VecNormalize:
+        envs = [lambda r=r, d=d: _ScriptedRewards(r, d) for r, d in zip(env_rewards, env_dones)]
+        vec = VecNormalize(DummyVecEnv(envs), norm_obs=False, gamma=0.99)
+        # A normaliser that has seen a rollout already (a resumed run's vecnormalize.pkl).
+        vec.ret_rms.update(rng.normal(-30, 20, 50))
+        vec.returns[:] = rng.normal(-10, 5, 2)
+        vec.training = training
+        return vec
+
+    reference = normalizer([rewards[:, 0], rewards[:, 1]], [dones[:, 0], dones[:, 1]])
+    ours = normalizer([rewards[:, 0]] * 2, [dones[:, 0]] * 2)
+    ours.ret_rms, ours.returns = copy.deepcopy(reference.ret_rms), reference.returns.copy()
+    reference.reset()  # DummyVecEnv's reset; VecNormalize's also zeroes its returns, so restore them
+    reference.returns = ours.returns.copy()
     expected = np.array([reference.step(np.zeros((2, 1), np.float32))[1] for _ in range(300)])
 
-    ours = VecNormalize(DummyVecEnv([lambda: _ScriptedRewards(rewards[:, 0], dones[:, 0])] * 2), norm_obs=False,
-                        gamma=0.99)
-    np.testing.assert_allclose(normalize_rewards(ours, rewards, dones), expected, rtol=1e-6)
-    np.testing.assert_allclose(ours.ret_rms.var, reference.ret_rms.var)  # the checkpointed state goes on the same
+    # The same operations in the same order: equal to the last bit.
+    np.testing.assert_array_equal(normalize_rewards(ours, rewards, dones), expected)
+    # The checkpointed state goes on the same.
+    assert (ours.ret_rms.mean, ours.ret_rms.var, ours.ret_rms.count) == (
+        reference.ret_rms.mean, reference.ret_rms.var, reference.ret_rms.count)
     np.testing.assert_array_equal(ours.returns, reference.returns)
 
 
@@ -84,6 +108,49 @@ def collector(scenario_factory, make_env):
 
 def _weights(policy: MultiInputActorCriticPolicy) -> dict[str, np.ndarray]:
     return {name: value.numpy() for name, value in policy.state_dict().items()}
+
+
+def _policy(seed: int) -> MultiInputActorCriticPolicy:
+    """A policy with every weight, bias and log_std moved off SB3's initial values (zero biases, -0.5)."""
+    torch.manual_seed(seed)
+    policy = MultiInputActorCriticPolicy(observation_space(3), spaces.Box(0, 1, (1,), np.float32), lambda _: 1e-4,
+                                         **KWARGS)
+    with torch.no_grad():
+        for parameter in policy.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    return policy
+
+
+def test_the_numpy_actor_is_sb3s_gaussian() -> None:
+    policy = _policy(0)
+    rng = np.random.default_rng(4)
+    n = 40
+    obs = {key: rng.uniform(-2, 2, (n, *space.shape)).astype(np.float32) for key, space in observation_space(3).items()}
+    obs["peer_mask"] = (rng.random((n, 8)) < 0.5).astype(np.float32)
+    obs["peer_mask"][0], obs["peer_mask"][1] = 0, 1  # an empty peer set and a full one
+    actor = PolicyNet(Layout.of(policy), _weights(policy))  # what a worker builds from the weights it receives
+    means = np.stack([actor.mean({key: value[i][None] for key, value in obs.items()})[0] for i in range(n)])
+    actions = rng.normal(0.3, 0.6, (n, 1)).astype(np.float32)
+    log_prob = gaussian_log_prob((actions - means) / np.exp(actor.log_std), actor.log_std)
+
+    with torch.no_grad():
+        sb3 = policy.get_distribution({key: torch.from_numpy(value) for key, value in obs.items()})
+        sb3_log_prob = sb3.log_prob(torch.from_numpy(actions))
+    np.testing.assert_allclose(means, sb3.distribution.mean.numpy(), rtol=1e-5, atol=1e-6)  # float32 round-off
+    np.testing.assert_allclose(np.exp(actor.log_std), sb3.distribution.stddev[0].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(log_prob, sb3_log_prob.numpy(), atol=1e-5)
+    assert np.ptp(means) > 0.1, "the observations should move the mean"
+
+
+def test_a_worker_samples_sb3s_gaussian_from_its_own_stream(collector) -> None:
+    worker = collector(4)
+    policy = _policy(1)
+    segment = worker.collect(_weights(policy), 50)
+    with torch.no_grad():
+        sb3 = policy.get_distribution({key: torch.from_numpy(value) for key, value in segment.obs.items()}).distribution
+    noise = (segment.actions - sb3.mean.numpy()) / sb3.stddev.numpy()
+    expected = np.random.default_rng([4, ACTION_STREAM]).standard_normal((50, 1), np.float32)
+    np.testing.assert_allclose(noise, expected, atol=1e-4)
 
 
 def test_a_segment_records_steps_episodes_and_time_limits(collector) -> None:
@@ -152,7 +219,7 @@ def test_the_batch_bootstraps_time_limits_only() -> None:
     # The batch is step-major (T, n_envs) flattened: env 0's steps are the even samples.
     env0_returns = batch.returns.reshape(40, 2)[:, 0]
     env0_values = batch.old_values.reshape(40, 2)[:, 0]
-    torch.testing.assert_close(env0_values, values)
+    np.testing.assert_allclose(env0_values, values.numpy(), atol=1e-6)
     # With lambda = 1 the return at a time limit is the normalised reward + gamma * V(final obs); at a collision, the reward.
     rewards = normalize_rewards(VecNormalize(DummyVecEnv([lambda: _ScriptedRewards(np.zeros(1), np.zeros(1))] * 2),
                                              norm_obs=False), np.stack([s.rewards for s in segments], 1),

@@ -1,15 +1,19 @@
-"""The PPO update: the loss of SB3's ``PPO.train``, with fewer torch calls per minibatch.
+"""The PPO update: the loss of SB3's ``PPO.train``, its gradients derived by hand, in numpy.
 
-At batch 64 a minibatch is microseconds of arithmetic and milliseconds of per-call
-overhead (10-20 us per torch call on a cloud vCPU), so the update costs what it calls.
-The loss is SB3's: clipped surrogate on per-minibatch normalised advantages, MSE value
-loss against the GAE returns, entropy bonus, gradient norm clipped, one optimizer step per
-minibatch, a fresh shuffle every epoch. What is leaner:
+At batch 128 an autograd minibatch is ~1 ms of arithmetic and ~3 ms of per-call overhead
+(~140 forward and ~280 backward operations at 10-20 us each on a cloud vCPU), so the update
+costs what it calls. The loss is SB3's: clipped surrogate on per-minibatch normalised
+advantages, MSE value loss against the GAE returns, entropy bonus, gradient norm clipped,
+one ``torch.optim.Adam`` step per minibatch (the policy's own optimizer, so its state is
+what SB3 saves and resumes), a fresh shuffle every epoch. What is leaner:
 
-- the batch is shuffled once per epoch and each minibatch is a slice of it, instead of
-  gathering and converting every field of every minibatch;
-- the forward pass is ``roadsense.policy.actor_critic.evaluate`` (no distribution object);
-  the entropy of this state-independent Gaussian depends on ``log_std`` alone, so it enters
+- the forward pass is ``PolicyNet.forward`` in numpy over numpy views of the policy's
+  parameters, and the backward pass ``PolicyNet.backward`` plus the loss's derivatives
+  written out below, into gradients that are numpy views of the parameters' ``.grad``,
+  which all live in one flat buffer (so clipping their norm is two calls); Adam then steps
+  the parameters in place, where the next forward pass reads them;
+- the batch is shuffled once per epoch and each minibatch is a slice of it;
+- the entropy of this state-independent Gaussian depends on ``log_std`` alone, so it enters
   the loss only when ``ent_coef > 0`` and is logged once per update;
 - the statistics are computed once, at the end, from the saved log-ratios.
 
@@ -25,9 +29,8 @@ import numpy as np
 import torch
 from stable_baselines3.common.policies import MultiInputActorCriticPolicy
 from stable_baselines3.common.utils import explained_variance
-from torch.nn import functional as F
 
-from roadsense.policy.actor_critic import evaluate, gaussian_entropy
+from roadsense.policy.actor_critic import PolicyNet, blas_threads, gaussian_entropy, gaussian_log_prob
 from roadsense.training.rollout import RolloutBatch
 
 VF_COEF = 0.5  # SB3's defaults, which domain.md's settings keep
@@ -52,58 +55,79 @@ def ppo_update(policy: MultiInputActorCriticPolicy, batch: RolloutBatch, n_epoch
                clip_range: float, ent_coef: float, rng: np.random.Generator) -> UpdateStats:
     """``n_epochs`` passes over ``batch`` in shuffled minibatches of ``batch_size``; updates ``policy`` in place."""
     policy.set_training_mode(True)
-    optimizer = policy.optimizer
-    parameters = list(policy.parameters())
+    flat_grads, grads = _flat_gradients(policy)
+    net = PolicyNet.of(policy, grads)
+    log_std = net.log_std
     n = len(batch)
     policy_losses, value_losses, log_ratios = [], [], []
-    for _ in range(n_epochs):
-        order = torch.from_numpy(rng.permutation(n))
-        obs = {key: value[order] for key, value in batch.obs.items()}
-        actions, old_log_prob = batch.actions[order], batch.old_log_prob[order]
-        advantages, returns = batch.advantages[order], batch.returns[order]
-        for start in range(0, n, batch_size):
-            mb = slice(start, start + batch_size)
-            values, log_prob = evaluate(policy, {key: value[mb] for key, value in obs.items()}, actions[mb])
-            advantage = advantages[mb]
-            if len(advantage) > 1:
-                advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
-            log_ratio = log_prob - old_log_prob[mb]
-            ratio = log_ratio.exp()
-            policy_loss = -torch.min(advantage * ratio, advantage * ratio.clamp(1 - clip_range, 1 + clip_range)).mean()
-            value_loss = F.mse_loss(returns[mb], values)
-            loss = policy_loss + VF_COEF * value_loss
-            if ent_coef > 0:
-                loss = loss - ent_coef * gaussian_entropy(policy.log_std)
+    with blas_threads(torch.get_num_threads()):
+        for _ in range(n_epochs):
+            order = rng.permutation(n)
+            obs = {key: value[order] for key, value in batch.obs.items()}
+            actions, old_log_prob = batch.actions[order], batch.old_log_prob[order]
+            advantages, returns = batch.advantages[order], batch.returns[order]
+            for start in range(0, n, batch_size):
+                mb = slice(start, start + batch_size)
+                values, mean, saved = net.forward({key: value[mb] for key, value in obs.items()})
+                size = len(values)
+                advantage = advantages[mb]
+                if size > 1:
+                    advantage = (advantage - advantage.mean()) / (advantage.std(ddof=1) + 1e-8)
+                inverse_std = np.exp(-log_std)
+                z = (actions[mb] - mean) * inverse_std
+                log_ratio = gaussian_log_prob(z, log_std) - old_log_prob[mb]
+                ratio = np.exp(log_ratio)
+                unclipped, clipped = advantage * ratio, advantage * np.clip(ratio, 1 - clip_range, 1 + clip_range)
+                policy_loss = -np.minimum(unclipped, clipped).mean()
+                value_error = values - returns[mb]
+                value_loss = np.square(value_error).mean()
+                entropy = gaussian_entropy(log_std)  # before this step: the loss SB3 logs is the last minibatch's
 
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(parameters, MAX_GRAD_NORM)
-            optimizer.step()
+                # d loss / d log-prob: the surrogate's slope where min() takes the unclipped
+                # term (where they are equal, torch's min and clamp gradients add up to the same).
+                d_log_prob = (advantage * (unclipped <= clipped) * ratio * (-1.0 / size))[:, None]
+                net.backward(saved, value_error * (2.0 * VF_COEF / size), d_log_prob * z * inverse_std)
+                (d_log_prob * (np.square(z) - 1)).sum(axis=0, out=grads["log_std"])
+                grads["log_std"] -= ent_coef  # d(-ent_coef * entropy) / d log_std
+                # torch.nn.utils.clip_grad_norm_, on the one buffer all gradients live in.
+                flat_grads *= min(1.0, MAX_GRAD_NORM / (float(np.linalg.norm(flat_grads)) + 1e-6))
+                policy.optimizer.step()
 
-            policy_losses.append(policy_loss.detach())
-            value_losses.append(value_loss.detach())
-            log_ratios.append(log_ratio.detach())
+                policy_losses.append(policy_loss)
+                value_losses.append(value_loss)
+                log_ratios.append(log_ratio)
 
-    with torch.no_grad():
-        sizes = torch.tensor([len(r) for r in log_ratios])
-        log_ratio = torch.cat(log_ratios)
-        ratio = log_ratio.exp()
-        clipped = ((ratio - 1).abs() > clip_range).float()
-        kl = (ratio - 1) - log_ratio  # the low-variance estimator SB3 uses
-        last_epoch = math.ceil(n / batch_size)
-        return UpdateStats(
-            policy_loss=torch.stack(policy_losses).mean().item(),
-            value_loss=torch.stack(value_losses).mean().item(),
-            entropy_loss=-gaussian_entropy(policy.log_std).item(),
-            loss=loss.item(),
-            approx_kl=_minibatch_means(kl, sizes)[-last_epoch:].mean().item(),
-            clip_fraction=_minibatch_means(clipped, sizes).mean().item(),
-            explained_variance=float(explained_variance(batch.old_values.numpy(), batch.returns.numpy())),
-            std=policy.log_std.exp().mean().item(),
-        )
+    sizes = np.array([len(r) for r in log_ratios])
+    log_ratio = np.concatenate(log_ratios)
+    ratio = np.exp(log_ratio)
+    clip_fractions = _minibatch_means((np.abs(ratio - 1) > clip_range).astype(np.float32), sizes)
+    kl = _minibatch_means((ratio - 1) - log_ratio, sizes)  # the low-variance estimator SB3 uses
+    return UpdateStats(
+        policy_loss=float(np.mean(policy_losses)),
+        value_loss=float(np.mean(value_losses)),
+        entropy_loss=-gaussian_entropy(log_std),
+        loss=float(policy_loss + VF_COEF * value_loss - ent_coef * entropy),
+        approx_kl=float(kl[-math.ceil(n / batch_size):].mean()),
+        clip_fraction=float(clip_fractions.mean()),
+        explained_variance=float(explained_variance(batch.old_values, batch.returns)),
+        std=float(np.exp(log_std).mean()),
+    )
 
 
-def _minibatch_means(values: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+def _flat_gradients(policy: MultiInputActorCriticPolicy) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Give every parameter a ``.grad`` that is a view into one flat buffer.
+
+    Returns the buffer and, by parameter name, numpy views of each ``.grad``.
+    """
+    parameters = dict(policy.named_parameters())
+    flat = torch.zeros(sum(p.numel() for p in parameters.values()))
+    offset = 0
+    for p in parameters.values():
+        p.grad = flat[offset:offset + p.numel()].view_as(p)
+        offset += p.numel()
+    return flat.numpy(), {name: p.grad.numpy() for name, p in parameters.items()}
+
+
+def _minibatch_means(values: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """Per-minibatch means of ``values``, the minibatches laid end to end with these ``sizes``."""
-    minibatch = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
-    return torch.zeros(len(sizes)).index_add_(0, minibatch, values) / sizes
+    return np.add.reduceat(values, np.cumsum(sizes) - sizes) / sizes

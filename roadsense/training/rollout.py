@@ -27,7 +27,7 @@ import torch
 from stable_baselines3.common.policies import MultiInputActorCriticPolicy
 from stable_baselines3.common.vec_env import VecNormalize
 
-from roadsense.policy.actor_critic import Actor, evaluate
+from roadsense.policy.actor_critic import Layout, PolicyNet, blas_threads, gaussian_log_prob
 
 ACTION_STREAM = 1  # the action sampler's seed is (env seed, ACTION_STREAM): apart from the env's own draws
 
@@ -78,8 +78,7 @@ class RolloutCollector(gym.Wrapper):
         super().__init__(env)
         self.policy = MultiInputActorCriticPolicy(env.observation_space, env.action_space, lambda _: 0.0,
                                                   **policy_kwargs)
-        self.policy.set_training_mode(False)
-        self.actor = Actor(self.policy)
+        self.layout = Layout.of(self.policy)  # what the numpy actor reads the weights it is sent by
         self.seed = seed
         self.rng = np.random.default_rng([seed, ACTION_STREAM])
         self.scenario_file = scenario_file
@@ -91,8 +90,7 @@ class RolloutCollector(gym.Wrapper):
 
     def collect(self, weights: dict[str, np.ndarray], n_steps: int) -> Segment:
         """Run ``n_steps`` steps with the given policy weights; episodes carry over between calls."""
-        self.policy.load_state_dict({name: torch.from_numpy(value) for name, value in weights.items()})
-        std = np.exp(weights["log_std"])
+        actor = PolicyNet(self.layout, weights)
         if self._obs is None:
             self._obs = self._reset(seed=self.seed)
         low, high = self.action_space.low, self.action_space.high
@@ -105,12 +103,14 @@ class RolloutCollector(gym.Wrapper):
         truncated_steps: list[int] = []
         truncated_obs: list[dict[str, np.ndarray]] = []
         episodes: list[EpisodeEnd] = []
+        # Drawn for the whole segment at once: the same numbers, in the same order, as one draw per step.
+        noise = np.exp(weights["log_std"]) * self.rng.standard_normal(actions.shape, np.float32)
 
         for t in range(n_steps):
             for key, value in self._obs.items():
                 obs[key][t] = value
             episode_starts[t] = self._episode_start
-            action = self._actor_mean(self._obs) + std * self.rng.standard_normal(actions.shape[1:], np.float32)
+            action = actor.mean({key: value[None] for key, value in self._obs.items()})[0] + noise[t]
             actions[t] = action
             next_obs, reward, terminated, truncated, info = self.env.step(np.clip(action, low, high))
             rewards[t] = reward
@@ -135,11 +135,6 @@ class RolloutCollector(gym.Wrapper):
             last_obs=self._obs, episodes=episodes,
         )
 
-    def _actor_mean(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        """The Gaussian's mean ``(A,)`` for one observation."""
-        with torch.inference_mode():
-            return self.actor({key: torch.from_numpy(value).unsqueeze(0) for key, value in obs.items()})[0].numpy()
-
     def _reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
         """Start the next episode and its bookkeeping; returns its first observation."""
         obs, info = self.env.reset(seed=seed)
@@ -156,16 +151,16 @@ class RolloutCollector(gym.Wrapper):
 class RolloutBatch:
     """What one PPO update learns from: ``N = n_envs * T`` samples, flattened.
 
-    Observations are dicts of tensors ``(N, ...)``; every other field is ``(N,)`` except
-    ``actions`` ``(N, action dim)``.
+    Observations are dicts of float32 arrays ``(N, ...)``; every other field is ``(N,)``
+    float32 except ``actions`` ``(N, action dim)``.
     """
 
-    obs: dict[str, torch.Tensor]
-    actions: torch.Tensor
-    old_log_prob: torch.Tensor
-    old_values: torch.Tensor
-    advantages: torch.Tensor
-    returns: torch.Tensor
+    obs: dict[str, np.ndarray]
+    actions: np.ndarray
+    old_log_prob: np.ndarray
+    old_values: np.ndarray
+    advantages: np.ndarray
+    returns: np.ndarray
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -178,7 +173,7 @@ def build_batch(segments: list[Segment], policy: MultiInputActorCriticPolicy, no
     ``segments`` holds one segment per env, all of the same length, collected with ``policy``'s
     current weights.
     """
-    n_steps = len(segments[0].rewards)
+    n_steps, n_envs = len(segments[0].rewards), len(segments)
     # (T, n_envs, ...) arrays, the layout of SB3's rollout buffer.
     obs = {key: np.stack([s.obs[key] for s in segments], axis=1) for key in segments[0].obs}
     actions = np.stack([s.actions for s in segments], axis=1)
@@ -187,39 +182,69 @@ def build_batch(segments: list[Segment], policy: MultiInputActorCriticPolicy, no
     episode_starts = np.stack([s.episode_starts for s in segments], axis=1)
 
     rewards = normalize_rewards(normalizer, raw_rewards, dones)
-    flat_obs = {key: torch.from_numpy(value.reshape(-1, *value.shape[2:])) for key, value in obs.items()}
-    flat_actions = torch.from_numpy(actions.reshape(-1, actions.shape[-1]))
-    with torch.no_grad():
-        values, log_prob = evaluate(policy, flat_obs, flat_actions)
-        for env, segment in enumerate(segments):
-            if len(segment.truncated_steps):
-                bootstrap = policy.predict_values({k: torch.from_numpy(v) for k, v in segment.truncated_obs.items()})
-                rewards[segment.truncated_steps, env] += gamma * bootstrap.flatten().numpy()
-        last_values = policy.predict_values(
-            {key: torch.from_numpy(np.stack([s.last_obs[key] for s in segments])) for key in segments[0].last_obs}
-        ).flatten().numpy()
-    values_np = values.numpy().reshape(n_steps, len(segments))
-    advantages = gae(rewards, values_np, episode_starts, last_values, dones[-1], gamma, gae_lambda)
-    returns = advantages + values_np
-    return RolloutBatch(
-        obs=flat_obs, actions=flat_actions, old_log_prob=log_prob, old_values=values,
-        advantages=torch.from_numpy(advantages.reshape(-1)), returns=torch.from_numpy(returns.reshape(-1)),
-    )
+    flat_obs = {key: value.reshape(-1, *value.shape[2:]) for key, value in obs.items()}
+    flat_actions = actions.reshape(-1, actions.shape[-1])
+    # One forward pass for every observation that needs a value: the batch's, the final
+    # observations of time-limited episodes (to bootstrap), and the one after the last step.
+    n_samples = len(flat_actions)
+    evaluated = {key: np.concatenate([flat_obs[key], *(s.truncated_obs[key] for s in segments),
+                                      np.stack([s.last_obs[key] for s in segments])]) for key in flat_obs}
+    net = PolicyNet.of(policy)
+    with blas_threads(torch.get_num_threads()):
+        all_values, mean, _ = net.forward(evaluated)
+    log_prob = gaussian_log_prob((flat_actions - mean[:n_samples]) / np.exp(net.log_std), net.log_std)
+    values = all_values[:n_samples]
+    bootstraps = np.split(all_values[n_samples:], np.cumsum([len(s.truncated_steps) for s in segments]))
+    for env, segment in enumerate(segments):
+        rewards[segment.truncated_steps, env] += gamma * bootstraps[env]
+    last_values = bootstraps[n_envs]
+    advantages = gae(rewards, values.reshape(n_steps, n_envs), episode_starts, last_values, dones[-1], gamma,
+                     gae_lambda).reshape(-1)
+    return RolloutBatch(obs=flat_obs, actions=flat_actions, old_log_prob=log_prob, old_values=values,
+                        advantages=advantages, returns=advantages + values)
 
 
 def normalize_rewards(normalizer: VecNormalize, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
     """``(T, n_envs)`` raw rewards -> normalised, step by step, as ``VecNormalize.step_wait`` does.
 
     Updates the normaliser's running return statistics (when it is training), so that a
-    checkpoint's ``vecnormalize.pkl`` carries on exactly where the run was.
+    checkpoint's ``vecnormalize.pkl`` carries on exactly where the run was. The arithmetic is
+    ``VecNormalize._update_reward`` and ``RunningMeanStd.update`` operation for operation, in
+    the same order (so to the last bit), but on Python floats: numpy's per-call cost on
+    arrays of ``n_envs`` numbers made it most of the trainer's time outside the update.
     """
-    normalized = np.empty(rewards.shape, np.float32)
-    for t in range(len(rewards)):
-        if normalizer.training:
-            normalizer._update_reward(rewards[t])
-        normalized[t] = normalizer.normalize_reward(rewards[t])
-        normalizer.returns[dones[t]] = 0
-    return normalized
+    n_steps, n_envs = rewards.shape
+    rms = normalizer.ret_rms
+    if normalizer.training:
+        returns = np.empty(rewards.shape)  # the discounted return after each step, before a done resets it
+        for env in range(n_envs):
+            running, column = float(normalizer.returns[env]), []
+            for reward, done in zip(rewards[:, env].tolist(), dones[:, env].tolist()):
+                running = running * normalizer.gamma + reward
+                column.append(running)
+                if done:
+                    running = 0.0
+            returns[:, env] = column
+            normalizer.returns[env] = running
+        # RunningMeanStd.update(returns[t]) for each t: the moments over the envs, then the running merge.
+        mean, var, count = float(rms.mean), float(rms.var), rms.count
+        variances = []
+        for batch_mean, batch_var in zip(returns.mean(axis=1).tolist(), returns.var(axis=1).tolist()):
+            delta = batch_mean - mean
+            tot_count = count + n_envs
+            mean = mean + delta * n_envs / tot_count
+            m_2 = var * count + batch_var * n_envs + delta * delta * count * n_envs / (count + n_envs)
+            var = m_2 / (count + n_envs)
+            count = n_envs + count
+            variances.append(var)
+        rms.mean, rms.var, rms.count = np.float64(mean), np.float64(var), count
+        std = np.sqrt(np.asarray(variances) + normalizer.epsilon)[:, None]
+    else:
+        normalizer.returns[dones.any(axis=0)] = 0
+        std = np.sqrt(rms.var + normalizer.epsilon)
+    if not normalizer.norm_reward:
+        return rewards.astype(np.float32)
+    return np.clip(rewards / std, -normalizer.clip_reward, normalizer.clip_reward).astype(np.float32)
 
 
 def gae(rewards: np.ndarray, values: np.ndarray, episode_starts: np.ndarray, last_values: np.ndarray,

@@ -169,18 +169,25 @@ def _train_loop(model: PPO, venv: VecNormalize, config: PipelineConfig, output: 
             while model.num_timesteps < total:
                 # The last rollout is shortened so that training ends at exactly `total` (to a multiple of n_envs).
                 steps_per_env = min(model.n_steps, math.ceil((total - model.num_timesteps) / n_envs))
+                rollout_started = time.monotonic()
                 weights = {name: value.numpy() for name, value in model.policy.state_dict().items()}
                 segments: list[Segment] = venv.env_method("collect", weights, steps_per_env)
+                collected = time.monotonic()
                 if stop:  # the rollout in hand is not learned from: the checkpoint is the last update
                     save_checkpoint(checkpoint_dir, model, venv, model.num_timesteps, milestone=False)
                     raise TrainingInterrupted(
                         stop.signal_name, f"stopped by {stop.signal_name} at {model.num_timesteps} steps; checkpoint saved")
                 monitor.record(segments)
                 batch = build_batch(segments, model.policy, venv, tc.gamma, tc.gae_lambda)
+                evaluated = time.monotonic()
                 previous_steps = model.num_timesteps
                 model.num_timesteps += steps_per_env * n_envs
                 stats = ppo_update(model.policy, batch, tc.n_epochs, tc.batch_size, tc.clip_range, tc.ent_coef,
                                    shuffle_rng)
+                # Where each rollout's wall time goes, so the next bottleneck shows in the logs (and `bench train`).
+                model.logger.record("time/collect_s", collected - rollout_started)
+                model.logger.record("time/evaluate_gae_s", evaluated - collected)
+                model.logger.record("time/update_s", time.monotonic() - evaluated)
                 model._n_updates += tc.n_epochs
                 _check_finite(model)
                 _log_update(model, stats, monitor, (model.num_timesteps - start_steps) / (time.monotonic() - started))
