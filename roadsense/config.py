@@ -128,7 +128,7 @@ class TrainConfig(_Section):
     # Production departs from domain.md's lr 1e-4 / batch 64 on purpose: over 4 training seeds
     # at 500k steps, 2e-4 / 128 learned at least as well at 1.33x the speed (README, "Learning result").
     learning_rate: float = Field(2e-4, gt=0, le=1.0, description="Adam step size (domain.md: 1e-4 with batch 64).")
-    n_steps: int = Field(4096, ge=16, description="Rollout length per update, across all envs.")
+    rollout_steps: int = Field(4096, ge=16, description="Env steps per PPO update, across all envs (each env runs rollout_steps / n_envs).")
     batch_size: int = Field(128, ge=2, description="PPO minibatch size (domain.md: 64, with lr 1e-4).")
     n_epochs: int = Field(10, ge=1, le=100)
     gamma: float = Field(0.99, gt=0, le=1)
@@ -145,8 +145,8 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _batch_fits(self) -> "TrainConfig":
-        if self.batch_size > self.n_steps:
-            raise ValueError(f"batch_size={self.batch_size} must be <= n_steps={self.n_steps}")
+        if self.batch_size > self.rollout_steps:
+            raise ValueError(f"batch_size={self.batch_size} must be <= rollout_steps={self.rollout_steps}")
         return self
 
 
@@ -185,6 +185,18 @@ for _section, _model in SECTIONS.items():
         assert _key not in KEY_SECTION, f"config key {_key} is defined twice"
         KEY_SECTION[_key] = _section
 
+# Settings a resumed run may change: how long it runs, how it is parallelised, checkpointed,
+# evaluated and priced. Every other setting shapes what is learned (the scenarios, the env and
+# its reward, PPO, the validation that picks the model), so a run resumed with another value
+# would be neither the old run nor a new one.
+RESUMABLE_KEYS = frozenset({
+    "total_timesteps", "n_envs", "torch_threads", "checkpoint_every", "keep_checkpoints", "milestone_every",
+    "max_consecutive_sim_errors", "backend", "val_every", "eval_seed", "episodes_per_bucket", "eval_workers",
+    "baselines", "instance_type", "instance_price_per_hour",
+})
+# Keys that were renamed: the old name gets a pointer to the new one.
+RENAMED_KEYS = {"n_steps": "rollout_steps"}
+
 _PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
     # A couple of minutes on a laptop: the whole pipeline, tiny numbers.
     "smoke": {
@@ -192,7 +204,7 @@ _PRESET_OVERRIDES: dict[str, dict[str, Any]] = {
         "val_count": 5,
         "eval_count": 5,
         "total_timesteps": 4096,
-        "n_steps": 1024,
+        "rollout_steps": 1024,
         "checkpoint_every": 2048,
         "episodes_per_bucket": 1,
         "val_every": 2048,
@@ -269,6 +281,10 @@ class PipelineConfig(BaseModel):
             out.update(getattr(self, section).model_dump(mode="json"))
         return out
 
+    def learning_settings(self) -> dict[str, Any]:
+        """The settings that shape what is learned: every one but :data:`RESUMABLE_KEYS` (and ``preset``)."""
+        return {k: v for k, v in self.flat().items() if k not in RESUMABLE_KEYS and k != "preset"}
+
     def to_hyperparameters(self) -> dict[str, str]:
         """The SageMaker view: strings only (JSON for lists, ``null`` for None)."""
         return {k: v if isinstance(v, str) else json.dumps(v) for k, v in self.flat().items()}
@@ -277,7 +293,25 @@ class PipelineConfig(BaseModel):
         write_json_atomic(Path(path), self.model_dump(mode="json"))
 
 
+def check_resumable(saved: dict[str, Any], current: dict[str, Any], what: str) -> None:
+    """Raise ConfigError naming every setting of ``current`` that differs from ``saved``.
+
+    Both are learning settings (:meth:`PipelineConfig.learning_settings`, possibly with more
+    facts such as the dataset id); keys ``saved`` does not hold are not compared.
+    """
+    conflicts = [f"{key}: {clip(repr(saved[key]))} -> {clip(repr(value))}"
+                 for key, value in sorted(current.items()) if key in saved and saved[key] != value]
+    if conflicts:
+        raise ConfigError(
+            f"{what} was trained with other values of settings that change what is learned "
+            f"({'; '.join(conflicts)}); resume it with the same values, or start over in a new --output "
+            "(or run id); settings such as total_timesteps, n_envs and checkpoint_every may change on resume"
+        )
+
+
 def _check_key(key: str) -> None:
+    if key in RENAMED_KEYS:
+        raise ConfigError(f"config key {key!r} was renamed {RENAMED_KEYS[key]!r}; use --set {RENAMED_KEYS[key]}=...")
     if key not in KEY_SECTION:
         close = difflib.get_close_matches(key, list(KEY_SECTION), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(sorted(KEY_SECTION))}"

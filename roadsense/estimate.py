@@ -41,7 +41,7 @@ def stage_seconds(config: PipelineConfig, cpus: int) -> dict[str, float]:
 
 
 # -- Training throughput by instance size: a projection from per-unit costs ------------------
-# Measured with `roadsense bench train` (production settings: n_steps 4096, batch 128, 10 epochs;
+# Measured with `roadsense bench train` (production settings: rollout_steps 4096, batch 128, 10 epochs;
 # 2 envs, built-in scenario) on the 2-vCPU development machine (AMD EPYC, one thread per core),
 # medians of 8 runs interleaved with the previous code, 2026-11-29 21:04-21:07, other jobs on the
 # machine. In its quietest minutes the worker step was 0.083-0.09 ms; 0.165 ms is the figure
@@ -53,14 +53,14 @@ PROJECTION_MINIBATCH_S = 0.45e-3  # trainer: one PPO minibatch of 128: forward, 
 C6I_VCPUS = {"ml.c6i.xlarge": 4, "ml.c6i.2xlarge": 8, "ml.c6i.4xlarge": 16, "ml.c6i.8xlarge": 32}
 
 
-def projected_train_steps_per_s(vcpus: int, n_steps: int = 4096, batch_size: int = 128,
+def projected_train_steps_per_s(vcpus: int, rollout_steps: int = 4096, batch_size: int = 128,
                                 n_epochs: int = 10) -> dict[str, float]:
     """A projection, not a measurement: PPO env steps/s on ``vcpus`` vCPUs, one env per vCPU.
 
-    Model: each rollout is collected by ``vcpus`` workers in parallel, ``n_steps / vcpus`` steps
+    Model: each rollout is collected by ``vcpus`` workers in parallel, ``rollout_steps / vcpus`` steps
     each at ``PROJECTION_WORKER_STEP_MS``; then the trainer alone evaluates it
     (``PROJECTION_EVALUATE_GAE_S_PER_STEP`` per step) and runs the update
-    (``n_epochs * ceil(n_steps / batch_size)`` minibatches at ``PROJECTION_MINIBATCH_S``) on one
+    (``n_epochs * ceil(rollout_steps / batch_size)`` minibatches at ``PROJECTION_MINIBATCH_S``) on one
     thread, which more vCPUs do not speed up. Nothing overlaps, as in ``train.py``: the workers
     wait for the new weights.
 
@@ -76,10 +76,10 @@ def projected_train_steps_per_s(vcpus: int, n_steps: int = 4096, batch_size: int
 
     Returns ``collect_s`` and ``learn_s`` (seconds per rollout) and ``steps_per_s``.
     """
-    collect_s = n_steps / vcpus * PROJECTION_WORKER_STEP_MS / 1000
-    learn_s = (n_steps * PROJECTION_EVALUATE_GAE_S_PER_STEP
-               + n_epochs * math.ceil(n_steps / batch_size) * PROJECTION_MINIBATCH_S)
-    return {"collect_s": collect_s, "learn_s": learn_s, "steps_per_s": n_steps / (collect_s + learn_s)}
+    collect_s = rollout_steps / vcpus * PROJECTION_WORKER_STEP_MS / 1000
+    learn_s = (rollout_steps * PROJECTION_EVALUATE_GAE_S_PER_STEP
+               + n_epochs * math.ceil(rollout_steps / batch_size) * PROJECTION_MINIBATCH_S)
+    return {"collect_s": collect_s, "learn_s": learn_s, "steps_per_s": rollout_steps / (collect_s + learn_s)}
 
 
 def projection_table() -> list[dict[str, float | int | str]]:

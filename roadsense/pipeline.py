@@ -30,7 +30,7 @@ from typing import Any, Iterator
 from roadsense import provenance
 from roadsense.artifacts.lock import output_lock
 from roadsense.artifacts.status import RunStatus, remove_stale_temps, write_json_atomic
-from roadsense.config import ConfigError, PipelineConfig
+from roadsense.config import ConfigError, PipelineConfig, check_resumable
 from roadsense.estimate import stage_seconds
 from roadsense.evaluation.evaluate import evaluate
 from roadsense.evaluation.matrix import plan_matrix
@@ -63,17 +63,15 @@ class RunPaths:
 
 
 def check_output_config(output: Path, config: PipelineConfig) -> None:
-    """Refuse to continue a run in ``output`` that was started with other settings."""
+    """Refuse to continue the run in ``output`` with settings that change what is learned.
+
+    The others (a longer ``total_timesteps``, more envs, evaluation settings...) apply to the
+    resumed run; the run's config.json is then rewritten with them.
+    """
     saved_path = output / CONFIG_FILE
-    if not saved_path.exists():
-        return
-    saved = PipelineConfig.load(saved_path).flat()
-    changed = sorted(k for k, v in config.flat().items() if saved.get(k) != v)
-    if changed:
-        raise ConfigError(
-            f"{output} holds a run with other settings ({', '.join(f'{k}: {saved.get(k)!r} -> {config.flat()[k]!r}' for k in changed)}); "
-            "use a new --output, or the same settings to resume it"
-        )
+    if saved_path.exists():
+        check_resumable(PipelineConfig.load(saved_path).learning_settings(), config.learning_settings(),
+                        f"the run in {output}")
 
 
 def plan_run(paths: RunPaths, config: PipelineConfig, dataset: Path | None) -> dict[str, Any]:

@@ -143,7 +143,7 @@ TINY = {
     "val_count": 5,
     "eval_count": 5,
     "total_timesteps": 512,
-    "n_steps": 256,
+    "rollout_steps": 256,
     "n_envs": 2,
     "checkpoint_every": 256,
     "episodes_per_bucket": 1,

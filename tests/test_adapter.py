@@ -176,3 +176,16 @@ def test_the_log_copy_ends_at_once_though_a_helper_holds_the_pipe(tmp_path: Path
             helper.wait()
     assert ended_in < 3, f"the log copy waited {ended_in:.1f} s for a helper process"
     assert "written before the end" in log.read_text()
+
+
+@pytest.mark.slow
+def test_a_job_restored_from_checkpoints_refuses_settings_that_change_the_learning(
+        tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What `roadsense-launch --resume` with other hyperparameters gives: an empty model folder,
+    # the first attempt's checkpoints restored from S3.
+    paths = _job(tmp_path, _hyper(total_timesteps=768, learning_rate=1e-3, gae_lambda=0.9), tiny_dataset)
+    train(tiny_dataset, tmp_path / "first-attempt", tiny_config(total_timesteps=256), checkpoint_dir=paths.checkpoints)
+    assert _run(paths, monkeypatch) == 2
+    reason = paths.failure.read_text()
+    assert reason.startswith("bad input: checkpoint ")
+    assert "gae_lambda: 0.95 -> 0.9; learning_rate: 0.0002 -> 0.001" in reason

@@ -28,8 +28,8 @@ def model_and_norm():
 
 def test_save_then_load_the_newest(tmp_path: Path, model_and_norm) -> None:
     model, norm = model_and_norm
-    save_checkpoint(tmp_path, model, norm, 100, milestone=False)
-    save_checkpoint(tmp_path, model, norm, 200, milestone=False)
+    save_checkpoint(tmp_path, model, norm, 100, milestone=False, settings={})
+    save_checkpoint(tmp_path, model, norm, 200, milestone=False, settings={})
     newest = latest_valid_checkpoint(tmp_path)
     assert newest is not None and newest.num_timesteps == 200
     loaded = PPO.load(newest.model, device="cpu")
@@ -41,8 +41,8 @@ def test_save_then_load_the_newest(tmp_path: Path, model_and_norm) -> None:
 def test_a_damaged_checkpoint_is_skipped_with_a_warning(tmp_path: Path, model_and_norm, damage: str,
                                                         caplog: pytest.LogCaptureFixture) -> None:
     model, norm = model_and_norm
-    save_checkpoint(tmp_path, model, norm, 100, milestone=False)
-    newest = save_checkpoint(tmp_path, model, norm, 200, milestone=False)
+    save_checkpoint(tmp_path, model, norm, 100, milestone=False, settings={})
+    newest = save_checkpoint(tmp_path, model, norm, 200, milestone=False, settings={})
     if damage == "truncate-model":
         data = newest.model.read_bytes()
         newest.model.write_bytes(data[: len(data) // 2])
@@ -68,7 +68,7 @@ def test_an_unfinished_write_is_not_a_checkpoint(tmp_path: Path, model_and_norm)
 def test_prune_keeps_the_newest_and_the_milestones(tmp_path: Path, model_and_norm) -> None:
     model, norm = model_and_norm
     for step in (100, 200, 300, 400, 500):
-        save_checkpoint(tmp_path, model, norm, step, milestone=step == 200)
+        save_checkpoint(tmp_path, model, norm, step, milestone=step == 200, settings={})
     prune_checkpoints(tmp_path, keep=2)
     kept = sorted(int(p.name.split("_")[1]) for p in list_checkpoints(tmp_path))
     assert kept == [200, 400, 500]
@@ -86,7 +86,7 @@ from roadsense.training.checkpoints import save_checkpoint
 venv = VecNormalize(DummyVecEnv([lambda: gym.make("Pendulum-v1")]), norm_obs=False)
 model = PPO("MlpPolicy", venv, n_steps=64, batch_size=32, device="cpu", seed=0)
 resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))  # model.zip is larger; Python ignores SIGXFSZ
-save_checkpoint(Path({str(tmp_path)!r}), model, venv, 300, milestone=False)
+save_checkpoint(Path({str(tmp_path)!r}), model, venv, 300, milestone=False, settings={{}})
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1

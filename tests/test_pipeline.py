@@ -113,7 +113,7 @@ def test_an_output_with_other_settings_is_refused(tmp_path: Path) -> None:
     tiny_config(seed=1).save(tmp_path / "config.json")
     result = runner.invoke(app, ["run", "--preset", "smoke", "--output", str(tmp_path), "--set", "seed=2"])
     assert result.exit_code == 2
-    assert "other settings" in result.output and "seed" in result.output
+    assert "change what is learned" in result.output and "seed: 1 -> 2" in result.output
 
 
 # --- signals, the output lock, full disks --------------------------------------------------------
@@ -217,7 +217,7 @@ def test_train_alone_also_refuses_a_folder_in_use(tmp_path: Path) -> None:
 
 def test_a_refused_run_releases_the_lock_and_records_nothing(tmp_path: Path) -> None:
     tiny_config(seed=1).save(tmp_path / "config.json")
-    with pytest.raises(ConfigError, match="other settings"):
+    with pytest.raises(ConfigError, match="change what is learned"):
         run_pipeline(RunPaths.under(tmp_path), tiny_config(seed=2))
     with output_lock(tmp_path):
         pass
@@ -271,3 +271,15 @@ def test_a_long_error_is_kept_short_in_status(tmp_path: Path) -> None:
     status.fail("train", "RuntimeError: the reason " + "x" * 5000)
     error = json.loads((tmp_path / STATUS_FILE).read_text())["error"]
     assert error.startswith("RuntimeError: the reason") and len(error) == 1024 and error.endswith("…")
+
+
+@pytest.mark.slow
+def test_a_resumed_run_refuses_learning_changes_and_applies_a_longer_total(tiny_dataset: Path, tmp_path: Path) -> None:
+    paths = RunPaths.under(tmp_path / "run")
+    run_pipeline(paths, tiny_config(total_timesteps=256), tiny_dataset)
+    with pytest.raises(ConfigError, match=r"clip_range: 0.2 -> 0.3\)"):
+        run_pipeline(paths, tiny_config(total_timesteps=512, clip_range=0.3), tiny_dataset)
+    record = run_pipeline(paths, tiny_config(total_timesteps=512, episodes_per_bucket=2), tiny_dataset)
+    assert record["training"] == {**record["training"], "resumed_from": 256, "num_timesteps": 512}
+    saved = json.loads((paths.output / "config.json").read_text())
+    assert saved["train"]["total_timesteps"] == 512 and saved["evaluation"]["episodes_per_bucket"] == 2

@@ -10,8 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 from stable_baselines3 import PPO
 
+from roadsense.cli import app
+from roadsense.config import ConfigError
 from roadsense.metric_lines import parse_line
 from roadsense.training.checkpoints import latest_valid_checkpoint
 from roadsense.training.train import train
@@ -65,7 +68,7 @@ def test_sigterm_checkpoints_stops_every_sumo_and_resumes(tiny_dataset: Path, tm
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "roadsense.cli", "train", "--dataset", str(tiny_dataset), "--output", str(out),
            "--preset", "smoke", "--total-timesteps", "100000", "--n-envs", "2",
-           "--set", "n_steps=256", "--set", "checkpoint_every=256", "--set", "episode_steps=150",
+           "--set", "rollout_steps=256", "--set", "checkpoint_every=256", "--set", "episode_steps=150",
            "--set", "hazard_step=60"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.monotonic() + 180
@@ -102,7 +105,7 @@ def test_sigterm_checkpoints_stops_every_sumo_and_resumes(tiny_dataset: Path, tm
 def test_a_dead_env_worker_is_reported_with_its_scenarios(tiny_dataset: Path, tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "roadsense.cli", "train", "--dataset", str(tiny_dataset), "--output",
            str(tmp_path), "--preset", "smoke", "--total-timesteps", "100000", "--n-envs", "2",
-           "--set", "n_steps=256", "--set", "episode_steps=150", "--set", "hazard_step=60"]
+           "--set", "rollout_steps=256", "--set", "episode_steps=150", "--set", "hazard_step=60"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     for line in proc.stdout:
         if line.startswith("[train] timesteps=256"):
@@ -128,3 +131,27 @@ def test_a_diverged_policy_stops_training() -> None:
         model.policy.log_std.fill_(float("nan"))
     with pytest.raises(TrainingAborted, match="log_std is not finite"):
         _check_finite(model)
+
+
+def _train_cli(dataset: Path, out: Path, *args: str) -> object:
+    sets = [item for key, value in TINY.items() for item in ("--set", f"{key}={value}")]
+    return CliRunner().invoke(app, ["train", "--dataset", str(dataset), "--output", str(out), "--preset", "smoke",
+                                    *sets, *args])
+
+
+def test_cli_resume_refuses_learning_changes_and_applies_the_others(tiny_dataset: Path, tmp_path: Path) -> None:
+    assert _train_cli(tiny_dataset, tmp_path, "--total-timesteps", "256").exit_code == 0
+    refused = _train_cli(tiny_dataset, tmp_path, "--resume", "--set", "learning_rate=0.001", "--set", "gamma=0.9")
+    assert refused.exit_code == 2
+    assert "gamma: 0.99 -> 0.9; learning_rate: 0.0002 -> 0.001" in refused.output
+    assert latest_valid_checkpoint(tmp_path / "checkpoints").num_timesteps == 256  # nothing trained
+    # A longer run on one env: the rollout is rollout_steps long whatever n_envs is.
+    longer = _train_cli(tiny_dataset, tmp_path, "--resume", "--total-timesteps", "768", "--n-envs", "1")
+    assert longer.exit_code == 0, longer.output
+    last = PPO.load(tmp_path / "model_last.zip", device="cpu")
+    assert last.num_timesteps == 768 and last.n_steps == TINY["rollout_steps"]
+
+
+def test_a_renamed_key_points_to_its_new_name() -> None:
+    with pytest.raises(ConfigError, match="'n_steps' was renamed 'rollout_steps'"):
+        tiny_config(n_steps=256)

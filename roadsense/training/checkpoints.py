@@ -2,7 +2,8 @@
 
 A checkpoint is a folder ``step_<000000123456>/`` holding ``model.zip`` (policy and
 optimizer state), ``vecnormalize.pkl`` (the reward normaliser) and ``state.json`` (step
-count and the sha256 of both files). It is written into a temporary folder and renamed
+count, the sha256 of both files and the settings that shaped what was learned, so a resume
+can refuse other ones). It is written into a temporary folder and renamed
 into place, so a folder with that name is either complete or absent; a file damaged later
 fails its hash and is skipped with a warning, never loaded. A write that fails (disk full)
 removes its temporary folder and raises :class:`WriteError` naming the checkpoint.
@@ -15,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +35,7 @@ class Checkpoint:
     path: Path
     num_timesteps: int
     milestone: bool
+    settings: dict[str, Any] | None = None  # PipelineConfig.learning_settings(); None in checkpoints older than it
 
     @property
     def model(self) -> Path:
@@ -51,7 +54,8 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_checkpoint(directory: Path, model, vecnormalize, num_timesteps: int, milestone: bool) -> Checkpoint:
+def save_checkpoint(directory: Path, model, vecnormalize, num_timesteps: int, milestone: bool, *,
+                    settings: dict[str, Any]) -> Checkpoint:
     """Write one checkpoint atomically; ``model`` is an SB3 algorithm, ``vecnormalize`` its VecNormalize."""
     final = directory / f"{_PREFIX}{num_timesteps:012d}"
     tmp = temp_path(final)  # what a killed run leaves is removed at the next start (remove_stale_temps)
@@ -65,6 +69,7 @@ def save_checkpoint(directory: Path, model, vecnormalize, num_timesteps: int, mi
             "num_timesteps": num_timesteps,
             "milestone": milestone,
             "sha256": {name: sha256_file(tmp / name) for name in (MODEL_FILE, VECNORM_FILE)},
+            "settings": settings,
         }
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True))
         _fsync_dir_contents(tmp)
@@ -74,7 +79,7 @@ def save_checkpoint(directory: Path, model, vecnormalize, num_timesteps: int, mi
         if tmp.exists():
             shutil.rmtree(tmp)
         raise WriteError(final, exc) from exc
-    return Checkpoint(final, num_timesteps, milestone)
+    return Checkpoint(final, num_timesteps, milestone, settings)
 
 
 def _fsync_dir_contents(folder: Path) -> None:
@@ -93,7 +98,10 @@ def read_valid_checkpoint(path: Path) -> Checkpoint | None:
                 raise ValueError(f"{name} does not match its sha256")
         if set(state["sha256"]) != {MODEL_FILE, VECNORM_FILE}:
             raise ValueError("state.json does not list model.zip and vecnormalize.pkl")
-        return Checkpoint(path, int(state["num_timesteps"]), bool(state.get("milestone", False)))
+        settings = state.get("settings")
+        if settings is not None and not isinstance(settings, dict):
+            raise ValueError("state.json: settings is not an object")
+        return Checkpoint(path, int(state["num_timesteps"]), bool(state.get("milestone", False)), settings)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("skipping checkpoint %s: %s", path, exc)
         return None

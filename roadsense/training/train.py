@@ -22,6 +22,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from types import FrameType
 
 import numpy as np
@@ -30,7 +31,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.logger import Logger, make_output_format
 from stable_baselines3.common.vec_env import VecNormalize
 
-from roadsense.config import PipelineConfig
+from roadsense.config import KEY_SECTION, PipelineConfig, check_resumable
 from roadsense.exits import Stopped
 from roadsense.parallel import STOP_SIGNALS
 from roadsense.policy import policy_kwargs
@@ -42,6 +43,7 @@ from roadsense.training.checkpoints import (
     prune_checkpoints,
     save_checkpoint,
 )
+from roadsense.scenarios.dataset import Dataset
 from roadsense.training.metrics_writer import MetricLineWriter
 from roadsense.training.validation import SELECTION_FILE, ValidationScore, Validator, selection_record
 from roadsense.training.ppo import UpdateStats, ppo_update
@@ -104,12 +106,17 @@ def train(
     log_dir = log_dir or output / "logs"
     torch.set_num_threads(tc.torch_threads)
     n_envs = tc.n_envs or default_n_envs()
-    steps_per_env = max(1, tc.n_steps // n_envs)
+    steps_per_env = max(1, tc.rollout_steps // n_envs)
 
+    settings = _learning_settings(config, dataset)
     start = latest_valid_checkpoint(checkpoint_dir) if resume else None
     start_steps = start.num_timesteps if start else 0
     if start:
         print(f"resuming from {start.path} at {start_steps} steps", flush=True)
+        if start.settings is None:
+            log.warning("%s predates recorded settings: cannot check that it was trained with these", start.path)
+        else:
+            check_resumable(start.settings, settings, f"checkpoint {start.path}")
     validator = Validator.for_run(dataset, config, checkpoint_dir, resumed_at=start_steps)
     if start and start_steps >= tc.total_timesteps:
         if validator is not None and start_steps not in {s.num_timesteps for s in validator.history}:
@@ -129,6 +136,7 @@ def train(
             if start:
                 venv = VecNormalize.load(str(start.vecnormalize), venv)
                 model = PPO.load(start.model, env=venv, device="cpu")
+                model.n_steps = steps_per_env  # rollout_steps is the same, n_envs may have changed
             else:
                 venv = VecNormalize(venv, norm_obs=False, norm_reward=True, gamma=tc.gamma)
                 model = PPO(
@@ -149,13 +157,14 @@ def train(
             model.set_logger(_make_logger(log_dir, tc.total_timesteps))
             monitor = _RolloutMonitor(tc.total_timesteps, start_steps, tc.max_consecutive_sim_errors, scenario_files,
                                       progress)
-            return _train_loop(model, venv, config, output, checkpoint_dir, start_steps, n_envs, monitor, shuffle_rng,
-                               validator)
+            return _train_loop(model, venv, config, settings, output, checkpoint_dir, start_steps, n_envs, monitor,
+                               shuffle_rng, validator)
         finally:
             close_vec_env(venv)  # stops every worker, and with it every SUMO
 
 
-def _train_loop(model: PPO, venv: VecNormalize, config: PipelineConfig, output: Path, checkpoint_dir: Path,
+def _train_loop(model: PPO, venv: VecNormalize, config: PipelineConfig, settings: dict[str, Any], output: Path,
+                checkpoint_dir: Path,
                 start_steps: int, n_envs: int, monitor: "_RolloutMonitor",
                 shuffle_rng: np.random.Generator, validator: Validator | None) -> TrainResult:
     tc = config.train
@@ -174,7 +183,8 @@ def _train_loop(model: PPO, venv: VecNormalize, config: PipelineConfig, output: 
                 segments: list[Segment] = venv.env_method("collect", weights, steps_per_env)
                 collected = time.monotonic()
                 if stop:  # the rollout in hand is not learned from: the checkpoint is the last update
-                    save_checkpoint(checkpoint_dir, model, venv, model.num_timesteps, milestone=False)
+                    save_checkpoint(checkpoint_dir, model, venv, model.num_timesteps, milestone=False,
+                                    settings=settings)
                     raise TrainingInterrupted(
                         stop.signal_name, f"stopped by {stop.signal_name} at {model.num_timesteps} steps; checkpoint saved")
                 monitor.record(segments)
@@ -197,7 +207,8 @@ def _train_loop(model: PPO, venv: VecNormalize, config: PipelineConfig, output: 
                     milestone = tc.milestone_every > 0 and (
                         model.num_timesteps // tc.milestone_every > last_checkpoint // tc.milestone_every
                     )
-                    checkpoint = save_checkpoint(checkpoint_dir, model, venv, model.num_timesteps, milestone)
+                    checkpoint = save_checkpoint(checkpoint_dir, model, venv, model.num_timesteps, milestone,
+                                                 settings=settings)
                     prune_checkpoints(checkpoint_dir, tc.keep_checkpoints)
                     last_checkpoint = model.num_timesteps
                 if validate:  # a stop signal meanwhile only sets `stop`: the run ends after the next rollout
@@ -232,6 +243,13 @@ def _log_update(model: PPO, stats: UpdateStats, monitor: "_RolloutMonitor", fps:
     record("train/std", stats.std)
     record("train/n_updates", model._n_updates, exclude="tensorboard")
     model.logger.dump(model.num_timesteps)
+
+
+def _learning_settings(config: PipelineConfig, dataset: Path | None) -> dict[str, Any]:
+    """What a checkpoint records of how it was trained: the data by its id (the settings that
+    generated it say nothing about a dataset given with --dataset), then env, PPO and validation."""
+    settings = {key: value for key, value in config.learning_settings().items() if KEY_SECTION[key] != "dataset"}
+    return {"dataset_id": Dataset.open(dataset).dataset_id if dataset else "built-in", **settings}
 
 
 def _log_validation(model: PPO, score: ValidationScore) -> None:
