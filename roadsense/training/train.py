@@ -22,8 +22,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from types import FrameType
+from typing import Any
 
 import numpy as np
 import torch
