@@ -28,6 +28,7 @@ from stable_baselines3.common.policies import MultiInputActorCriticPolicy
 from stable_baselines3.common.vec_env import VecNormalize
 
 from roadsense.policy.actor_critic import Layout, PolicyNet, blas_threads, gaussian_log_prob
+from roadsense.training.sb3_internals import normalize_rewards
 
 ACTION_STREAM = 1  # the action sampler's seed is (env seed, ACTION_STREAM): apart from the env's own draws
 
@@ -202,49 +203,6 @@ def build_batch(segments: list[Segment], policy: MultiInputActorCriticPolicy, no
                      gae_lambda).reshape(-1)
     return RolloutBatch(obs=flat_obs, actions=flat_actions, old_log_prob=log_prob, old_values=values,
                         advantages=advantages, returns=advantages + values)
-
-
-def normalize_rewards(normalizer: VecNormalize, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
-    """``(T, n_envs)`` raw rewards -> normalised, step by step, as ``VecNormalize.step_wait`` does.
-
-    Updates the normaliser's running return statistics (when it is training), so that a
-    checkpoint's ``vecnormalize.pkl`` carries on exactly where the run was. The arithmetic is
-    ``VecNormalize._update_reward`` and ``RunningMeanStd.update`` operation for operation, in
-    the same order (so to the last bit), but on Python floats: numpy's per-call cost on
-    arrays of ``n_envs`` numbers made it most of the trainer's time outside the update.
-    """
-    n_steps, n_envs = rewards.shape
-    rms = normalizer.ret_rms
-    if normalizer.training:
-        returns = np.empty(rewards.shape)  # the discounted return after each step, before a done resets it
-        for env in range(n_envs):
-            running, column = float(normalizer.returns[env]), []
-            for reward, done in zip(rewards[:, env].tolist(), dones[:, env].tolist()):
-                running = running * normalizer.gamma + reward
-                column.append(running)
-                if done:
-                    running = 0.0
-            returns[:, env] = column
-            normalizer.returns[env] = running
-        # RunningMeanStd.update(returns[t]) for each t: the moments over the envs, then the running merge.
-        mean, var, count = float(rms.mean), float(rms.var), rms.count
-        variances = []
-        for batch_mean, batch_var in zip(returns.mean(axis=1).tolist(), returns.var(axis=1).tolist()):
-            delta = batch_mean - mean
-            tot_count = count + n_envs
-            mean = mean + delta * n_envs / tot_count
-            m_2 = var * count + batch_var * n_envs + delta * delta * count * n_envs / (count + n_envs)
-            var = m_2 / (count + n_envs)
-            count = n_envs + count
-            variances.append(var)
-        rms.mean, rms.var, rms.count = np.float64(mean), np.float64(var), count
-        std = np.sqrt(np.asarray(variances) + normalizer.epsilon)[:, None]
-    else:
-        normalizer.returns[dones.any(axis=0)] = 0
-        std = np.sqrt(rms.var + normalizer.epsilon)
-    if not normalizer.norm_reward:
-        return rewards.astype(np.float32)
-    return np.clip(rewards / std, -normalizer.clip_reward, normalizer.clip_reward).astype(np.float32)
 
 
 def gae(rewards: np.ndarray, values: np.ndarray, episode_starts: np.ndarray, last_values: np.ndarray,

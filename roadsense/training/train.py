@@ -48,6 +48,7 @@ from roadsense.training.metrics_writer import MetricLineWriter
 from roadsense.training.validation import SELECTION_FILE, ValidationScore, Validator, selection_record
 from roadsense.training.ppo import UpdateStats, ppo_update
 from roadsense.training.rollout import Segment, build_batch
+from roadsense.training.sb3_internals import count_update, n_updates
 from roadsense.training.vec import close_vec_env, default_n_envs, make_vec_env
 
 log = logging.getLogger(__name__)
@@ -198,7 +199,7 @@ def _train_loop(model: PPO, venv: VecNormalize, config: PipelineConfig, settings
                 model.logger.record("time/collect_s", collected - rollout_started)
                 model.logger.record("time/evaluate_gae_s", evaluated - collected)
                 model.logger.record("time/update_s", time.monotonic() - evaluated)
-                model._n_updates += tc.n_epochs
+                count_update(model, tc.n_epochs)
                 _check_finite(model)
                 _log_update(model, stats, monitor, (model.num_timesteps - start_steps) / (time.monotonic() - started))
 
@@ -241,7 +242,7 @@ def _log_update(model: PPO, stats: UpdateStats, monitor: "_RolloutMonitor", fps:
     record("train/clip_fraction", stats.clip_fraction)
     record("train/explained_variance", stats.explained_variance)
     record("train/std", stats.std)
-    record("train/n_updates", model._n_updates, exclude="tensorboard")
+    record("train/n_updates", n_updates(model), exclude="tensorboard")
     model.logger.dump(model.num_timesteps)
 
 

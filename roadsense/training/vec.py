@@ -11,6 +11,7 @@ from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv
 
 from roadsense.config import EnvConfig
 from roadsense.parallel import START_METHOD, ignore_stop_signals, stop_processes, worker_context
+from roadsense.training.sb3_internals import worker_processes
 
 CLOSE_GRACE_S = 5.0  # a worker told to close stops its SUMO and exits in well under a second
 
@@ -58,4 +59,4 @@ def close_vec_env(venv: VecEnv) -> None:
         venv.close()
     except (EOFError, BrokenPipeError, ConnectionResetError):
         pass
-    stop_processes(getattr(venv.unwrapped, "processes", []), CLOSE_GRACE_S)
+    stop_processes(worker_processes(venv), CLOSE_GRACE_S)
