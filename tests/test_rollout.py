@@ -10,13 +10,17 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
+from stable_baselines3 import PPO
 from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import configure
 from stable_baselines3.common.policies import MultiInputActorCriticPolicy
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-from roadsense.env.observation import observation_space
+from roadsense.env.observation import MAX_PEERS, observation_space
 from roadsense.policy import policy_kwargs
 from roadsense.policy.actor_critic import Layout, PolicyNet, gaussian_log_prob
+from roadsense.training import rollout
 from roadsense.training.rollout import (
     ACTION_STREAM,
     EpisodeEnd,
@@ -24,60 +28,10 @@ from roadsense.training.rollout import (
     Segment,
     build_batch,
     gae,
-    normalize_rewards,
 )
 from roadsense.training.train import TrainingAborted, _RolloutMonitor
 
 KWARGS = policy_kwargs(16, -0.5)
-
-
-class _ScriptedRewards(gym.Env):
-    """Pays the scripted rewards in order and ends an episode where ``dones`` says."""
-
-    observation_space = spaces.Box(-1, 1, (1,), np.float32)
-    action_space = spaces.Box(-1, 1, (1,), np.float32)
-
-    def __init__(self, rewards: np.ndarray, dones: np.ndarray) -> None:
-        self.rewards, self.dones, self.t = rewards, dones, 0
-
-    def reset(self, *, seed=None, options=None):
-        return np.zeros(1, np.float32), {}
-
-    def step(self, action):
-        reward, done = float(self.rewards[self.t]), bool(self.dones[self.t])
-        self.t += 1
-        return np.zeros(1, np.float32), reward, done, False, {}
-
-
-@pytest.mark.parametrize("training", [True, False])
-def test_reward_normalisation_is_vecnormalize_step_by_step(training: bool) -> None:
-    rng = np.random.default_rng(1)
-    # float32 values: DummyVecEnv hands VecNormalize float32 rewards, the workers float64.
-    rewards = rng.normal(-2, 5, (300, 2)).astype(np.float32).astype(np.float64)
-    dones = rng.random((300, 2)) < 0.03
-
-    def normalizer(env_rewards: list[np.ndarray], env_dones: list[np.ndarray]) -> VecNormalize:
-        envs = [lambda r=r, d=d: _ScriptedRewards(r, d) for r, d in zip(env_rewards, env_dones)]
-        vec = VecNormalize(DummyVecEnv(envs), norm_obs=False, gamma=0.99)
-        # A normaliser that has seen a rollout already (a resumed run's vecnormalize.pkl).
-        vec.ret_rms.update(rng.normal(-30, 20, 50))
-        vec.returns[:] = rng.normal(-10, 5, 2)
-        vec.training = training
-        return vec
-
-    reference = normalizer([rewards[:, 0], rewards[:, 1]], [dones[:, 0], dones[:, 1]])
-    ours = normalizer([rewards[:, 0]] * 2, [dones[:, 0]] * 2)
-    ours.ret_rms, ours.returns = copy.deepcopy(reference.ret_rms), reference.returns.copy()
-    reference.reset()  # DummyVecEnv's reset; VecNormalize's also zeroes its returns, so restore them
-    reference.returns = ours.returns.copy()
-    expected = np.array([reference.step(np.zeros((2, 1), np.float32))[1] for _ in range(300)])
-
-    # The same operations in the same order: equal to the last bit.
-    np.testing.assert_array_equal(normalize_rewards(ours, rewards, dones), expected)
-    # The checkpointed state goes on the same.
-    assert (ours.ret_rms.mean, ours.ret_rms.var, ours.ret_rms.count) == (
-        reference.ret_rms.mean, reference.ret_rms.var, reference.ret_rms.count)
-    np.testing.assert_array_equal(ours.returns, reference.returns)
 
 
 def test_gae_is_the_recursion_of_sb3_rollout_buffer() -> None:
@@ -204,28 +158,106 @@ def _segment(rng: np.random.Generator, T: int, truncated: list[int], terminated:
     )
 
 
-def test_the_batch_bootstraps_time_limits_only() -> None:
-    rng = np.random.default_rng(3)
-    policy = MultiInputActorCriticPolicy(observation_space(1), spaces.Box(0, 1, (1,), np.float32), lambda _: 1e-4,
-                                         **KWARGS)
-    segments = [_segment(rng, 40, truncated=[9], terminated=[25]), _segment(rng, 40, truncated=[], terminated=[])]
-    normalizer = VecNormalize(DummyVecEnv([lambda: _ScriptedRewards(np.zeros(1), np.zeros(1))] * 2), norm_obs=False)
-    batch = build_batch(segments, policy, normalizer, gamma=0.9, gae_lambda=1.0)
+# Global step numbers (counted across episodes) at which each env's episodes end. Step 17 of env 0
+# is both at once: a collision at the time limit, which is not bootstrapped (SB3: "truncated and
+# not terminated"). Env 0's last step is a time limit; env 1 is mid-episode at the end, so its
+# rollout is closed with the value of the observation after the last step.
+SCRIPTS = [{"terminated": {5, 17}, "truncated": {11, 17, 23}}, {"terminated": {15}, "truncated": {3, 9}}]
+T, GAMMA, GAE_LAMBDA = 24, 0.9, 0.8
 
-    assert len(batch) == 80
-    with torch.no_grad():
-        bootstrap = policy.predict_values({k: torch.from_numpy(v) for k, v in segments[0].truncated_obs.items()})
-        values = policy.predict_values({k: torch.from_numpy(v) for k, v in segments[0].obs.items()}).flatten()
-    # The batch is step-major (T, n_envs) flattened: env 0's steps are the even samples.
-    env0_returns = batch.returns.reshape(40, 2)[:, 0]
-    env0_values = batch.old_values.reshape(40, 2)[:, 0]
-    np.testing.assert_allclose(env0_values, values.numpy(), atol=1e-6)
-    # With lambda = 1 the return at a time limit is the normalised reward + gamma * V(final obs); at a collision, the reward.
-    rewards = normalize_rewards(VecNormalize(DummyVecEnv([lambda: _ScriptedRewards(np.zeros(1), np.zeros(1))] * 2),
-                                             norm_obs=False), np.stack([s.rewards for s in segments], 1),
-                                np.stack([s.dones for s in segments], 1))[:, 0]
-    assert env0_returns[9].item() == pytest.approx(rewards[9] + 0.9 * bootstrap.item(), rel=1e-5)
-    assert env0_returns[25].item() == pytest.approx(rewards[25], rel=1e-5)
+
+class _ScriptedConvoy(gym.Env):
+    """ConvoyEnv's spaces; observations and rewards from a fixed stream, episodes ending where ``SCRIPTS`` says.
+
+    Nothing depends on the actions, so SB3's collection and ours go through the same steps.
+    """
+
+    observation_space = observation_space(3)
+    action_space = spaces.Box(0.0, 1.0, (1,), np.float32)
+
+    def __init__(self, env: int) -> None:
+        self.rng = np.random.default_rng(env)
+        self.terminated, self.truncated = SCRIPTS[env]["terminated"], SCRIPTS[env]["truncated"]
+        self.t = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict[str, np.ndarray], dict]:
+        return self._observation(), {}
+
+    def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict]:
+        t, self.t = self.t, self.t + 1
+        reward = float(np.float32(self.rng.normal(-1, 3)))  # DummyVecEnv hands VecNormalize float32, the workers float64
+        return self._observation(), reward, t in self.terminated, t in self.truncated, {}
+
+    def _observation(self) -> dict[str, np.ndarray]:
+        obs = {key: self.rng.uniform(-1, 1, space.shape).astype(np.float32) for key, space in self.observation_space.items()}
+        obs["peer_mask"] = (self.rng.random(MAX_PEERS) < 0.5).astype(np.float32)
+        return obs
+
+
+class _CaptureRollout(BaseCallback):
+    """A copy of SB3's rollout buffer as ``collect_rollouts`` leaves it (advantages computed), before ``PPO.train``."""
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        buffer = self.model.rollout_buffer
+        self.buffer = {name: copy.deepcopy(getattr(buffer, name))
+                       for name in ("observations", "actions", "rewards", "episode_starts", "values", "returns", "advantages")}
+
+
+def _scripted_envs() -> VecNormalize:
+    return VecNormalize(DummyVecEnv([lambda env=env: _ScriptedConvoy(env) for env in range(len(SCRIPTS))]),
+                        norm_obs=False, gamma=GAMMA)
+
+
+def test_a_batch_is_what_sb3s_collect_rollouts_gives_ppo(monkeypatch: pytest.MonkeyPatch) -> None:
+    n_envs = len(SCRIPTS)
+    # log_std -30 is a standard deviation of 1e-13: every sampled action is its mean to float32
+    # precision, so SB3's torch sampler and the workers' numpy one take the same actions.
+    kwargs = policy_kwargs(16, -30.0)
+    model = PPO("MultiInputPolicy", _scripted_envs(), n_steps=T, batch_size=T * n_envs, n_epochs=1, gamma=GAMMA,
+                gae_lambda=GAE_LAMBDA, policy_kwargs=kwargs, seed=0, device="cpu")
+    model.set_logger(configure(None, []))
+    with torch.no_grad():  # off SB3's initial weights (zero biases), so that values and means vary
+        for parameter in model.policy.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    policy = copy.deepcopy(model.policy)  # the collecting weights: PPO.train moves model.policy after the rollout
+    capture = _CaptureRollout()
+    model.learn(T * n_envs, callback=capture)
+    theirs = capture.buffer
+
+    segments = [RolloutCollector(_ScriptedConvoy(env), kwargs, env, None).collect(_weights(policy), T)
+                for env in range(n_envs)]
+    gae_inputs: dict[str, np.ndarray] = {}
+
+    def recorded_gae(rewards: np.ndarray, values: np.ndarray, episode_starts: np.ndarray, *args: object) -> np.ndarray:
+        gae_inputs.update(rewards=rewards.copy(), episode_starts=episode_starts.copy())
+        return gae(rewards, values, episode_starts, *args)
+
+    monkeypatch.setattr(rollout, "gae", recorded_gae)
+    ours = _scripted_envs()
+    batch = build_batch(segments, policy, ours, GAMMA, GAE_LAMBDA)
+
+    def steps(flat: np.ndarray) -> np.ndarray:
+        """(N, ...) -> (T, n_envs, ...), the rollout buffer's layout."""
+        return flat.reshape(T, n_envs, *flat.shape[1:])
+
+    for key, value in theirs["observations"].items():
+        np.testing.assert_array_equal(steps(batch.obs[key]), value, err_msg=key)
+    assert ((batch.actions < 0) | (batch.actions > 1)).any(), "some actions should be stored outside the action space"
+    np.testing.assert_allclose(steps(batch.actions), theirs["actions"], atol=1e-5)
+    np.testing.assert_array_equal(gae_inputs["episode_starts"], theirs["episode_starts"])
+    # Normalised, and time limits (only) bootstrapped with gamma * V(final observation).
+    np.testing.assert_allclose(gae_inputs["rewards"], theirs["rewards"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(steps(batch.old_values), theirs["values"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(steps(batch.returns), theirs["returns"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(steps(batch.advantages), theirs["advantages"], rtol=1e-5, atol=1e-5)
+    # The normaliser goes on from the same state, to the last bit.
+    sb3 = model.get_vec_normalize_env()
+    assert (ours.ret_rms.mean, ours.ret_rms.var, ours.ret_rms.count) == (sb3.ret_rms.mean, sb3.ret_rms.var,
+                                                                        sb3.ret_rms.count)
+    np.testing.assert_array_equal(ours.returns, sb3.returns)
 
 
 def _episodes(*errors: str | None) -> Segment:
