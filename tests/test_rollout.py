@@ -245,8 +245,8 @@ def test_a_batch_is_what_sb3s_collect_rollouts_gives_ppo(monkeypatch: pytest.Mon
 
     for key, value in theirs["observations"].items():
         np.testing.assert_array_equal(steps(batch.obs[key]), value, err_msg=key)
-    assert ((batch.actions < 0) | (batch.actions > 1)).any(), "some actions should be stored outside the action space"
     np.testing.assert_allclose(steps(batch.actions), theirs["actions"], atol=1e-5)
+    assert ((batch.actions < 0) | (batch.actions > 1)).any(), "some actions should lie outside the action space"
     np.testing.assert_array_equal(gae_inputs["episode_starts"], theirs["episode_starts"])
     # Normalised, and time limits (only) bootstrapped with gamma * V(final observation).
     np.testing.assert_allclose(gae_inputs["rewards"], theirs["rewards"], rtol=1e-5, atol=1e-6)
