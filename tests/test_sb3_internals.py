@@ -59,6 +59,17 @@ def test_the_update_count_is_ppo_trains_saved_in_the_model(tmp_path: Path) -> No
     assert n_updates(PPO.load(tmp_path / "model.zip", device="cpu")) == 6, "a resumed run goes on counting"
 
 
+def test_the_optimizer_has_the_learning_rate_without_ppo_train(tmp_path: Path) -> None:
+    # PPO.train sets the rate from its schedule (the private _update_learning_rate) before every update;
+    # our update steps the optimizer directly, so the configured constant rate must already be there,
+    # in a new model and in a loaded one.
+    model = PPO("MlpPolicy", _cartpole(), learning_rate=3e-4, device="cpu")
+    assert [group["lr"] for group in model.policy.optimizer.param_groups] == [3e-4]
+    model.save(tmp_path / "model.zip")
+    loaded = PPO.load(tmp_path / "model.zip", device="cpu")
+    assert [group["lr"] for group in loaded.policy.optimizer.param_groups] == [3e-4]
+
+
 def test_the_worker_processes_are_the_subproc_workers_in_env_order() -> None:
     venv = VecNormalize(SubprocVecEnv([_cartpole] * 2, start_method=START_METHOD))  # found under a wrapper
     try:
