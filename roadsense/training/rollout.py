@@ -11,8 +11,9 @@ the rewards, bootstraps time limits and computes GAE.
 It is the same algorithm as SB3's ``collect_rollouts``: every step of a rollout is taken
 with the weights of the last update, actions are stored unclipped and clipped for the env,
 a time limit (not a collision) is bootstrapped with the value of the final observation, and
-the rewards go through the run's ``VecNormalize`` exactly as its ``step_wait`` would.
-``tests/test_rollout.py`` checks each of these against SB3.
+the rewards go through the run's ``VecNormalize`` exactly as its ``step_wait`` would
+(``sb3_internals.normalize_rewards``). ``tests/test_rollout.py`` collects the same steps with
+SB3's ``collect_rollouts`` and finds the same batch.
 """
 
 from __future__ import annotations
