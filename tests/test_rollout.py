@@ -185,11 +185,13 @@ class _ScriptedConvoy(gym.Env):
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict]:
         t, self.t = self.t, self.t + 1
-        reward = float(np.float32(self.rng.normal(-1, 3)))  # DummyVecEnv hands VecNormalize float32, the workers float64
+        # float32-exact: DummyVecEnv hands VecNormalize float32 rewards, the workers float64.
+        reward = float(np.float32(self.rng.normal(-1, 3)))
         return self._observation(), reward, t in self.terminated, t in self.truncated, {}
 
     def _observation(self) -> dict[str, np.ndarray]:
-        obs = {key: self.rng.uniform(-1, 1, space.shape).astype(np.float32) for key, space in self.observation_space.items()}
+        obs = {key: self.rng.uniform(-1, 1, space.shape).astype(np.float32)
+               for key, space in self.observation_space.items()}
         obs["peer_mask"] = (self.rng.random(MAX_PEERS) < 0.5).astype(np.float32)
         return obs
 
@@ -202,8 +204,8 @@ class _CaptureRollout(BaseCallback):
 
     def _on_rollout_end(self) -> None:
         buffer = self.model.rollout_buffer
-        self.buffer = {name: copy.deepcopy(getattr(buffer, name))
-                       for name in ("observations", "actions", "rewards", "episode_starts", "values", "returns", "advantages")}
+        names = ("observations", "actions", "rewards", "episode_starts", "values", "returns", "advantages")
+        self.buffer = {name: copy.deepcopy(getattr(buffer, name)) for name in names}
 
 
 def _scripted_envs() -> VecNormalize:
