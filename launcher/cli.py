@@ -23,7 +23,7 @@ from launcher.codebuild import BuildError
 from launcher.fetch import DestinationError, RunNotFoundError, extract_results, fetch_run
 from launcher.infra import infra_app
 from launcher.launch import LaunchOptions, Launched, dry_run_request, git_commit, launch, refuse_overrun
-from launcher.layout import RunIdError, RunLayout, validate_run_id
+from launcher.layout import RESERVED_PREFIXES, RunIdError, RunLayout, validate_run_id
 from launcher.remote import RemoteDataError, check_file_size, download_file
 from launcher.request import RequestError
 from launcher.settings import LaunchSettings, SettingsError, load_settings
@@ -109,6 +109,7 @@ def main(
     resume: Annotated[bool, typer.Option(help="Reuse the run id and continue from its checkpoints.")] = False,
     force: Annotated[bool, typer.Option(help="Reuse the run id and start over (deletes its checkpoints).")] = False,
     allow_overrun: Annotated[bool, typer.Option(help="Launch even if the estimated duration exceeds the max runtime.")] = False,
+    network_isolation: Annotated[bool, typer.Option(help="EnableNetworkIsolation: the container gets no network (it needs none).")] = True,
     wait: Annotated[bool, typer.Option(help="Follow the job to the end, then fetch the results.")] = False,
     local: Annotated[bool, typer.Option(help="Run the job on this machine (results in --runs-dir).")] = False,
     engine: Annotated[Optional[str], typer.Option(help="With --local: run the built image with docker or podman.")] = None,
@@ -131,6 +132,7 @@ def main(
     template = LaunchOptions(
         run_id=run_id or "", preset=preset, sets=tuple(set_), dataset=dataset, spot=spot, resume=resume,
         force=force, wait=wait, local=local, engine=engine, builder=builder, dry_run=dry_run, allow_overrun=allow_overrun,
+        network_isolation=network_isolation,
     )
     ctx.obj = _State(flags, config, template)
     if ctx.invoked_subcommand is not None:
@@ -317,7 +319,8 @@ def list_runs(ctx: typer.Context) -> None:
         prefixes: list[str] = []
         # A shared bucket may hold any number of prefixes: read (one GET each) at most `limit`.
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket, Delimiter="/"):
-            prefixes += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
+            # checkpoints/ and codebuild/ are the bucket's own prefixes, not runs.
+            prefixes += [p["Prefix"] for p in page.get("CommonPrefixes", []) if p["Prefix"].removesuffix("/") not in RESERVED_PREFIXES]
             if len(prefixes) > limit:
                 break
         rows = [_list_row(s3, settings, prefix) for prefix in prefixes[:limit]]

@@ -81,9 +81,11 @@ def test_local_run_publishes_and_fetches(moto_server, tmp_path: Path, monkeypatc
     assert (runs / "local_001" / "output" / job / "output" / "model.tar.gz").is_file()
     keys = {o["Key"] for o in moto_server.list_objects_v2(Bucket=BUCKET, Prefix="local_001/")["Contents"]}
     assert keys == {
-        "local_001/launch.json", "local_001/checkpoints/ckpt_0.zip",
-        f"local_001/output/{job}/output/model.tar.gz", f"local_001/output/{job}/output/output.tar.gz",
+        "local_001/launch.json", f"local_001/output/{job}/output/model.tar.gz", f"local_001/output/{job}/output/output.tar.gz",
     }
+    # Where a cloud run's checkpoints live (and expire): a cloud --resume would continue from them.
+    checkpoints = {o["Key"] for o in moto_server.list_objects_v2(Bucket=BUCKET, Prefix="checkpoints/")["Contents"]}
+    assert checkpoints == {"checkpoints/local_001/ckpt_0.zip"}
 
     assert _invoke("--run-id", "local_001", "--local", "--runs-dir", str(runs)).exit_code == 1  # duplicate
     assert _invoke("--run-id", "local_001", "--preset", "smoke", "--local", "--resume", "--runs-dir", str(runs)).exit_code == 0
