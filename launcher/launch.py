@@ -166,7 +166,10 @@ def _launch_cloud(options: LaunchOptions, settings: LaunchSettings) -> Launched:
         raise aws.translate(exc) from None
 
 
-def _launch_cloud_steps(options: LaunchOptions, settings: LaunchSettings, session: boto3.Session) -> Launched:
+def prepare_cloud(options: LaunchOptions, settings: LaunchSettings, session: boto3.Session) -> tuple[dict[str, Any], CostEstimate | None]:
+    """Everything before a cloud job is created, for a training job and a tuning job alike: the pre-flight, the run
+    id's prefix (refused if in use, unless --resume or --force), the image (built unless given; a :latest pinned to
+    its digest), the validated request and the dataset upload. Raw boto errors propagate (callers translate them)."""
     checked = aws.preflight(session, settings, check_image=True)
     s3 = session.client("s3")
     layout = RunLayout(settings.bucket, options.run_id)
@@ -184,8 +187,16 @@ def _launch_cloud_steps(options: LaunchOptions, settings: LaunchSettings, sessio
     request, cost = plan(options, settings, checked.role_arn, image_uri, commit)
     if options.dataset is not None:
         upload_tree(s3, options.dataset, layout.bucket, layout.dataset_key)
+    return request, cost
+
+
+def _launch_cloud_steps(options: LaunchOptions, settings: LaunchSettings, session: boto3.Session) -> Launched:
+    request, cost = prepare_cloud(options, settings, session)
+    s3 = session.client("s3")
+    layout = RunLayout(settings.bucket, options.run_id)
     jobs.create_job(session.client("sagemaker"), request)
     previous = record.read_record(s3, layout, settings.limits)
+    commit = request["Environment"]["ROADSENSE_GIT_COMMIT"]
     record.write_record(s3, layout, record.add_attempt(previous, options.run_id, record.new_attempt(request, commit, "sagemaker")))
     name = request["TrainingJobName"]
     display.console.print(f"[bold]{name}[/] created for run {options.run_id}" + (f"; {cost.describe()}" if cost else ""))

@@ -44,7 +44,7 @@ class RunIdError(ValueError):
     """A run id or job name cannot be used; the message says what is allowed."""
 
 
-def _check_name(value: object, pattern: re.Pattern[str], max_length: int, what: str, rule: str) -> str:
+def check_name(value: object, pattern: re.Pattern[str], max_length: int, what: str, rule: str) -> str:
     """``value`` if it is a string that fullmatches ``pattern`` within ``max_length``: the one check of
     every name that becomes part of an S3 key or a local path."""
     if not isinstance(value, str) or len(value) > max_length or not pattern.fullmatch(value):
@@ -55,7 +55,7 @@ def _check_name(value: object, pattern: re.Pattern[str], max_length: int, what: 
 def validate_run_id(run_id: str, max_length: int = RUN_ID_MAX) -> str:
     """``run_id`` if it is 1..max_length letters, digits, ``-`` or ``_``, starting with a letter or digit,
     and not one of the bucket's :data:`RESERVED_PREFIXES`."""
-    _check_name(run_id, _RUN_ID, max_length, "run id", _RUN_ID_RULE)
+    check_name(run_id, _RUN_ID, max_length, "run id", _RUN_ID_RULE)
     if run_id in RESERVED_PREFIXES:
         raise RunIdError(f"run id {run_id!r} is reserved (the bucket keeps {run_id}/ for itself); choose another run id")
     return run_id
@@ -63,7 +63,7 @@ def validate_run_id(run_id: str, max_length: int = RUN_ID_MAX) -> str:
 
 def validate_job_name(name: str) -> str:
     """``name`` if it is a legal SageMaker job name (job names read from launch.json become S3 keys and paths)."""
-    return _check_name(name, JOB_NAME, 63, "job name", _JOB_NAME_RULE)
+    return check_name(name, JOB_NAME, 63, "job name", _JOB_NAME_RULE)
 
 
 # For pydantic models of records read from the bucket.

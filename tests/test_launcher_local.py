@@ -120,7 +120,7 @@ def test_local_sweep_is_compared_from_s3_and_from_the_runs_dir(moto_server, tmp_
         assert all(cell in rows["grid-002"] for cell in ("seed=1", "20.0% (7.0-45.2)", "80.0% (54.8-93.0)"))
         header = next(line for line in result.output.splitlines() if "run id" in line)
         assert [c.strip() for c in header.split("┃")[3:-1]] == ["collision_rate", "success_rate"]  # the overall metrics, not per bucket
-    assert "not a sweep" in _invoke("compare", "grid-001").output
+    assert "neither a sweep nor a tuning job" in _invoke("compare", "grid-001").output
     listed = _invoke("list").output
     assert "(sweep: compare grid)" in listed and listed.count("local") == 2
 
