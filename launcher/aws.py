@@ -14,6 +14,7 @@ import botocore.exceptions
 from botocore.config import Config
 
 from launcher.infra import OUTPUT_ROLE_ARN, stack_outputs
+from launcher.request import MUTABLE_TAG, mutable_image
 from launcher.settings import STACK_FIELDS, LaunchSettings, with_stack_outputs
 
 INFRA_FIX = "deploy the infrastructure: roadsense-launch infra deploy (see infra/)"
@@ -121,7 +122,8 @@ class Preflight:
     image_uri: str | None
 
 
-_ECR_IMAGE = re.compile(r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com/(?P<repo>[^:@]+)(?::(?P<tag>[^@]+)|@(?P<digest>sha256:[0-9a-f]+))$")
+# The tag is optional: an image without one means :latest.
+_ECR_IMAGE = re.compile(r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com/(?P<repo>[^:@]+)(?::(?P<tag>[^@]+)|@(?P<digest>sha256:[0-9a-f]+))?$")
 
 
 def preflight(session: boto3.Session, settings: LaunchSettings, check_image: bool) -> Preflight:
@@ -131,11 +133,10 @@ def preflight(session: boto3.Session, settings: LaunchSettings, check_image: boo
         check_region(session, settings.region)
         check_bucket(session, settings.bucket, settings.region)
         role_arn = resolve_role(session, settings)
-        if check_image and settings.image_uri:
-            check_image_in_ecr(session, settings.image_uri)
+        image_uri = resolve_image(session, settings.image_uri) if check_image and settings.image_uri else settings.image_uri
     except Exception as exc:  # noqa: BLE001 - translate() re-raises what it does not know
         raise translate(exc) from None
-    return Preflight(account=account, role_arn=role_arn, image_uri=settings.image_uri)
+    return Preflight(account=account, role_arn=role_arn, image_uri=image_uri)
 
 
 def check_region(session: boto3.Session, region: str) -> None:
@@ -174,20 +175,32 @@ def resolve_role(session: boto3.Session, settings: LaunchSettings) -> str:
     return role_arn
 
 
-def check_image_in_ecr(session: boto3.Session, image_uri: str) -> None:
-    """An ECR image URI must name an image that is there; other registries are not checked."""
+def resolve_image(session: boto3.Session, image_uri: str) -> str:
+    """The immutable reference a job is launched with: an ECR image must exist, and ``:latest`` (or no
+    tag), the repository's one mutable tag, becomes ``<repo>@<digest>`` (ECR DescribeImages), so the
+    job runs, and its record names, the image that ``latest`` pointed to now. Commit tags are
+    immutable in the stack's repository and stay. A mutable image outside ECR cannot be pinned here
+    and is refused; other registries' tags and digests are not checked."""
     match = _ECR_IMAGE.match(image_uri)
     if not match:
-        return
-    image_id = {"imageTag": match["tag"]} if match["tag"] else {"imageDigest": match["digest"]}
+        if mutable_image(image_uri):
+            raise LaunchError(
+                f"image {image_uri} uses the mutable tag 'latest' and is not in ECR, so it cannot be pinned to a digest",
+                "pass --image-uri with a commit tag or an @sha256:... digest",
+            )
+        return image_uri
+    image_id = {"imageDigest": match["digest"]} if match["digest"] else {"imageTag": match["tag"] or MUTABLE_TAG}
     try:
-        session.client("ecr", region_name=match["region"]).describe_images(
+        found = session.client("ecr", region_name=match["region"]).describe_images(
             registryId=match["account"], repositoryName=match["repo"], imageIds=[image_id]
-        )
+        )["imageDetails"][0]
     except botocore.exceptions.ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("ImageNotFoundException", "RepositoryNotFoundException"):
             raise LaunchError(f"image {image_uri} is not in ECR", "build and push it (roadsense-launch build, then push), or drop --image-uri") from None
         raise
+    if not mutable_image(image_uri):
+        return image_uri
+    return f"{match['account']}.dkr.ecr.{match['region']}.amazonaws.com/{match['repo']}@{found['imageDigest']}"
 
 
 def s3_reachable(session: boto3.Session, bucket: str) -> bool:

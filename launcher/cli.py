@@ -19,16 +19,17 @@ import botocore.exceptions
 import typer
 
 from launcher import aws, display, image, jobs, record, sweep
+from launcher import tune as tuning
 from launcher.codebuild import BuildError
-from launcher.fetch import DestinationError, RunNotFoundError, extract_results, fetch_run
+from launcher.fetch import DestinationError, RunNotFoundError, extract_results, fetch_job, fetch_run
 from launcher.infra import infra_app
 from launcher.launch import LaunchOptions, Launched, dry_run_request, git_commit, launch, refuse_overrun
-from launcher.layout import RunIdError, RunLayout, validate_run_id
+from launcher.layout import RESERVED_PREFIXES, RunIdError, RunLayout, validate_run_id
 from launcher.remote import RemoteDataError, check_file_size, download_file
 from launcher.request import RequestError
 from launcher.settings import LaunchSettings, SettingsError, load_settings
 from launcher.upload import DatasetError, upload_tree, verify_dataset
-from roadsense.config import PRESETS, ConfigError
+from roadsense.config import PRESETS, ConfigError, parse_set_options
 
 app = typer.Typer(help=__doc__, invoke_without_command=True, no_args_is_help=False, add_completion=False)
 app.add_typer(infra_app, name="infra", help="Deploy, inspect or delete the AWS infrastructure (infra/).")
@@ -109,6 +110,7 @@ def main(
     resume: Annotated[bool, typer.Option(help="Reuse the run id and continue from its checkpoints.")] = False,
     force: Annotated[bool, typer.Option(help="Reuse the run id and start over (deletes its checkpoints).")] = False,
     allow_overrun: Annotated[bool, typer.Option(help="Launch even if the estimated duration exceeds the max runtime.")] = False,
+    network_isolation: Annotated[bool, typer.Option(help="EnableNetworkIsolation: the container gets no network (it needs none).")] = True,
     wait: Annotated[bool, typer.Option(help="Follow the job to the end, then fetch the results.")] = False,
     local: Annotated[bool, typer.Option(help="Run the job on this machine (results in --runs-dir).")] = False,
     engine: Annotated[Optional[str], typer.Option(help="With --local: run the built image with docker or podman.")] = None,
@@ -131,6 +133,7 @@ def main(
     template = LaunchOptions(
         run_id=run_id or "", preset=preset, sets=tuple(set_), dataset=dataset, spot=spot, resume=resume,
         force=force, wait=wait, local=local, engine=engine, builder=builder, dry_run=dry_run, allow_overrun=allow_overrun,
+        network_isolation=network_isolation,
     )
     ctx.obj = _State(flags, config, template)
     if ctx.invoked_subcommand is not None:
@@ -197,6 +200,69 @@ def _local_status(job: _LatestJob) -> jobs.JobStatus:
     return jobs.JobStatus(job.name, "Completed" if listing.get("KeyCount") else "Failed", "ran locally (--local)")
 
 
+def _tuning_job(settings: LaunchSettings, run_id: str) -> str | None:
+    """The tuning job named by the run's tuning.json, or None if the run is no tuning job's parent."""
+    return tuning.read_tuning(aws.make_session(settings).client("s3"), RunLayout(settings.bucket, run_id), settings.limits)
+
+
+def _tuning_child(settings: LaunchSettings, tuning_job: str, job: str | None) -> str:
+    """``job`` if it is one of the tuning job's children, else (None) its best child so far."""
+    sagemaker = aws.make_session(settings).client("sagemaker")
+    if job is None:
+        best = tuning.best_child(sagemaker, tuning_job)
+        if best is None:
+            raise RunNotFoundError(f"tuning job {tuning_job} has no completed child yet; see roadsense-launch status")
+        return best
+    names = [child.job_name for child in tuning.list_children(sagemaker, tuning_job)]
+    if job not in names:
+        raise RunNotFoundError(f"--job {job!r} is not a child of tuning job {tuning_job}; its children: {', '.join(names) or 'none yet'}")
+    return job
+
+
+def _print_tuning(settings: LaunchSettings, tuning_job: str) -> None:
+    sagemaker = aws.make_session(settings).client("sagemaker")
+    described = sagemaker.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=tuning_job)
+    objective = described["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"]["MetricName"]
+    rows = [(c.job_name, c.status, "" if c.objective is None else f"{c.objective:.4g}", " ".join(f"{k}={v}" for k, v in c.tuned.items()), c.failure_reason)
+            for c in tuning.list_children(sagemaker, tuning_job)]
+    title = f"tuning job {tuning_job}: {described['HyperParameterTuningJobStatus']}"
+    display.console.print(display.table(title, ["job", "status", objective, "settings", "failure"], rows))
+    if described.get("FailureReason"):
+        display.error_line(f"{tuning_job}: {described['FailureReason']}")
+
+
+@app.command()
+def tune(
+    ctx: typer.Context,
+    parent: RunIdArgument,
+    range_: Annotated[list[str], typer.Option("--range", help="key=low:high or key=low:high:log: a number setting to search (repeatable).")] = [],  # noqa: B006
+    ranges: Annotated[Optional[Path], typer.Option(help='TOML file of ranges, key = "low:high[:log]" (top level or [ranges]).')] = None,
+    objective: Annotated[str, typer.Option(help="val: validation behavioural success during training; eval: the final evaluation's.")] = "val",
+    max_jobs: Annotated[int, typer.Option(help="Training jobs in all.")] = 10,
+    max_parallel_jobs: Annotated[int, typer.Option(help="Training jobs at once.")] = 2,
+    early_stopping: Annotated[bool, typer.Option(help="Let SageMaker stop children whose objective lags (needs --objective val).")] = True,
+) -> None:
+    """Start a SageMaker tuning job under PARENT that maximises behavioural success, with the launch flags given before 'tune'."""
+    state = _state(ctx)
+    with user_errors():
+        template = state.template
+        if template.local or template.resume or template.wait:
+            raise aws.LaunchError("tune runs on SageMaker and starts a new search", "drop --local, --resume and --wait; follow it with roadsense-launch status PARENT")
+        settings = state.settings()
+        sets = parse_set_options(list(template.sets))
+        texts = [*range_, *(tuning.ranges_from_file(ranges) if ranges else [])]
+        options = tuning.TuningOptions(
+            tuple(tuning.parse_range(text, template.preset, sets) for text in texts), objective, max_jobs, max_parallel_jobs, early_stopping)
+        launch_options = dataclasses.replace(template, run_id=parent)
+        if template.dry_run:
+            print(json.dumps(tuning.dry_run_tuning(launch_options, settings, options), indent=2, sort_keys=True))
+            return
+        request = tuning.launch_tuning(launch_options, settings, options)
+        display.console.print(f"[bold]{request['HyperParameterTuningJobName']}[/] created for {parent}: up to {max_jobs} jobs, {max_parallel_jobs} at a time")
+        display.console.print(f"  follow:  roadsense-launch status {parent}", soft_wrap=True)
+        display.console.print(f"  compare: roadsense-launch compare {parent}   best model: roadsense-launch fetch {parent}", soft_wrap=True)
+
+
 @app.command()
 def build(
     ctx: typer.Context,
@@ -247,6 +313,10 @@ def status(ctx: typer.Context, run_id: Annotated[Optional[str], typer.Argument(c
     """The status of a run's latest job, or of the newest jobs."""
     with user_errors():
         settings = _state(ctx).settings()
+        tuning_job = _tuning_job(settings, run_id) if run_id else None
+        if tuning_job:
+            _print_tuning(settings, tuning_job)
+            return
         if run_id:
             job = _latest_job(settings, run_id)
             rows = [_local_status(job) if job.local else jobs.describe_job(job.session.client("sagemaker"), job.name)]
@@ -291,13 +361,22 @@ def fetch(
     ctx: typer.Context,
     run_id: RunIdArgument,
     to: Annotated[Optional[Path], typer.Option(help="Target folder (default <runs-dir>/<run-id>).")] = None,
+    job: Annotated[Optional[str], typer.Option(help="A tuning job's parent: the child job to fetch (default the best).")] = None,
 ) -> None:
-    """Download a run's model.tar.gz (and output.tar.gz) and extract them safely into --to."""
+    """Download a run's model.tar.gz (and output.tar.gz) and extract them safely into --to; for a
+    tuning job's parent, its best child's (or --job's)."""
     with user_errors():
         settings = _state(ctx).settings()
         dest = to or settings.runs_dir / run_id
         layout = RunLayout(settings.bucket, run_id)
-        if _state(ctx).template.local:
+        tuning_job = None if _state(ctx).template.local else _tuning_job(settings, run_id)
+        if job is not None and tuning_job is None:
+            raise aws.LaunchError(f"run {run_id!r} is not a tuning job's parent, so --job does not apply", f"roadsense-launch fetch {run_id}")
+        if tuning_job:
+            child = _tuning_child(settings, tuning_job, job)
+            model = fetch_job(aws.make_session(settings).client("s3"), layout, child, dest, settings.limits)
+            display.console.print(f"{child} ({'chosen' if job else 'the best'} of tuning job {tuning_job})")
+        elif _state(ctx).template.local:
             found = record.read_local_record(settings.runs_dir, layout, settings.limits)
             if found is None:
                 raise RunNotFoundError(f"run {run_id!r} has no launch record in {settings.runs_dir}")
@@ -317,7 +396,8 @@ def list_runs(ctx: typer.Context) -> None:
         prefixes: list[str] = []
         # A shared bucket may hold any number of prefixes: read (one GET each) at most `limit`.
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket, Delimiter="/"):
-            prefixes += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
+            # checkpoints/ and codebuild/ are the bucket's own prefixes, not runs.
+            prefixes += [p["Prefix"] for p in page.get("CommonPrefixes", []) if p["Prefix"].removesuffix("/") not in RESERVED_PREFIXES]
             if len(prefixes) > limit:
                 break
         rows = [_list_row(s3, settings, prefix) for prefix in prefixes[:limit]]
@@ -410,15 +490,22 @@ def compare(ctx: typer.Context, parent: RunIdArgument) -> None:
             def run_file(key: str) -> Path | None:
                 return _run_file(settings, s3, key, Path(scratch) / key.replace("/", "_"))
 
-            sweep_key = RunLayout(settings.bucket, parent).sweep_key
-            sweep_file = run_file(sweep_key)
-            if sweep_file is None:
-                raise RunNotFoundError(f"{parent!r} is not a sweep: no {sweep_key} in {where}")
-            for child, point in json.loads(sweep_file.read_text())["children"].items():
-                layout = RunLayout(settings.bucket, child)
-                launch_file = run_file(layout.launch_key)
-                archive = run_file(layout.model_key(record.latest_job(json.loads(launch_file.read_text())))) if launch_file else None
-                rows.append((child, point, sweep.read_metrics(archive) if archive else {}))  # {}: no results yet
+            parent_layout = RunLayout(settings.bucket, parent)
+            sweep_file = run_file(parent_layout.sweep_key)
+            tuning_job = _tuning_job(settings, parent) if sweep_file is None and s3 is not None else None
+            if sweep_file is not None:
+                for child, point in json.loads(sweep_file.read_text())["children"].items():
+                    layout = RunLayout(settings.bucket, child)
+                    launch_file = run_file(layout.launch_key)
+                    archive = run_file(layout.model_key(record.latest_job(json.loads(launch_file.read_text())))) if launch_file else None
+                    rows.append((child, point, sweep.read_metrics(archive) if archive else {}))  # {}: no results yet
+            elif tuning_job is not None:
+                # A tuning job's children write under the parent's prefix: <parent>/output/<child>/output/.
+                for found in tuning.list_children(aws.make_session(settings).client("sagemaker"), tuning_job):
+                    archive = run_file(parent_layout.model_key(found.job_name)) if found.status == "Completed" else None
+                    rows.append((found.job_name, found.tuned, sweep.read_metrics(archive) if archive else {}))
+            else:
+                raise RunNotFoundError(f"{parent!r} is neither a sweep nor a tuning job: no {parent_layout.sweep_key} or {parent_layout.tuning_key} in {where}")
         columns, cells = sweep.compare_cells([metrics for _, _, metrics in rows])
         display.console.print(display.table(
             f"sweep {parent}", ["run id", "settings", *columns],

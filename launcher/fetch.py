@@ -241,7 +241,12 @@ def fetch_run(s3: Any, layout: RunLayout, dest: Path, limits: Limits) -> Path:
     record = read_record(s3, layout, limits)
     if record is None:
         raise RunNotFoundError(f"run {layout.run_id!r} has no launch record in s3://{layout.bucket}")
-    job = latest_job(record)
+    return fetch_job(s3, layout, latest_job(record), dest, limits)
+
+
+def fetch_job(s3: Any, layout: RunLayout, job: str, dest: Path, limits: Limits) -> Path:
+    """Download the archives of ``job`` (a job whose output is under the run's prefix: its latest
+    attempt, or a tuning job's child) into ``dest`` and extract them there."""
     with staged(dest) as stage:
         for key, required in ((layout.model_key(job), True), (layout.output_data_key(job), False)):
             local = stage / PurePosixPath(key).relative_to(layout.run_id)

@@ -19,9 +19,9 @@ from launcher import aws, display, image, jobs, record
 from launcher.cost import CostEstimate, estimate
 from launcher.fetch import extract_results, fetch_run
 from launcher.layout import RunLayout, job_name, validate_run_id
-from launcher.local import SCRATCH, run_local
+from launcher.local import LOCAL_CHECKPOINTS, SCRATCH, run_local
 from launcher.remote import check_listed_key
-from launcher.request import JobSpec, build_request
+from launcher.request import JobSpec, build_request, mutable_image
 from launcher.settings import LaunchSettings
 from launcher.upload import upload_tree, verify_dataset
 from roadsense.config import CostConfig, ConfigError, PipelineConfig, parse_set_options
@@ -49,6 +49,7 @@ class LaunchOptions:
     parent_run_id: str | None = None
     show_progress: bool = True
     allow_overrun: bool = False  # launch even if the estimate exceeds the max runtime
+    network_isolation: bool = True  # EnableNetworkIsolation: the container gets no network
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ def plan(options: LaunchOptions, settings: LaunchSettings, role_arn: str, image_
         spot=options.spot,
         with_dataset=options.dataset is not None,
         parent_run_id=options.parent_run_id,
+        network_isolation=options.network_isolation,
     )
     cost = estimate(config, settings.instance_count)
     refuse_overrun(options, cost, settings.max_runtime_s)
@@ -122,15 +124,16 @@ def dry_run_request(options: LaunchOptions, settings: LaunchSettings) -> tuple[d
     commit = git_commit()
     if options.local:
         return plan(options, settings, settings.role_arn or LOCAL_ROLE_ARN, _local_image(settings, commit), commit)
-    if settings.role_arn and settings.image_uri:
+    if settings.role_arn and settings.image_uri and not mutable_image(settings.image_uri):
         return plan(options, settings, settings.role_arn, settings.image_uri, commit)
     session = aws.make_session(settings)
     try:
         account = session.client("sts").get_caller_identity()["Account"]
         role = aws.resolve_role(session, settings)
+        # The request shows the digest a :latest resolves to now, as the launch would send it.
+        uri = aws.resolve_image(session, settings.image_uri) if settings.image_uri else image.ecr_image_uri(account, settings.region, settings.ecr_repository, commit)
     except Exception as exc:  # noqa: BLE001 - translate() re-raises what it does not know
         raise aws.translate(exc) from None
-    uri = settings.image_uri or image.ecr_image_uri(account, settings.region, settings.ecr_repository, commit)
     return plan(options, settings, role, uri, commit)
 
 
@@ -148,8 +151,8 @@ def _refuse_reuse(location: str, options: LaunchOptions) -> None:
 def launch(options: LaunchOptions, settings: LaunchSettings) -> Launched:
     """Run the launch ``options`` asks for (dry runs are :func:`dry_run_request`)."""
     # Settings, config and request shape are checked before anything is built, uploaded or run;
-    # the role and image are placeholders here and checked by the pre-flight.
-    plan(options, settings, LOCAL_ROLE_ARN, _local_image(settings, "unknown"), "unknown")
+    # the role and image are placeholders here and checked (an ECR :latest pinned) by the pre-flight.
+    plan(options, settings, LOCAL_ROLE_ARN, f"{image.LOCAL_IMAGE}:unknown", "unknown")
     if options.dataset is not None:
         verify_dataset(options.dataset)
     return _launch_local(options, settings) if options.local else _launch_cloud(options, settings)
@@ -163,7 +166,10 @@ def _launch_cloud(options: LaunchOptions, settings: LaunchSettings) -> Launched:
         raise aws.translate(exc) from None
 
 
-def _launch_cloud_steps(options: LaunchOptions, settings: LaunchSettings, session: boto3.Session) -> Launched:
+def prepare_cloud(options: LaunchOptions, settings: LaunchSettings, session: boto3.Session) -> tuple[dict[str, Any], CostEstimate | None]:
+    """Everything before a cloud job is created, for a training job and a tuning job alike: the pre-flight, the run
+    id's prefix (refused if in use, unless --resume or --force), the image (built unless given; a :latest pinned to
+    its digest), the validated request and the dataset upload. Raw boto errors propagate (callers translate them)."""
     checked = aws.preflight(session, settings, check_image=True)
     s3 = session.client("s3")
     layout = RunLayout(settings.bucket, options.run_id)
@@ -181,8 +187,16 @@ def _launch_cloud_steps(options: LaunchOptions, settings: LaunchSettings, sessio
     request, cost = plan(options, settings, checked.role_arn, image_uri, commit)
     if options.dataset is not None:
         upload_tree(s3, options.dataset, layout.bucket, layout.dataset_key)
+    return request, cost
+
+
+def _launch_cloud_steps(options: LaunchOptions, settings: LaunchSettings, session: boto3.Session) -> Launched:
+    request, cost = prepare_cloud(options, settings, session)
+    s3 = session.client("s3")
+    layout = RunLayout(settings.bucket, options.run_id)
     jobs.create_job(session.client("sagemaker"), request)
     previous = record.read_record(s3, layout, settings.limits)
+    commit = request["Environment"]["ROADSENSE_GIT_COMMIT"]
     record.write_record(s3, layout, record.add_attempt(previous, options.run_id, record.new_attempt(request, commit, "sagemaker")))
     name = request["TrainingJobName"]
     display.console.print(f"[bold]{name}[/] created for run {options.run_id}" + (f"; {cost.describe()}" if cost else ""))
@@ -215,7 +229,7 @@ def _launch_local(options: LaunchOptions, settings: LaunchSettings) -> Launched:
     if (run_dir / "launch.json").is_file() and not (options.resume or options.force):
         _refuse_reuse(str(run_dir), options)
     if options.force:
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        shutil.rmtree(run_dir / LOCAL_CHECKPOINTS, ignore_errors=True)
     commit = git_commit()
     request, cost = plan(options, settings, settings.role_arn or LOCAL_ROLE_ARN, _local_image(settings, commit), commit)
     launch_file = run_dir / "launch.json"
@@ -241,7 +255,11 @@ def publish_local_run(settings: LaunchSettings, run_id: str) -> bool:
     if not aws.s3_reachable(session, settings.bucket):
         return False
     layout = RunLayout(settings.bucket, run_id)
-    # Only what SageMaker would have put in S3: not the scratch root, not the extracted results.
-    upload_tree(session.client("s3"), settings.runs_dir / run_id, layout.bucket, layout.prefix, exclude=(SCRATCH, "model", "output-data"))
-    display.console.print(f"published to {layout.uri()}")
+    s3, run_dir = session.client("s3"), settings.runs_dir / run_id
+    # Only what SageMaker would have put in S3: not the scratch root, not the extracted results; the
+    # checkpoints go where a cloud run's live, so a cloud --resume continues a local run.
+    upload_tree(s3, run_dir, layout.bucket, layout.prefix, exclude=(SCRATCH, "model", "output-data", LOCAL_CHECKPOINTS))
+    if (run_dir / LOCAL_CHECKPOINTS).is_dir():
+        upload_tree(s3, run_dir / LOCAL_CHECKPOINTS, layout.bucket, layout.checkpoints_key)
+    display.console.print(f"published to {layout.uri()} and {layout.checkpoints_uri}")
     return True

@@ -4,12 +4,18 @@ One run id owns the prefix ``s3://<bucket>/<run-id>/``::
 
     launch.json                          launch record: every attempt's request, git commit, times
     dataset/...                          the uploaded dataset channel (--dataset)
-    checkpoints/...                      synced by SageMaker during the job; reused by --resume
     output/<job>/output/model.tar.gz     the model package (SageMaker packs /opt/ml/model)
     output/<job>/output/output.tar.gz    /opt/ml/output/data (TensorBoard logs, full log)
     sweep.json                           only for a sweep's parent: its children and their settings
+    tuning.json                          only for a tuning job's parent: the tuning job's name
 
-``--local`` lays out exactly the same tree under ``<runs-dir>/<run-id>/``.
+and its checkpoints live apart, under ``s3://<bucket>/checkpoints/<run-id>/`` (synced by SageMaker
+during the job; reused by --resume): S3 lifecycle filters are literal prefixes, so the bucket's
+rule that expires checkpoints (infra/roadsense.yaml) can only match one top-level prefix.
+``checkpoints`` and ``codebuild`` (the image build's artifacts) are therefore not run ids.
+
+``--local`` lays out the same tree under ``<runs-dir>/<run-id>/``, checkpoints in ``checkpoints/``
+there; publishing a local run puts them under ``checkpoints/<run-id>/`` like a cloud run's.
 """
 
 from __future__ import annotations
@@ -28,13 +34,17 @@ _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 JOB_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
 _RUN_ID_RULE = "letters, digits, '-' or '_', starting with a letter or digit"
 _JOB_NAME_RULE = "1-63 letters, digits or '-', starting and ending with a letter or digit (no underscores)"
+CHECKPOINTS_PREFIX = "checkpoints/"  # the bucket's lifecycle rule expires exactly this prefix
+# Top-level prefixes of the bucket that are not runs: a run with one of these ids would mix its
+# records with them (and its launch.json would expire with the checkpoints).
+RESERVED_PREFIXES = (CHECKPOINTS_PREFIX.rstrip("/"), "codebuild")
 
 
 class RunIdError(ValueError):
     """A run id or job name cannot be used; the message says what is allowed."""
 
 
-def _check_name(value: object, pattern: re.Pattern[str], max_length: int, what: str, rule: str) -> str:
+def check_name(value: object, pattern: re.Pattern[str], max_length: int, what: str, rule: str) -> str:
     """``value`` if it is a string that fullmatches ``pattern`` within ``max_length``: the one check of
     every name that becomes part of an S3 key or a local path."""
     if not isinstance(value, str) or len(value) > max_length or not pattern.fullmatch(value):
@@ -43,13 +53,17 @@ def _check_name(value: object, pattern: re.Pattern[str], max_length: int, what: 
 
 
 def validate_run_id(run_id: str, max_length: int = RUN_ID_MAX) -> str:
-    """``run_id`` if it is 1..max_length letters, digits, ``-`` or ``_``, starting with a letter or digit."""
-    return _check_name(run_id, _RUN_ID, max_length, "run id", _RUN_ID_RULE)
+    """``run_id`` if it is 1..max_length letters, digits, ``-`` or ``_``, starting with a letter or digit,
+    and not one of the bucket's :data:`RESERVED_PREFIXES`."""
+    check_name(run_id, _RUN_ID, max_length, "run id", _RUN_ID_RULE)
+    if run_id in RESERVED_PREFIXES:
+        raise RunIdError(f"run id {run_id!r} is reserved (the bucket keeps {run_id}/ for itself); choose another run id")
+    return run_id
 
 
 def validate_job_name(name: str) -> str:
     """``name`` if it is a legal SageMaker job name (job names read from launch.json become S3 keys and paths)."""
-    return _check_name(name, JOB_NAME, 63, "job name", _JOB_NAME_RULE)
+    return check_name(name, JOB_NAME, 63, "job name", _JOB_NAME_RULE)
 
 
 # For pydantic models of records read from the bucket.
@@ -94,8 +108,12 @@ class RunLayout:
         return f"{self.run_id}/sweep.json"
 
     @property
+    def tuning_key(self) -> str:
+        return f"{self.run_id}/tuning.json"
+
+    @property
     def checkpoints_key(self) -> str:
-        return f"{self.run_id}/checkpoints/"
+        return f"{CHECKPOINTS_PREFIX}{self.run_id}/"
 
     @property
     def dataset_key(self) -> str:
@@ -107,7 +125,7 @@ class RunLayout:
 
     @property
     def checkpoints_uri(self) -> str:
-        return self.uri("checkpoints")
+        return f"s3://{self.bucket}/{self.checkpoints_key}"
 
     @property
     def dataset_uri(self) -> str:

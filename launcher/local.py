@@ -29,6 +29,7 @@ from typing import Any, Callable
 from launcher.request import CHANNEL
 
 SCRATCH = "sm"
+LOCAL_CHECKPOINTS = "checkpoints"  # the mirror's checkpoints folder (in S3: checkpoints/<run-id>/)
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,8 @@ def prepare(run_dir: Path, request: dict[str, Any], dataset: Path | None) -> Pat
         # The mirror keeps the uploaded copy (as S3 would); the channel is SageMaker's download of it.
         shutil.copytree(dataset, run_dir / "dataset", dirs_exist_ok=True)
         shutil.copytree(run_dir / "dataset", sm / "input" / "data" / CHANNEL)
-    if (run_dir / "checkpoints").is_dir():
-        shutil.copytree(run_dir / "checkpoints", sm / "checkpoints")
+    if (run_dir / LOCAL_CHECKPOINTS).is_dir():
+        shutil.copytree(run_dir / LOCAL_CHECKPOINTS, sm / "checkpoints")
     for folder in ("model", "output/data", "checkpoints"):
         (sm / folder).mkdir(parents=True, exist_ok=True)
     return sm
@@ -128,8 +129,8 @@ def run_local(
         process.wait()
         status, reason = "Stopped", "stopped by the user"
     finally:
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-        shutil.copytree(sm / "checkpoints", run_dir / "checkpoints")
+        shutil.rmtree(run_dir / LOCAL_CHECKPOINTS, ignore_errors=True)
+        shutil.copytree(sm / "checkpoints", run_dir / LOCAL_CHECKPOINTS)
         output = run_dir / "output" / job / "output"
         _pack(sm / "output" / "data", output / "output.tar.gz")
         if status == "Completed":

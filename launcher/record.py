@@ -83,6 +83,9 @@ def write_record(s3: Any, layout: RunLayout, record: dict[str, Any]) -> None:
 
 
 def prefix_in_use(s3: Any, layout: RunLayout) -> bool:
-    """True if anything is stored under the run's prefix (a launch, checkpoints or results)."""
-    listing = s3.list_objects_v2(Bucket=layout.bucket, Prefix=layout.prefix, MaxKeys=1)
-    return listing.get("KeyCount", 0) > 0
+    """True if anything is stored for the run: under its prefix (a launch or results) or its
+    checkpoints prefix (which a new job would silently resume from)."""
+    return any(
+        s3.list_objects_v2(Bucket=layout.bucket, Prefix=prefix, MaxKeys=1).get("KeyCount", 0) > 0
+        for prefix in (layout.prefix, layout.checkpoints_key)
+    )

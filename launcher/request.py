@@ -23,6 +23,7 @@ _S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$")
 _ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 _ENV_KEY = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]{0,511}$")
 _MAX_RUNTIME_S = 28 * 24 * 3600
+MUTABLE_TAG = "latest"  # the one tag the stack's repository lets move (infra/roadsense.yaml)
 
 
 class RequestError(ValueError):
@@ -43,6 +44,9 @@ class JobSpec:
     spot: bool = False
     with_dataset: bool = False
     parent_run_id: str | None = None
+    # No network from the container: it needs none (inputs, checkpoints and outputs are SageMaker's
+    # transfers), and a job that cannot connect out cannot leak data or fetch code.
+    network_isolation: bool = True
 
 
 def build_request(spec: JobSpec, settings: LaunchSettings) -> dict[str, Any]:
@@ -73,6 +77,7 @@ def build_request(spec: JobSpec, settings: LaunchSettings) -> dict[str, Any]:
         # Checkpoints always go to S3, not only for spot: they are what --resume reuses.
         "CheckpointConfig": {"S3Uri": layout.checkpoints_uri, "LocalPath": CHECKPOINT_LOCAL_PATH},
         "EnableManagedSpotTraining": spec.spot,
+        "EnableNetworkIsolation": spec.network_isolation,
         "Environment": {
             "ROADSENSE_RUN_ID": spec.run_id,
             "ROADSENSE_GIT_COMMIT": spec.git_commit,
@@ -118,6 +123,8 @@ def request_problems(request: dict[str, Any]) -> list[str]:
     image = algorithm.get("TrainingImage", "")
     if not image or len(image) > 255 or re.search(r"\s", image):
         problems.append(f"TrainingImage {image!r}: a registry path of at most 255 characters without spaces")
+    elif mutable_image(image):
+        problems.append(f"TrainingImage {image!r}: the mutable tag '{MUTABLE_TAG}'; launch by a commit tag or an @sha256 digest (an ECR :latest is resolved to its digest)")
     metrics = algorithm.get("MetricDefinitions", [])
     if len(metrics) > 40:
         problems.append(f"MetricDefinitions: {len(metrics)}, at most 40 allowed")
@@ -149,6 +156,15 @@ def request_problems(request: dict[str, Any]) -> list[str]:
         problems.append(f"Tags: {len(tags)}, at most 50 allowed")
     problems += [f"Tag {t['Key']!r}: key <= 128 and value <= 256 characters" for t in tags if len(t["Key"]) > 128 or len(t["Value"]) > 256]
     return problems
+
+
+def mutable_image(image_uri: str) -> bool:
+    """True if ``image_uri`` names its image by the mutable tag ``latest`` (or by no tag, which means it)."""
+    name = image_uri.rsplit("/", 1)[-1]
+    if "@" in name:
+        return False
+    _, sep, tag = name.partition(":")
+    return not sep or tag == MUTABLE_TAG
 
 
 def _stopping_problems(request: dict[str, Any]) -> list[str]:

@@ -17,6 +17,7 @@ evaluation episodes). Changing one never changes what the others control.
 
 from __future__ import annotations
 
+import ast
 import difflib
 import json
 from pathlib import Path
@@ -256,9 +257,16 @@ class PipelineConfig(BaseModel):
 
     @classmethod
     def from_hyperparameters(cls, hyperparameters: dict[str, Any]) -> "PipelineConfig":
-        """SageMaker view: every value is a string; ``preset`` picks the defaults."""
+        """SageMaker view: every value is a string; ``preset`` picks the defaults.
+
+        Every value, ``preset`` included, is decoded by :func:`_parse_value`: the SDK sends
+        ``"\\"smoke\\""`` where the launcher sends ``"smoke"``, and both mean the same preset.
+        """
         values = dict(hyperparameters)
-        preset = str(values.pop("preset", "production"))
+        raw = values.pop("preset", "production")
+        preset = _parse_value(raw) if isinstance(raw, str) else raw
+        if not isinstance(preset, str):
+            raise ConfigError(f"preset: {clip(repr(raw))} is not a preset; choose one of {', '.join(PRESETS)}")
         return cls.from_overrides(preset, values)
 
     @classmethod
@@ -318,12 +326,45 @@ def _check_key(key: str) -> None:
         raise ConfigError(f"unknown config key {clip(repr(key))}{hint}")
 
 
+# SageMaker's limit on one hyperparameter value; nothing longer can come from a tuner, and it
+# bounds the work ast.literal_eval does on a string from outside.
+_LITERAL_MAX_CHARS = 2500
+_LITERAL_ERRORS = (ValueError, TypeError, SyntaxError, MemoryError, RecursionError)
+
+
 def _parse_value(text: str) -> Any:
-    """A string from the CLI or SageMaker: JSON if it parses (numbers, lists, null), else the text."""
+    """A string from the CLI or SageMaker, decoded as SageMaker's training toolkit does, plus Python literals.
+
+    1. JSON if it parses (numbers, lists, ``null``, ``true``, and ``"\\"smoke\\""``, which is
+       how the SageMaker SDK's ``safe_serialize`` sends a string);
+    2. else a Python literal made only of None, booleans, numbers, strings, lists and tuples
+       (``HyperparameterTuner`` sends static values as ``str(value)``: ``None``, ``False``,
+       ``['never-brake', 'rule-based']``); ``ast.literal_eval`` evaluates no code, and the text
+       is bounded to :data:`_LITERAL_MAX_CHARS`;
+    3. else the text itself (``smoke``, ``rule-based``, a path), which the model then validates.
+
+    A value that decodes to something the field cannot hold is refused by the model with the key named.
+    """
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
-        return text
+    except (json.JSONDecodeError, RecursionError):  # RecursionError: thousands of nested brackets
+        pass
+    if len(text) <= _LITERAL_MAX_CHARS:
+        try:
+            value = ast.literal_eval(text.strip())
+        except _LITERAL_ERRORS:
+            return text
+        if _plain_literal(value):
+            return value
+    return text
+
+
+def _plain_literal(value: Any) -> bool:
+    """True for what a config field can hold: None, bool, int, float, str, and lists or tuples of them
+    (not dicts, sets, bytes or complex numbers, which ``literal_eval`` also produces)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    return isinstance(value, (list, tuple)) and all(_plain_literal(item) for item in value)
 
 
 def _explain(exc: ValidationError) -> str:

@@ -8,7 +8,7 @@ import typing
 
 import pytest
 
-from roadsense.config import KEY_SECTION, PRESETS, SECTIONS, ConfigError, PipelineConfig, parse_set_options
+from roadsense.config import KEY_SECTION, PRESETS, SECTIONS, ConfigError, PipelineConfig, parse_set_options, _parse_value
 
 
 def test_hyperparameters_are_strings_and_round_trip() -> None:
@@ -155,3 +155,62 @@ def test_a_huge_value_is_quoted_short_after_the_reason() -> None:
     message = str(caught.value)
     assert message.startswith("total_timesteps: Input should be a valid integer")
     assert message.endswith("…)") and len(message) < 200
+
+
+# --- hyperparameter strings as each SageMaker path sends them ---------------------------------------
+
+# What reaches hyperparameters.json from each sender, spelled out (the SDK's own serializers are
+# compared with these in tests/test_sdk.py where the SDK is installed):
+# - roadsense-launch: PipelineConfig.to_hyperparameters() (strings as is, JSON for the rest);
+# - ModelTrainer: safe_serialize(), i.e. strings as is and json.dumps() for the rest;
+# - a JSON-encoding sender (json.dumps of every value, strings included): '"smoke"';
+# - HyperparameterTuner static values: str(value), i.e. Python's spelling.
+SENDERS: dict[str, dict[str, str]] = {
+    "json-encoded": {"preset": '"smoke"', "backend": '"traci"', "baselines": '["rule-based"]',
+                     "emulator_params": "null", "domain_randomization": "false", "sigma_range": "[0.1, 0.2]"},
+    "tuner str()": {"preset": "smoke", "backend": "traci", "baselines": "['rule-based']",
+                    "emulator_params": "None", "domain_randomization": "False", "sigma_range": "(0.1, 0.2)"},
+}
+
+
+@pytest.mark.parametrize("sender", SENDERS)
+def test_every_sagemaker_spelling_decodes_to_the_same_config(sender: str) -> None:
+    config = PipelineConfig.from_hyperparameters(SENDERS[sender])
+    assert config.preset == "smoke" and config.env.backend == "traci"
+    assert config.evaluation.baselines == ("rule-based",)
+    assert config.env.emulator_params is None  # not the path "None"
+    assert config.env.domain_randomization is False and config.dataset.sigma_range == (0.1, 0.2)
+
+
+def test_tuner_str_of_the_default_baselines_and_a_quoted_preset() -> None:
+    hyper = {"preset": json.dumps("standard"), "baselines": str(["never-brake", "rule-based"]), "hazard_window": str((100, 150))}
+    config = PipelineConfig.from_hyperparameters(hyper)
+    assert config.preset == "standard" and config.evaluation.baselines == ("never-brake", "rule-based")
+    assert config.env.hazard_window == (100, 150)
+
+
+@pytest.mark.parametrize(
+    ("hyper", "named"),
+    [
+        ({"preset": '"huge"'}, "preset: 'huge' is not a preset"),
+        ({"preset": "[1, 2]"}, "preset: '\\[1, 2\\]' is not a preset"),
+        ({"preset": "None"}, "preset: 'None' is not a preset"),
+        ({"total_timesteps": "True"}, "total_timesteps: expected a number, not true/false"),  # the tuner's str(True)
+        ({"learning_rate": "float('nan')"}, "learning_rate: "),  # a call, not a literal: stays text and is refused
+        ({"baselines": "{'rule-based'}"}, "baselines: "),  # a set literal is not a config value
+        ({"emulator_params": "['a']"}, "emulator_params: "),
+        ({"seed": "__import__('os').getpid()"}, "seed: "),  # never evaluated
+    ],
+)
+def test_nonsense_is_still_refused_naming_the_key(hyper: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        PipelineConfig.from_hyperparameters({"preset": "smoke", **hyper})
+
+
+def test_literal_decoding_is_bounded() -> None:
+    # Thousands of nested brackets break neither json nor literal_eval: the text stays text and is refused.
+    for text in ("[" * 5000, "(" * 2000 + ")" * 2000, "[" * 100_000):
+        with pytest.raises(ConfigError, match="sigma_range: "):
+            PipelineConfig.from_hyperparameters({"sigma_range": text})
+    assert _parse_value("[0.1, 0.2]" + " " * 3000) == [0.1, 0.2]  # JSON has no length bound
+    assert _parse_value("(0.1, 0.2)" + " " * 3000).startswith("(")  # a literal over 2,500 characters stays text

@@ -25,6 +25,9 @@ from moto.cloudformation.models import cloudformation_backends
 from typer.testing import CliRunner
 
 from launcher import codebuild, infra
+from launcher.launch import LaunchOptions, plan
+from launcher.layout import CHECKPOINTS_PREFIX, RunLayout
+from launcher.settings import LaunchSettings
 
 REPO = Path(__file__).resolve().parent.parent
 INFRA = REPO / "infra"
@@ -183,9 +186,12 @@ def test_training_role_reaches_only_its_bucket_repository_and_logs(template: dic
             assert all(r.startswith(bucket) for r in resources), (action, resources)
         if service == "logs":
             assert all("log-group:/aws/sagemaker/TrainingJobs:" in r for r in resources), (action, resources)
-    assert actions["s3:GetObject"] == {f"{bucket}/*"}
-    # Writes only where SageMaker writes: the job output and the checkpoints of a run.
-    assert actions["s3:PutObject"] == {f"{bucket}/*/output/*", f"{bucket}/*/checkpoints/*", f"{bucket}/checkpoints/*"}
+    # Reads only what SageMaker downloads for a job (the dataset channel, the checkpoints it restores),
+    # writes only where SageMaker writes (the job output, the checkpoints): the launcher's layout.
+    layout = RunLayout("b", "RUN")
+    assert actions["s3:GetObject"] == {f"{bucket}/*/dataset/*", f"{bucket}/{CHECKPOINTS_PREFIX}*"}
+    assert actions["s3:PutObject"] == {f"{bucket}/*/output/*", f"{bucket}/{CHECKPOINTS_PREFIX}*"}
+    assert layout.dataset_key.replace("RUN", "*") + "*" == "*/dataset/*" and layout.output_uri.endswith("RUN/output")
     assert "s3:DeleteObject" not in actions
     assert actions["ecr:BatchGetImage"] == {"${ImageRepository.Arn}"}
     assert "ecr:PutImage" not in actions  # pull only
@@ -198,6 +204,24 @@ def test_roles_trust_only_their_service_in_this_account(template: dict[str, Any]
         trust = only(template["Resources"][role]["Properties"]["AssumeRolePolicyDocument"]["Statement"])
         assert trust["Principal"] == {"Service": service}
         assert trust["Condition"]["StringEquals"]["aws:SourceAccount"] == {"Ref": "AWS::AccountId"}
+    trust = only(template["Resources"]["SageMakerExecutionRole"]["Properties"]["AssumeRolePolicyDocument"]["Statement"])
+    assert as_text(trust["Condition"]["ArnLike"]["aws:SourceArn"]) == "arn:${AWS::Partition}:sagemaker:${AWS::Region}:${AWS::AccountId}:training-job/*"
+
+
+def test_checkpoints_live_where_the_lifecycle_rule_expires_them(template: dict[str, Any]) -> None:
+    # S3 lifecycle prefixes are literal: the launcher's checkpoint URI, for --resume as for a first
+    # launch, must start with the rule's prefix, and nothing else of a run may (it would expire).
+    rules = only(resources_of(template, "AWS::S3::Bucket"))["LifecycleConfiguration"]["Rules"]
+    expiring = only([r["Prefix"] for r in rules if "ExpirationInDays" in r])
+    assert expiring == CHECKPOINTS_PREFIX
+    layout = RunLayout("saferide-training-results", "cloud_prod_001")
+    for resume in (False, True):
+        options = LaunchOptions(run_id="cloud_prod_001", preset="smoke", resume=resume)
+        request, _ = plan(options, LaunchSettings(), "arn:aws:iam::123456789012:role/r", "123456789012.dkr.ecr.il-central-1.amazonaws.com/r:abc", "abc")
+        key = request["CheckpointConfig"]["S3Uri"].removeprefix("s3://saferide-training-results/")
+        assert key.startswith(expiring) and key == layout.checkpoints_key
+    kept = [layout.launch_key, layout.dataset_key, layout.model_key("j"), layout.sweep_key, layout.tuning_key, layout.output_data_key("j")]
+    assert not [k for k in kept if k.startswith(expiring)]
 
 
 def test_codebuild_is_privileged_uses_buildspec_and_its_own_role(template: dict[str, Any]) -> None:

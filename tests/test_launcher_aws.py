@@ -39,7 +39,7 @@ def moto_env(moto_session: boto3.Session):
 
 def _settings(role: str, **changes: object) -> LaunchSettings:
     image = "123456789012.dkr.ecr.il-central-1.amazonaws.com/roadsense-training:abc"
-    return LaunchSettings(role_arn=role, image_uri=image, **changes)
+    return LaunchSettings(**{"role_arn": role, "image_uri": image, **changes})
 
 
 def _push_image(session: boto3.Session) -> None:
@@ -99,12 +99,16 @@ def test_launch_creates_job_and_record_and_refuses_a_duplicate(moto_env, tmp_pat
 
     with pytest.raises(aws.LaunchError, match="already holds a run"):
         launch(options, settings)
-    s3.put_object(Bucket=BUCKET, Key="cloud_prod_001/checkpoints/ckpt_1.zip", Body=b"x")
+    s3.put_object(Bucket=BUCKET, Key="checkpoints/cloud_prod_001/ckpt_1.zip", Body=b"x")
+    s3.put_object(Bucket=BUCKET, Key="checkpoints/cloud_prod_0010/ckpt_1.zip", Body=b"x")  # another run, same leading characters
     resumed = launch(LaunchOptions(run_id="cloud_prod_001", preset="smoke", resume=True), settings)
     assert resumed.job_name != first.job_name
-    assert s3.list_objects_v2(Bucket=BUCKET, Prefix="cloud_prod_001/checkpoints/")["KeyCount"] == 1
+    # --resume sends the prefix the checkpoints are under, with its slash (not also cloud_prod_0010's).
+    assert resumed.request["CheckpointConfig"]["S3Uri"] == f"s3://{BUCKET}/checkpoints/cloud_prod_001/"
+    assert s3.list_objects_v2(Bucket=BUCKET, Prefix="checkpoints/cloud_prod_001/")["KeyCount"] == 1
     launch(LaunchOptions(run_id="cloud_prod_001", preset="smoke", force=True), settings)
-    assert s3.list_objects_v2(Bucket=BUCKET, Prefix="cloud_prod_001/checkpoints/")["KeyCount"] == 0
+    assert s3.list_objects_v2(Bucket=BUCKET, Prefix="checkpoints/cloud_prod_001/")["KeyCount"] == 0
+    assert s3.list_objects_v2(Bucket=BUCKET, Prefix="checkpoints/cloud_prod_0010/")["KeyCount"] == 1
     record = json.loads(s3.get_object(Bucket=BUCKET, Key="cloud_prod_001/launch.json")["Body"].read())
     assert len(record["attempts"]) == 3
     # moto reports the job Completed at once but writes no results: fetch names where it looked.
@@ -116,11 +120,40 @@ def test_force_refuses_a_crafted_checkpoint_key_before_deleting_anything(moto_en
     session, role = moto_env
     _push_image(session)
     s3 = session.client("s3")
-    for key in ("r5/checkpoints/ckpt_1.zip", "r5/checkpoints/../../other_run/launch.json"):
+    for key in ("checkpoints/r5/ckpt_1.zip", "checkpoints/r5/../../other_run/launch.json"):
         s3.put_object(Bucket=BUCKET, Key=key, Body=b"x")
-    with pytest.raises(RemoteDataError, match=r"'\.\.' segment under r5/checkpoints/"):
+    with pytest.raises(RemoteDataError, match=r"'\.\.' segment under checkpoints/r5/"):
         launch(LaunchOptions(run_id="r5", preset="smoke", force=True), _settings(role))
-    assert s3.list_objects_v2(Bucket=BUCKET, Prefix="r5/")["KeyCount"] == 2  # nothing deleted, no job recorded
+    assert s3.list_objects_v2(Bucket=BUCKET, Prefix="checkpoints/r5/")["KeyCount"] == 2  # nothing deleted
+    assert s3.list_objects_v2(Bucket=BUCKET, Prefix="r5/").get("KeyCount") == 0  # no job recorded
+
+
+def test_checkpoints_alone_make_a_run_id_taken(moto_env) -> None:
+    # A new job on the id would silently resume from them: the launch asks for --resume or --force.
+    session, role = moto_env
+    _push_image(session)
+    session.client("s3").put_object(Bucket=BUCKET, Key="checkpoints/r6/ckpt_1.zip", Body=b"x")
+    with pytest.raises(aws.LaunchError, match="already holds a run"):
+        launch(LaunchOptions(run_id="r6", preset="smoke"), _settings(role))
+
+
+def test_latest_is_launched_by_its_digest(moto_env) -> None:
+    session, role = moto_env
+    _push_image(session)
+    repo = "123456789012.dkr.ecr.il-central-1.amazonaws.com/roadsense-training"
+    ecr = session.client("ecr")
+    manifest = ecr.batch_get_image(repositoryName="roadsense-training", imageIds=[{"imageTag": "abc"}])["images"][0]["imageManifest"]
+    ecr.put_image(repositoryName="roadsense-training", imageManifest=manifest, imageTag="latest")
+    digest = ecr.describe_images(repositoryName="roadsense-training", imageIds=[{"imageTag": "latest"}])["imageDetails"][0]["imageDigest"]
+    for given in (f"{repo}:latest", repo):
+        launched = launch(LaunchOptions(run_id=f"pin{len(given)}", preset="smoke"), _settings(role, image_uri=given))
+        sent = session.client("sagemaker").describe_training_job(TrainingJobName=launched.job_name)
+        assert sent["AlgorithmSpecification"]["TrainingImage"] == f"{repo}@{digest}"
+        assert launched.request["Environment"]["ROADSENSE_IMAGE"] == f"{repo}@{digest}"
+    # A commit tag is immutable in the repository: sent as given.
+    assert launch(LaunchOptions(run_id="pin_tag", preset="smoke"), _settings(role)).request["AlgorithmSpecification"]["TrainingImage"] == f"{repo}:abc"
+    with pytest.raises(aws.LaunchError, match="mutable tag 'latest' and is not in ECR"):
+        launch(LaunchOptions(run_id="pin_other", preset="smoke"), _settings(role, image_uri="docker.io/library/python:latest"))
 
 
 def test_upload_skips_unchanged_objects(moto_env, tmp_path: Path) -> None:

@@ -81,9 +81,11 @@ def test_local_run_publishes_and_fetches(moto_server, tmp_path: Path, monkeypatc
     assert (runs / "local_001" / "output" / job / "output" / "model.tar.gz").is_file()
     keys = {o["Key"] for o in moto_server.list_objects_v2(Bucket=BUCKET, Prefix="local_001/")["Contents"]}
     assert keys == {
-        "local_001/launch.json", "local_001/checkpoints/ckpt_0.zip",
-        f"local_001/output/{job}/output/model.tar.gz", f"local_001/output/{job}/output/output.tar.gz",
+        "local_001/launch.json", f"local_001/output/{job}/output/model.tar.gz", f"local_001/output/{job}/output/output.tar.gz",
     }
+    # Where a cloud run's checkpoints live (and expire): a cloud --resume would continue from them.
+    checkpoints = {o["Key"] for o in moto_server.list_objects_v2(Bucket=BUCKET, Prefix="checkpoints/")["Contents"]}
+    assert checkpoints == {"checkpoints/local_001/ckpt_0.zip"}
 
     assert _invoke("--run-id", "local_001", "--local", "--runs-dir", str(runs)).exit_code == 1  # duplicate
     assert _invoke("--run-id", "local_001", "--preset", "smoke", "--local", "--resume", "--runs-dir", str(runs)).exit_code == 0
@@ -118,7 +120,7 @@ def test_local_sweep_is_compared_from_s3_and_from_the_runs_dir(moto_server, tmp_
         assert all(cell in rows["grid-002"] for cell in ("seed=1", "20.0% (7.0-45.2)", "80.0% (54.8-93.0)"))
         header = next(line for line in result.output.splitlines() if "run id" in line)
         assert [c.strip() for c in header.split("┃")[3:-1]] == ["collision_rate", "success_rate"]  # the overall metrics, not per bucket
-    assert "not a sweep" in _invoke("compare", "grid-001").output
+    assert "neither a sweep nor a tuning job" in _invoke("compare", "grid-001").output
     listed = _invoke("list").output
     assert "(sweep: compare grid)" in listed and listed.count("local") == 2
 

@@ -39,9 +39,11 @@ def test_request_carries_the_launch_settings() -> None:
     assert request["AlgorithmSpecification"]["MetricDefinitions"] == METRIC_DEFINITIONS
     assert request["RoleArn"] == ROLE
     assert request["OutputDataConfig"]["S3OutputPath"] == "s3://saferide-training-results/cloud_prod_001/output"
-    assert request["CheckpointConfig"]["S3Uri"] == "s3://saferide-training-results/cloud_prod_001/checkpoints"
+    # Apart from the run's prefix, under the one prefix the bucket's lifecycle rule expires (tests/test_infra.py).
+    assert request["CheckpointConfig"]["S3Uri"] == "s3://saferide-training-results/checkpoints/cloud_prod_001/"
     assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 86400}
     assert request["EnableManagedSpotTraining"] is False
+    assert request["EnableNetworkIsolation"] is True
     assert request["Environment"]["ROADSENSE_RUN_ID"] == "cloud_prod_001"
     assert request["Environment"]["ROADSENSE_IMAGE"] == request["AlgorithmSpecification"]["TrainingImage"]
     tags = {t["Key"]: t["Value"] for t in request["Tags"]}
@@ -82,6 +84,32 @@ def test_validation_catches_what_moto_accepts(change, message: str) -> None:
     assert request_problems(request) == []
     change(request)
     assert any(message in problem for problem in request_problems(request))
+
+
+def test_network_isolation_can_be_turned_off() -> None:
+    assert _request(network_isolation=False)["EnableNetworkIsolation"] is False
+
+
+@pytest.mark.parametrize(
+    ("image", "mutable"),
+    [
+        (IMAGE, False),
+        ("123456789012.dkr.ecr.il-central-1.amazonaws.com/roadsense-training:latest", True),
+        ("123456789012.dkr.ecr.il-central-1.amazonaws.com/roadsense-training", True),  # no tag means latest
+        ("123456789012.dkr.ecr.il-central-1.amazonaws.com/roadsense-training@sha256:" + "a" * 64, False),
+        ("localhost:5000/roadsense-train", True),  # the port is not a tag
+        ("localhost:5000/roadsense-train:abc", False),
+    ],
+)
+def test_a_job_is_never_launched_by_the_mutable_tag(image: str, mutable: bool) -> None:
+    problems = request_problems({**_request(), "AlgorithmSpecification": {**_request()["AlgorithmSpecification"], "TrainingImage": image}})
+    assert any("mutable tag 'latest'" in p for p in problems) is mutable
+
+
+@pytest.mark.parametrize("run_id", ["checkpoints", "codebuild"])
+def test_the_buckets_own_prefixes_are_not_run_ids(run_id: str) -> None:
+    with pytest.raises(RunIdError, match="reserved"):
+        validate_run_id(run_id)
 
 
 def test_bad_instance_type_is_refused_before_aws() -> None:
