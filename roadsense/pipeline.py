@@ -35,13 +35,15 @@ from roadsense.estimate import stage_seconds
 from roadsense.evaluation.evaluate import evaluate
 from roadsense.evaluation.matrix import plan_matrix
 from roadsense.exits import signal_name_of
+from roadsense.export.exporter import INT8, POLICY, calibration_plan, export_policy
 from roadsense.scenarios.dataset import Dataset
 from roadsense.scenarios.generate import generate_dataset
 from roadsense.sim.sumo_home import sumo_version
 from roadsense.training.train import train
 from roadsense.v2v import load_params, params_hash
 
-STAGES = ["dataset", "train", "evaluate", "package"]
+STAGES = ["dataset", "train", "export", "evaluate", "package"]
+EXPORT_DIR = "export"  # the ONNX graphs, roadsense_policy.h and deploy.json (roadsense.export)
 CONFIG_FILE = "config.json"
 PROVENANCE_FILE = "provenance.json"
 MIN_FREE_BYTES = 1 << 30  # checkpoints, logs and the dataset of a production run fit well within 1 GiB
@@ -156,10 +158,20 @@ def _run_stages(paths: RunPaths, config: PipelineConfig, dataset: Path | None, p
                         log_dir=paths.logs, progress=progress)
         status.succeed(stage, num_timesteps=trained.num_timesteps, steps_per_s=round(trained.steps_per_s, 1))
 
+        stage = "export"
+        status.start(stage)
+        variants: tuple[str, ...] = ()
+        if config.evaluation.export_onnx:  # calibrated on the val split; the eval split stays unseen until evaluate
+            exported = paths.output / EXPORT_DIR
+            export_policy(trained.model_path, exported, trained.vecnormalize_path, calibration_plan(config, opened.root))
+            variants = (str(exported / POLICY), str(exported / INT8[POLICY]))
+        status.succeed(stage, onnx=config.evaluation.export_onnx)
+
         stage = "evaluate"
         status.start(stage)
         metrics = evaluate(str(trained.model_path), opened.root, paths.output, config,
-                           progress_csv=paths.logs / "progress.csv", model_selection=trained.model_selection)
+                           progress_csv=paths.logs / "progress.csv", model_selection=trained.model_selection,
+                           variants=variants)
         status.succeed(stage, behavioral_success_rate=metrics["overall"]["behavioral_success_rate"])
 
         stage = "package"

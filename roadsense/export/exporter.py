@@ -24,13 +24,15 @@ import numpy as np
 
 from roadsense.artifacts.status import write_json_atomic
 from roadsense.env.observation import EGO_FEATURES, MAX_PEERS, PEER_FEATURES
-from roadsense.evaluation.policies import load_model
+from roadsense.config import PipelineConfig
+from roadsense.evaluation.policies import load_model, onnx_act
 from roadsense.export import c_header, card, parity
 from roadsense.export.graph import MASK_THRESHOLD, ExportError, peer_encoder_graph, policy_graph, policy_head_graph, policy_weights
 from roadsense.export.quantize import SETTINGS as QUANTISATION
 from roadsense.export.quantize import quantize
-from roadsense.export.record import Recording
+from roadsense.export.record import CalibrationPlan, CalibrationSplit
 from roadsense.export.runtime import ObsBatch, session
+from roadsense.scenarios.dataset import Dataset
 
 CARD_FILE = "deploy.json"
 POLICY, ENCODER, HEAD = "policy.onnx", "peer_encoder.onnx", "policy_head.onnx"
@@ -39,13 +41,22 @@ SYNTHETIC_ROWS = 4096
 SYNTHETIC_SEED = 0
 
 
+def calibration_plan(config: PipelineConfig, dataset: Path, split: CalibrationSplit = "val") -> CalibrationPlan:
+    """The run's calibration episodes: ``calibration_episodes_per_bucket`` per bucket of ``split``,
+    seeded with ``val_seed``, under the run's env settings."""
+    return CalibrationPlan(Dataset.open(dataset), split, config.env, config.evaluation.calibration_episodes_per_bucket,
+                           config.evaluation.val_seed)
+
+
 def export_policy(model_path: Path, output: Path, vecnormalize: Path | None = None,
-                  recording: Recording | None = None) -> dict[str, Any]:
+                  calibration: CalibrationPlan | None = None) -> dict[str, Any]:
     """Write every file (see the module docstring) into ``output``; returns the deploy card.
 
-    ``recording``: observations from the val or train split. Its even-numbered episodes
-    calibrate the INT8 graphs and its odd-numbered ones (held out) measure parity; without
-    it no INT8 graph is built and parity uses synthetic observations.
+    ``calibration``: episodes of the val or train split, driven by the float ``policy.onnx``
+    (onnxruntime steps ~50x faster than SB3's predict, and parity below proves it acts as
+    the torch policy). Their even-numbered episodes calibrate the INT8 graphs and the
+    odd-numbered ones (held out) measure parity. Without it no INT8 graph is built and
+    parity uses synthetic observations.
     """
     _check_raw_observations(vecnormalize)
     model = load_model(model_path)
@@ -56,13 +67,14 @@ def export_policy(model_path: Path, output: Path, vecnormalize: Path | None = No
         (output / name).write_bytes(graph.SerializeToString())
     header = c_header.write(weights, output)
 
+    recording = None if calibration is None else calibration.record(onnx_act(output / POLICY))
     if recording is not None:
-        calibration = recording.rows(recording.episode % 2 == 0)
+        calibration_rows = recording.rows(recording.episode % 2 == 0)
         held_out = recording.rows(recording.episode % 2 == 1)
-        _quantize_all(output, calibration)
+        _quantize_all(output, calibration_rows)
         observations = {"source": "recorded", "split": recording.split, "seed": recording.seed,
                         "episodes": recording.episodes, "scenario_ids": list(recording.scenario_ids),
-                        "calibration_rows": len(calibration["ego"]), "parity_rows": len(held_out["ego"]),
+                        "calibration_rows": len(calibration_rows["ego"]), "parity_rows": len(held_out["ego"]),
                         "use": "even-numbered episodes calibrate INT8, odd-numbered ones (held out) measure parity"}
     else:
         held_out = synthetic_observations(weights.ego_dim, SYNTHETIC_ROWS, SYNTHETIC_SEED)

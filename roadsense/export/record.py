@@ -42,34 +42,46 @@ class Recording:
         return {name: values[keep] for name, values in self.obs.items()}
 
 
-def record_observations(act: Act, dataset: Dataset, split: CalibrationSplit, env_config: EnvConfig,
-                        episodes_per_bucket: int, seed: int) -> Recording:
-    """Run ``act`` on the (peer count, hazard rank) matrix of ``split`` and keep every observation it saw.
+@dataclass(frozen=True)
+class CalibrationPlan:
+    """Where calibration observations come from: ``episodes_per_bucket`` episodes per (peer count,
+    hazard rank) bucket of ``split`` of ``dataset``, seeded with ``seed``, under ``env_config``."""
 
-    The matrix covers the peer counts present in the split (``train`` may lack some), so the
-    recording spans 1..5 peers and every hazard rank, as the car will meet them.
-    """
-    if split not in CALIBRATION_SPLITS:
-        raise ValueError(f"observations for calibration come from the {' or '.join(CALIBRATION_SPLITS)} split, "
-                         f"never {split!r}: the eval split is kept for the final evaluation")
-    from roadsense.env.convoy_env import ConvoyEnv
+    dataset: Dataset
+    split: CalibrationSplit
+    env_config: EnvConfig
+    episodes_per_bucket: int
+    seed: int
 
-    counts = tuple(sorted({dataset.peer_count(split, sid) for sid in dataset.ids(split)}))
-    plan = plan_matrix(dataset, episodes_per_bucket, seed, peer_counts=counts, split=split)
-    seen: list[dict[str, np.ndarray]] = []
-    episode: list[int] = []
+    def __post_init__(self) -> None:
+        if self.split not in CALIBRATION_SPLITS:
+            raise ValueError(f"observations for calibration come from the {' or '.join(CALIBRATION_SPLITS)} split, "
+                             f"never {self.split!r}: the eval split is kept for the final evaluation")
 
-    env = ConvoyEnv(dataset.root, split=split, config=env_config)
-    try:
-        for i, spec in enumerate(plan):
-            def recording_act(obs: dict[str, np.ndarray], i: int = i) -> np.ndarray:
-                seen.append(obs)
-                episode.append(i)
-                return act(obs)
+    def record(self, act: Act) -> Recording:
+        """Let ``act`` drive the plan's episodes and keep every observation it saw.
 
-            play_episode(env, recording_act, spec.scenario_id, spec.seed, spec.hazard_rank)
-    finally:
-        env.close()
-    stacked = {name: np.stack([o[name] for o in seen]).astype(np.float32) for name in ("ego", "peers", "peer_mask")}
-    return Recording(split, tuple(dict.fromkeys(s.scenario_id for s in plan)), seed, len(plan), stacked,
-                     np.asarray(episode))
+        The matrix covers the peer counts present in the split (``train`` may lack some), so
+        the recording spans every peer count and hazard rank the split holds, as the car meets them.
+        """
+        from roadsense.env.convoy_env import ConvoyEnv
+
+        counts = tuple(sorted({self.dataset.peer_count(self.split, sid) for sid in self.dataset.ids(self.split)}))
+        plan = plan_matrix(self.dataset, self.episodes_per_bucket, self.seed, peer_counts=counts, split=self.split)
+        seen: list[dict[str, np.ndarray]] = []
+        episode: list[int] = []
+
+        env = ConvoyEnv(self.dataset.root, split=self.split, config=self.env_config)
+        try:
+            for i, spec in enumerate(plan):
+                def recording_act(obs: dict[str, np.ndarray], i: int = i) -> np.ndarray:
+                    seen.append(obs)
+                    episode.append(i)
+                    return act(obs)
+
+                play_episode(env, recording_act, spec.scenario_id, spec.seed, spec.hazard_rank)
+        finally:
+            env.close()
+        stacked = {name: np.stack([o[name] for o in seen]).astype(np.float32) for name in ("ego", "peers", "peer_mask")}
+        return Recording(self.split, tuple(dict.fromkeys(s.scenario_id for s in plan)), self.seed, len(plan), stacked,
+                         np.asarray(episode))
