@@ -24,8 +24,14 @@ FUNCTION = ("float roadsense_policy(const float ego[ROADSENSE_EGO_DIM], "
 _ACT_CODE = {"none": 0, "relu": 1, "tanh": 2}
 
 
+def _float(value: float) -> str:
+    """A C float literal: '1.5f', '1e-05f', and '2.0f' rather than the invalid '2f'."""
+    text = f"{value:.9g}"
+    return f"{text}f" if any(c in text for c in ".e") else f"{text}.0f"
+
+
 def _floats(values: np.ndarray) -> str:
-    return ", ".join(f"{v:.9g}f" for v in values.reshape(-1).tolist())
+    return ", ".join(_float(v) for v in values.reshape(-1).tolist())
 
 
 def _layer_arrays(prefix: str, layers: tuple[Dense, ...]) -> list[str]:
@@ -88,14 +94,14 @@ def source(weights: PolicyWeights) -> str:
         "    float *pooled = rs_features + ROADSENSE_EGO_DIM;",
         "    for (int j = 0; j < ROADSENSE_EMBEDDING_DIM; ++j) pooled[j] = 0.0f;",
         "    for (int p = 0; p < ROADSENSE_MAX_PEERS; ++p) {",
-        f"        if (!(peer_mask[p] > {MASK_THRESHOLD!r}f)) continue; /* empty slot: its content is never read */",
+        f"        if (!(peer_mask[p] > {_float(MASK_THRESHOLD)})) continue; /* empty slot: its content is never read */",
         *["    " + line for line in phi_calls],
         f"        for (int j = 0; j < ROADSENSE_EMBEDDING_DIM; ++j) if ({phi_out}[j] > pooled[j]) pooled[j] = {phi_out}[j];",
         "    }",
         *head_calls,
         f"    float mean = {head_out}[0];",
         "    if (action_mean != NULL) *action_mean = mean;",
-        f"    return mean < {ACTION_LOW!r}f ? {ACTION_LOW!r}f : mean > {ACTION_HIGH!r}f ? {ACTION_HIGH!r}f : mean;",
+        f"    return mean < {_float(ACTION_LOW)} ? {_float(ACTION_LOW)} : mean > {_float(ACTION_HIGH)} ? {_float(ACTION_HIGH)} : mean;",
         "}",
         "#endif /* ROADSENSE_POLICY_H */",
         "",

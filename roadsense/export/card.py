@@ -91,10 +91,10 @@ def graph_doc(path: Path) -> dict[str, Any]:
     """A graph file's size, hash, opset and input/output names, shapes and dtypes, read from the file itself."""
     model = onnx.load(str(path))
 
-    def io(values) -> dict[str, Any]:
-        return {v.name: {"shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim],
-                         "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name}
-                for v in values}
+    def io(values) -> list[dict[str, Any]]:  # a list: the order is the graph's, for positional runtimes
+        return [{"name": v.name, "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim],
+                 "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name}
+                for v in values]
 
     return {"bytes": path.stat().st_size, "sha256": sha256(path),
             "opset": next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
