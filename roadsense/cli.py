@@ -107,8 +107,8 @@ def evaluate(
             if policy not in BASELINES:
                 raise ConfigError(f"--policy {policy!r}: choose one of {', '.join(BASELINES)}")
         elif model is None and len(onnx) != 1:
-            raise ConfigError("give --model PATH (and any --onnx PATH to evaluate beside it), "
-                              "--policy never-brake|rule-based, or one --onnx PATH")
+            raise ConfigError("give exactly one of --model PATH, --policy never-brake|rule-based or --onnx PATH "
+                              "(more --onnx PATH may go beside --model)")
         for path, flag in [(model, "--model"), *((p, "--onnx") for p in onnx)]:
             if path is not None and not path.is_file():
                 raise FileNotFoundError(f"{flag} {path}: no such file")

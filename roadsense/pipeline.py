@@ -35,7 +35,7 @@ from roadsense.estimate import stage_seconds
 from roadsense.evaluation.evaluate import evaluate
 from roadsense.evaluation.matrix import plan_matrix
 from roadsense.exits import signal_name_of
-from roadsense.export.exporter import INT8, POLICY, calibration_plan, export_policy
+from roadsense.export.exporter import EVALUATED, calibration_plan, export_policy
 from roadsense.scenarios.dataset import Dataset
 from roadsense.scenarios.generate import generate_dataset
 from roadsense.sim.sumo_home import sumo_version
@@ -106,7 +106,8 @@ def plan_run(paths: RunPaths, config: PipelineConfig, dataset: Path | None) -> d
         "dataset": str(dataset) if dataset else "generated",
         "preset": config.preset,
         "total_timesteps": config.train.total_timesteps,
-        "evaluation_episodes": episodes * (1 + len(config.evaluation.baselines)),
+        "evaluation_episodes": episodes * (1 + len(config.evaluation.baselines)
+                                           + (len(EVALUATED) if config.evaluation.export_onnx else 0)),
         "cpus": cpus,
         "free_disk_gib": round(free / 2**30, 1),
         "expected_seconds": {k: round(v, 1) for k, v in seconds.items()},
@@ -164,7 +165,7 @@ def _run_stages(paths: RunPaths, config: PipelineConfig, dataset: Path | None, p
         if config.evaluation.export_onnx:  # calibrated on the val split; the eval split stays unseen until evaluate
             exported = paths.output / EXPORT_DIR
             export_policy(trained.model_path, exported, trained.vecnormalize_path, calibration_plan(config, opened.root))
-            variants = (str(exported / POLICY), str(exported / INT8[POLICY]))
+            variants = tuple(str(exported / name) for name in EVALUATED)
         status.succeed(stage, onnx=config.evaluation.export_onnx)
 
         stage = "evaluate"

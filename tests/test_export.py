@@ -374,7 +374,7 @@ def test_evaluate_runs_onnx_graphs_beside_the_model_on_the_same_plan(exported: P
 
 @pytest.mark.parametrize("args, message", [
     (["--policy", "rule-based", "--onnx", "x.onnx"], "drop --model and --onnx"),
-    (["--onnx", "a.onnx", "--onnx", "b.onnx"], "one --onnx PATH"),
+    (["--onnx", "a.onnx", "--onnx", "b.onnx"], "exactly one of --model"),
 ])
 def test_evaluate_refuses_ambiguous_onnx_options(tiny_dataset: Path, tmp_path: Path, args: list[str], message: str) -> None:
     result = runner.invoke(app, ["evaluate", "--dataset", str(tiny_dataset), "--output", str(tmp_path), *args])

@@ -27,7 +27,7 @@ from roadsense.env.observation import EGO_FEATURES, MAX_PEERS, PEER_FEATURES
 from roadsense.config import PipelineConfig
 from roadsense.evaluation.policies import load_model, onnx_act
 from roadsense.export import c_header, card, parity
-from roadsense.export.graph import MASK_THRESHOLD, ExportError, peer_encoder_graph, policy_graph, policy_head_graph, policy_weights
+from roadsense.export.graph import MASK_THRESHOLD, OPSET, ExportError, peer_encoder_graph, policy_graph, policy_head_graph, policy_weights
 from roadsense.export.quantize import SETTINGS as QUANTISATION
 from roadsense.export.quantize import quantize
 from roadsense.export.record import CalibrationPlan, CalibrationSplit
@@ -37,6 +37,7 @@ from roadsense.scenarios.dataset import Dataset
 CARD_FILE = "deploy.json"
 POLICY, ENCODER, HEAD = "policy.onnx", "peer_encoder.onnx", "policy_head.onnx"
 INT8 = {POLICY: "policy_int8.onnx", ENCODER: "peer_encoder_int8.onnx", HEAD: "policy_head_int8.onnx"}
+EVALUATED = (POLICY, INT8[POLICY])  # what the pipeline evaluates beside the torch model
 SYNTHETIC_ROWS = 4096
 SYNTHETIC_SEED = 0
 
@@ -100,6 +101,7 @@ def export_policy(model_path: Path, output: Path, vecnormalize: Path | None = No
         "source_model": {"file": model_path.name, "sha256": card.sha256(model_path),
                          "vecnormalize": None if vecnormalize is None else
                          {"file": vecnormalize.name, "sha256": card.sha256(vecnormalize), "norm_obs": False}},
+        "opset": OPSET,
         "batch": "dynamic: dimension 'batch' (or 'peer_rows' for peer_encoder) takes any size; the car runs 1",
         "observation": card.observation_doc(weights.ego_dim // EGO_FEATURES),
         "action": card.action_doc(),

@@ -8,6 +8,7 @@ recorded on the val or train split (:mod:`roadsense.export.record`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,16 +38,30 @@ class _Feeds(CalibrationDataReader):
         return next(self._batches, None)
 
 
+class _NoPreprocessHint(logging.Filter):
+    """Drops the quantiser's advice to pre-process first (shape inference and onnxruntime's graph
+    fusions): the graphs already carry inferred shapes, and the fusions would put
+    com.microsoft ops into the INT8 graphs, which other runtimes cannot read."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing" not in record.getMessage()
+
+
 def quantize(float_model: Path, int8_model: Path, inputs: dict[str, np.ndarray]) -> None:
     """Write the INT8 variant of ``float_model`` to ``int8_model``.
 
     ``inputs``: the graph's input name -> float32 calibration rows (rows first, all the same length).
     """
-    quantize_static(
-        str(float_model), str(int8_model), _Feeds(inputs),
-        quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        calibrate_method=CalibrationMethod.MinMax,
-    )
+    hint = _NoPreprocessHint()
+    logging.getLogger().addFilter(hint)  # the quantiser logs on the root logger
+    try:
+        quantize_static(
+            str(float_model), str(int8_model), _Feeds(inputs),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    finally:
+        logging.getLogger().removeFilter(hint)

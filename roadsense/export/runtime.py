@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 ObsBatch = dict[str, np.ndarray]  # ego (B, 6K), peers (B, 8, 6), peer_mask (B, 8); float32
@@ -32,7 +33,5 @@ def run_policy(sess: ort.InferenceSession, obs: ObsBatch) -> tuple[np.ndarray, n
 
 def is_quantised(path: Path) -> bool:
     """True for a graph that carries INT8 (QuantizeLinear / DequantizeLinear or QLinear*) nodes."""
-    import onnx
-
     graph = onnx.load(str(path), load_external_data=False).graph
     return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") or n.op_type.startswith("QLinear") for n in graph.node)
