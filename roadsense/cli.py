@@ -218,7 +218,7 @@ def run(
     dataset: Annotated[Optional[Path], typer.Option("--dataset", help="Use (after verifying) this dataset instead of generating one.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate everything and print the plan; run nothing.")] = False,
 ) -> None:
-    """The whole pipeline: dataset -> train -> evaluate -> package."""
+    """The whole pipeline: dataset -> train -> export -> evaluate -> package."""
     from roadsense.pipeline import RunPaths, plan_run, run_pipeline
 
     with _user_errors():

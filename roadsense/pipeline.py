@@ -1,4 +1,4 @@
-"""The one-button pipeline: dataset -> train -> evaluate -> package, resumable.
+"""The one-button pipeline: dataset -> train -> export -> evaluate -> package, resumable.
 
 Everything lands in one output folder::
 
@@ -6,6 +6,7 @@ Everything lands in one output folder::
     dataset/                    the scenarios trained and evaluated on (with manifest.json)
     model.zip  vecnormalize.pkl the policy (the best checkpoint on the val split) and the reward normaliser
     model_last.zip  vecnormalize_last.pkl  model_selection.json   the last checkpoint, and which one model.zip is
+    export/                     model.zip as ONNX (float, INT8), roadsense_policy.h and deploy.json (roadsense.export)
     metrics.json  report.md  *.png  episodes.jsonl
     checkpoints/  logs/         unless placed elsewhere (SageMaker syncs them separately)
 

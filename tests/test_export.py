@@ -132,6 +132,12 @@ def test_an_export_whose_graph_drifts_from_torch_is_refused(model_zip: Path, tmp
         export_policy(model_zip, tmp_path)
 
 
+def test_calibration_with_another_frame_stack_is_refused(model_zip: Path, plan: CalibrationPlan, tmp_path: Path) -> None:
+    other = replace(plan, env_config=plan.env_config.model_copy(update={"frame_stack": 2}))
+    with pytest.raises(ExportError, match="--set frame_stack=3"):
+        export_policy(model_zip, tmp_path, calibration=other)
+
+
 def test_float_export_needs_no_dataset(model_zip: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["export", "--model", str(model_zip), "--output", str(tmp_path)])
     assert result.exit_code == 0, result.output

@@ -22,7 +22,7 @@ _EMITTED = ("collision_rate", "success_rate", "behavioral_success_rate", "reacti
 def evaluate(policy: str, dataset_path: Path, output: Path, config: PipelineConfig,
              baselines: tuple[str, ...] | None = None, progress_csv: Path | None = None,
              model_selection: dict[str, Any] | None = None, variants: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Run ``policy`` (a model.zip path or a baseline name) and ``baselines`` on the eval matrix.
+    """Run ``policy`` (a model.zip path, an exported .onnx path or a baseline name) and ``baselines`` on the eval matrix.
 
     The plan is checked for coverage before any episode runs. ``model_selection`` (from
     training) says which checkpoint the model is; it is recorded in metrics.json and the

@@ -62,6 +62,10 @@ def export_policy(model_path: Path, output: Path, vecnormalize: Path | None = No
     _check_raw_observations(vecnormalize)
     model = load_model(model_path)
     weights = policy_weights(model.policy)
+    if calibration is not None and calibration.env_config.frame_stack * EGO_FEATURES != weights.ego_dim:
+        raise ExportError(f"the model takes {weights.ego_dim} ego values ({weights.ego_dim // EGO_FEATURES} frames) but "
+                          f"calibration would run frame_stack={calibration.env_config.frame_stack}: "
+                          f"--set frame_stack={weights.ego_dim // EGO_FEATURES}")
     output.mkdir(parents=True, exist_ok=True)
     for name, graph in ((POLICY, policy_graph(weights)), (ENCODER, peer_encoder_graph(weights)),
                         (HEAD, policy_head_graph(weights))):
