@@ -54,8 +54,8 @@ def export_policy(model_path: Path, output: Path, vecnormalize: Path | None = No
     """Write every file (see the module docstring) into ``output``; returns the deploy card.
 
     ``calibration``: episodes of the val or train split, driven by the float ``policy.onnx``
-    (onnxruntime steps ~50x faster than SB3's predict, and parity below proves it acts as
-    the torch policy). Their even-numbered episodes calibrate the INT8 graphs and the
+    (onnxruntime answers ~45x faster than SB3's predict: 7,500 recorded steps took 0.5 s
+    against 22 s; parity below proves it acts as the torch policy). Their even-numbered episodes calibrate the INT8 graphs and the
     odd-numbered ones (held out) measure parity. Without it no INT8 graph is built and
     parity uses synthetic observations.
     """
@@ -93,12 +93,14 @@ def export_policy(model_path: Path, output: Path, vecnormalize: Path | None = No
         graphs["int8 peer_encoder_int8.onnx + policy_head_int8.onnx"] = (session(output / INT8[ENCODER]),
                                                                           session(output / INT8[HEAD]))
     measured = parity.measure(model, held_out, graphs)
+    files = [POLICY, ENCODER, HEAD] + ([INT8[POLICY], INT8[ENCODER], INT8[HEAD]] if recording is not None else [])
     for label, errs in measured.items():
         if label.startswith("float") and max(errs["action_mean_max_abs_error"], errs["action_max_abs_error"]) > parity.FLOAT_TOLERANCE:
+            for path in [header, *(output / name for name in files)]:  # nothing of a wrong export stays behind
+                path.unlink()
             raise ExportError(f"{label} differs from the torch policy by {errs['action_mean_max_abs_error']:.2e} "
                               f"(action mean) / {errs['action_max_abs_error']:.2e} (action); the limit is {parity.FLOAT_TOLERANCE:g}")
 
-    files = [POLICY, ENCODER, HEAD] + ([INT8[POLICY], INT8[ENCODER], INT8[HEAD]] if recording is not None else [])
     deploy = {
         "format": card.CARD_FORMAT,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
