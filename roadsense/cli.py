@@ -89,6 +89,7 @@ def evaluate(
     output: Annotated[Path, typer.Option("--output", help="Folder for metrics.json, report.md and the plots.")],
     model: Annotated[Optional[Path], typer.Option("--model", help="model.zip to evaluate.")] = None,
     policy: Annotated[Optional[str], typer.Option("--policy", help="Evaluate a baseline instead: never-brake | rule-based.")] = None,
+    onnx: Annotated[Optional[list[Path]], typer.Option("--onnx", help="An exported policy.onnx (or policy_int8.onnx), run by onnxruntime; repeatable. Alone: the policy evaluated. With --model: evaluated beside it on the same plan, side by side in the report.")] = None,
     episodes_per_bucket: Annotated[Optional[int], typer.Option("--episodes-per-bucket", help="Episodes per (peers, rank) bucket.")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Processes; default one per CPU.")] = None,
     preset: PresetOpt = "production",
@@ -96,18 +97,54 @@ def evaluate(
 ) -> None:
     """Evaluate a model (or a baseline) and the baselines on the deterministic matrix."""
     from roadsense.evaluation.evaluate import evaluate as run_evaluation
-    from roadsense.evaluation.policies import BASELINES
+    from roadsense.evaluation.policies import BASELINES, ONNX_SUFFIX
 
     with _user_errors():
-        if (model is None) == (policy is None):
-            raise ConfigError("give exactly one of --model PATH or --policy never-brake|rule-based")
-        if policy is not None and policy not in BASELINES:
-            raise ConfigError(f"--policy {policy!r}: choose one of {', '.join(BASELINES)}")
-        if model is not None and not model.is_file():
-            raise FileNotFoundError(f"--model {model}: no such file")
+        onnx = onnx or []
+        if policy is not None:
+            if model is not None or onnx:
+                raise ConfigError("--policy evaluates a baseline alone: drop --model and --onnx")
+            if policy not in BASELINES:
+                raise ConfigError(f"--policy {policy!r}: choose one of {', '.join(BASELINES)}")
+        elif model is None and len(onnx) != 1:
+            raise ConfigError("give exactly one of --model PATH, --policy never-brake|rule-based or --onnx PATH "
+                              "(more --onnx PATH may go beside --model)")
+        for path, flag in [(model, "--model"), *((p, "--onnx") for p in onnx)]:
+            if path is not None and not path.is_file():
+                raise FileNotFoundError(f"{flag} {path}: no such file")
+        if any(p.suffix != ONNX_SUFFIX for p in onnx):
+            raise ConfigError(f"--onnx takes exported {ONNX_SUFFIX} files, got {', '.join(str(p) for p in onnx)}")
         config = _config(preset, sets, episodes_per_bucket=episodes_per_bucket, eval_workers=workers)
-        metrics = run_evaluation(str(model) if model else policy, dataset, output, config)
+        main = str(model) if model else policy or str(onnx[0])
+        variants = tuple(str(p) for p in onnx) if model else ()
+        metrics = run_evaluation(main, dataset, output, config, variants=variants)
         typer.echo(json.dumps(metrics["overall"], indent=2))
+
+
+@app.command()
+def export(
+    model: Annotated[Path, typer.Option("--model", help="model.zip to export.")],
+    output: Annotated[Path, typer.Option("--output", help="Folder for the .onnx graphs, roadsense_policy.h and deploy.json.")],
+    vecnormalize: Annotated[Optional[Path], typer.Option("--vecnormalize", help="The run's vecnormalize.pkl: checked to scale rewards only, hashed into deploy.json.")] = None,
+    dataset: Annotated[Optional[Path], typer.Option("--dataset", help="Dataset whose val (or train) split calibrates the INT8 graphs; without it only float graphs are written.")] = None,
+    split: Annotated[str, typer.Option("--split", help="Calibration split: val | train (never eval).")] = "val",
+    preset: PresetOpt = "production",
+    sets: SetOpt = None,
+) -> None:
+    """Export a model to ONNX (float, and INT8 with --dataset), a C reference and deploy.json."""
+    from roadsense.export.exporter import calibration_plan, export_policy
+    from roadsense.export.record import CALIBRATION_SPLITS
+
+    with _user_errors():
+        if split not in CALIBRATION_SPLITS:
+            raise ConfigError(f"--split {split!r}: calibration reads {' or '.join(CALIBRATION_SPLITS)}, never the eval split")
+        if not model.is_file():
+            raise FileNotFoundError(f"--model {model}: no such file")
+        plan = None if dataset is None else calibration_plan(_config(preset, sets), dataset, split)  # type: ignore[arg-type]
+        card = export_policy(model, output, vecnormalize, plan)
+        sizes = ", ".join(f"{name} {doc['bytes']:,} B" for name, doc in card["graphs"].items())
+        worst = max(e["action_mean_max_abs_error"] for label, e in card["parity"]["errors"].items() if label.startswith("float"))
+        typer.echo(f"{output}: {sizes}; float parity max abs error {worst:.2e}; {output / 'deploy.json'}")
 
 
 @app.command()
@@ -181,7 +218,7 @@ def run(
     dataset: Annotated[Optional[Path], typer.Option("--dataset", help="Use (after verifying) this dataset instead of generating one.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate everything and print the plan; run nothing.")] = False,
 ) -> None:
-    """The whole pipeline: dataset -> train -> evaluate -> package."""
+    """The whole pipeline: dataset -> train -> export -> evaluate -> package."""
     from roadsense.pipeline import RunPaths, plan_run, run_pipeline
 
     with _user_errors():

@@ -162,6 +162,8 @@ class EvalConfig(_Section):
     val_episodes_per_bucket: int = Field(3, ge=1, le=1000, description="Episodes per bucket of the validation matrix.")
     eval_workers: int = Field(0, ge=0, le=256, description="Evaluation processes; 0 = one per CPU. Results do not depend on it.")
     baselines: tuple[Literal["never-brake", "rule-based"], ...] = Field(("never-brake", "rule-based"), description="Baselines evaluated on the same matrix.")
+    export_onnx: bool = Field(True, description="Export the policy to ONNX (float and INT8) and evaluate both beside the torch model on the same plan.")
+    calibration_episodes_per_bucket: int = Field(1, ge=1, le=100, description="Episodes per bucket of the val split recorded to calibrate the INT8 graphs.")
 
 
 class CostConfig(_Section):

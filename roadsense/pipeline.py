@@ -1,4 +1,4 @@
-"""The one-button pipeline: dataset -> train -> evaluate -> package, resumable.
+"""The one-button pipeline: dataset -> train -> export -> evaluate -> package, resumable.
 
 Everything lands in one output folder::
 
@@ -6,6 +6,7 @@ Everything lands in one output folder::
     dataset/                    the scenarios trained and evaluated on (with manifest.json)
     model.zip  vecnormalize.pkl the policy (the best checkpoint on the val split) and the reward normaliser
     model_last.zip  vecnormalize_last.pkl  model_selection.json   the last checkpoint, and which one model.zip is
+    export/                     model.zip as ONNX (float, INT8), roadsense_policy.h and deploy.json (roadsense.export)
     metrics.json  report.md  *.png  episodes.jsonl
     checkpoints/  logs/         unless placed elsewhere (SageMaker syncs them separately)
 
@@ -35,13 +36,15 @@ from roadsense.estimate import stage_seconds
 from roadsense.evaluation.evaluate import evaluate
 from roadsense.evaluation.matrix import plan_matrix
 from roadsense.exits import signal_name_of
+from roadsense.export.exporter import EVALUATED, calibration_plan, export_policy
 from roadsense.scenarios.dataset import Dataset
 from roadsense.scenarios.generate import generate_dataset
 from roadsense.sim.sumo_home import sumo_version
 from roadsense.training.train import train
 from roadsense.v2v import load_params, params_hash
 
-STAGES = ["dataset", "train", "evaluate", "package"]
+STAGES = ["dataset", "train", "export", "evaluate", "package"]
+EXPORT_DIR = "export"  # the ONNX graphs, roadsense_policy.h and deploy.json (roadsense.export)
 CONFIG_FILE = "config.json"
 PROVENANCE_FILE = "provenance.json"
 MIN_FREE_BYTES = 1 << 30  # checkpoints, logs and the dataset of a production run fit well within 1 GiB
@@ -102,7 +105,8 @@ def plan_run(paths: RunPaths, config: PipelineConfig, dataset: Path | None) -> d
         "dataset": str(dataset) if dataset else "generated",
         "preset": config.preset,
         "total_timesteps": config.train.total_timesteps,
-        "evaluation_episodes": episodes * (1 + len(config.evaluation.baselines)),
+        "evaluation_episodes": episodes * (1 + len(config.evaluation.baselines)
+                                           + (len(EVALUATED) if config.evaluation.export_onnx else 0)),
         "cpus": cpus,
         "free_disk_gib": round(free / 2**30, 1),
         "expected_seconds": {k: round(v, 1) for k, v in seconds.items()},
@@ -154,10 +158,20 @@ def _run_stages(paths: RunPaths, config: PipelineConfig, dataset: Path | None, p
                         log_dir=paths.logs, progress=progress)
         status.succeed(stage, num_timesteps=trained.num_timesteps, steps_per_s=round(trained.steps_per_s, 1))
 
+        stage = "export"
+        status.start(stage)
+        variants: tuple[str, ...] = ()
+        if config.evaluation.export_onnx:  # calibrated on the val split; the eval split stays unseen until evaluate
+            exported = paths.output / EXPORT_DIR
+            export_policy(trained.model_path, exported, trained.vecnormalize_path, calibration_plan(config, opened.root))
+            variants = tuple(str(exported / name) for name in EVALUATED)
+        status.succeed(stage, onnx=config.evaluation.export_onnx)
+
         stage = "evaluate"
         status.start(stage)
         metrics = evaluate(str(trained.model_path), opened.root, paths.output, config,
-                           progress_csv=paths.logs / "progress.csv", model_selection=trained.model_selection)
+                           progress_csv=paths.logs / "progress.csv", model_selection=trained.model_selection,
+                           variants=variants)
         status.succeed(stage, behavioral_success_rate=metrics["overall"]["behavioral_success_rate"])
 
         stage = "package"

@@ -32,7 +32,10 @@ def test_run_smoke_preset_end_to_end(tmp_path: Path) -> None:
     result = runner.invoke(app, ["run", "--preset", "smoke", "--output", str(out)])
     assert result.exit_code == 0, result.output
     for name in ("model.zip", "vecnormalize.pkl", "metrics.json", "report.md", "manifest.json", "config.json",
-                 "provenance.json", "status.json", "bucket_heatmap.png", "learning_curve.png"):
+                 "provenance.json", "status.json", "bucket_heatmap.png", "learning_curve.png", "export/policy.onnx",
+                 "export/policy_int8.onnx", "export/peer_encoder.onnx", "export/policy_head.onnx",
+                 "export/peer_encoder_int8.onnx", "export/policy_head_int8.onnx", "export/roadsense_policy.h",
+                 "export/deploy.json"):
         assert (out / name).is_file(), name
     assert (out / "dataset" / "manifest.json").is_file()
     status = json.loads((out / "status.json").read_text())
@@ -50,7 +53,11 @@ def test_run_smoke_preset_end_to_end(tmp_path: Path) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["model_selection"]["validation"] == selection["validation"]
     assert "## Model selection" in (out / "report.md").read_text()
-    assert set(provenance["stage_wall_s"]) >= {"dataset", "train", "evaluate"}
+    # The exported graphs ran on the evaluation's own plan, side by side with the torch model.
+    assert "## Exported graphs beside the torch model" in (out / "report.md").read_text()
+    assert {v["overall"]["episodes"] for v in metrics["variants"].values()} == {metrics["overall"]["episodes"]}
+    assert json.loads((out / "export" / "deploy.json").read_text())["quantisation"]["calibrated_on"]["split"] == "val"
+    assert set(provenance["stage_wall_s"]) >= {"dataset", "train", "export", "evaluate"}
     assert provenance["cost"]["estimated_usd"] > 0
     assert provenance["packages"]["torch"].startswith("2.13.0")
     assert json.loads((out / "manifest.json").read_text())["dataset_id"] == provenance["dataset_id"]

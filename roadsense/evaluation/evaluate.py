@@ -21,12 +21,13 @@ _EMITTED = ("collision_rate", "success_rate", "behavioral_success_rate", "reacti
 
 def evaluate(policy: str, dataset_path: Path, output: Path, config: PipelineConfig,
              baselines: tuple[str, ...] | None = None, progress_csv: Path | None = None,
-             model_selection: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run ``policy`` (a model.zip path or a baseline name) and ``baselines`` on the eval matrix.
+             model_selection: dict[str, Any] | None = None, variants: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Run ``policy`` (a model.zip path, an exported .onnx path or a baseline name) and ``baselines`` on the eval matrix.
 
     The plan is checked for coverage before any episode runs. ``model_selection`` (from
     training) says which checkpoint the model is; it is recorded in metrics.json and the
-    report. Returns the metrics dict.
+    report. ``variants``: exported ``.onnx`` policies run in the same pool on the same plan,
+    recorded under ``metrics["variants"]`` and set side by side in the report. Returns the metrics dict.
     """
     ec = config.evaluation
     dataset = Dataset.open(dataset_path)
@@ -34,7 +35,7 @@ def evaluate(policy: str, dataset_path: Path, output: Path, config: PipelineConf
     baselines = tuple(b for b in (ec.baselines if baselines is None else baselines) if b != policy)
     output.mkdir(parents=True, exist_ok=True)
 
-    episodes_by_policy = run_episodes(plan, [policy, *baselines], dataset.root, config.env, ec.eval_workers)
+    episodes_by_policy = run_episodes(plan, [policy, *baselines, *variants], dataset.root, config.env, ec.eval_workers)
     results: dict[str, dict[str, Any]] = {}
     for name, episodes in episodes_by_policy.items():
         metrics = compute_metrics(episodes)
@@ -52,9 +53,18 @@ def evaluate(policy: str, dataset_path: Path, output: Path, config: PipelineConf
         metrics["model_selection"] = model_selection
     metrics["baselines"] = {name: {k: results[name][k] for k in ("overall", "per_peer_count", "per_bucket")}
                             for name in baselines}
+    sections: list[str] = []
+    if variants:
+        from roadsense.export.report import flagged, variant_section
+
+        metrics["variants"] = {spec: {k: results[spec][k] for k in ("overall", "per_peer_count", "per_bucket")}
+                               for spec in variants}
+        overall = {spec: results[spec]["overall"] for spec in variants}
+        metrics["variants_flagged"] = flagged(metrics["overall"], overall)
+        sections = variant_section(Path(policy).name, metrics["overall"], overall)
     (output / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     write_replay_record(output, policy, dataset.root, config.env)
     failures = trace_failures(output, policy, dataset.root, dataset.dataset_id, config, episodes_by_policy[policy])
-    write_report(output, metrics, progress_csv, sections=failures)
+    write_report(output, metrics, progress_csv, sections=[*sections, *failures])
     emit(EVAL_TAG, {k: v for k, v in metrics["overall"].items() if k in _EMITTED and v is not None})
     return metrics

@@ -1,29 +1,56 @@
-"""What drives the ego in evaluation: a trained model or one of the two baselines."""
+"""What drives the ego in evaluation: a trained model, its exported ONNX graph, or one of the two baselines."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from stable_baselines3 import PPO
 
 BASELINES = ("never-brake", "rule-based")
 SIGNAL_INDEX = 4  # the braking signal in the newest ego frame
 RULE_THRESHOLD = 0.5  # the signal is 'up' for about 1.3 s after a braking message
+ONNX_SUFFIX = ".onnx"
 
 Act = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
 def load_policy(spec: str) -> Act:
-    """``never-brake``, ``rule-based`` or the path of a ``model.zip``; returns obs -> action (1,)."""
+    """``never-brake``, ``rule-based``, the path of a ``model.zip``, or of an exported ``*.onnx``
+    policy (``policy.onnx`` or its INT8 variant, run by onnxruntime on one thread); returns
+    obs -> action (1,) float32 in [0, 1]."""
     if spec == "never-brake":
         return lambda obs: np.zeros(1, np.float32)
     if spec == "rule-based":
         return lambda obs: np.ones(1, np.float32) if obs["ego"][SIGNAL_INDEX] >= RULE_THRESHOLD else np.zeros(1, np.float32)
     path = Path(spec)
+    if path.suffix == ONNX_SUFFIX:
+        return onnx_act(path)
+    return model_act(load_model(path))
+
+
+def load_model(path: Path) -> "PPO":
+    """The SB3 PPO model of a ``model.zip``, on the CPU."""
     if not path.is_file():
         raise FileNotFoundError(f"--model {path}: no such model file (expected a model.zip written by `roadsense train`)")
     from stable_baselines3 import PPO
 
-    model = PPO.load(path, device="cpu")
+    return PPO.load(path, device="cpu")
+
+
+def model_act(model: "PPO") -> Act:
+    """The model's deterministic action: the Gaussian mean clipped to [0, 1] (SB3's predict)."""
     return lambda obs: model.predict(obs, deterministic=True)[0]
+
+
+def onnx_act(path: Path) -> Act:
+    """An exported ``policy.onnx`` (float or INT8): its ``action`` output, the mean clipped to [0, 1]."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--onnx {path}: no such file (expected a policy.onnx written by `roadsense export`)")
+    from roadsense.export.runtime import run_policy, session
+
+    sess = session(path)
+    return lambda obs: run_policy(sess, {k: v[None] for k, v in obs.items()})[1][0]
