@@ -195,7 +195,7 @@ for _section, _model in SECTIONS.items():
 RESUMABLE_KEYS = frozenset({
     "total_timesteps", "n_envs", "torch_threads", "checkpoint_every", "keep_checkpoints", "milestone_every",
     "max_consecutive_sim_errors", "backend", "val_every", "eval_seed", "episodes_per_bucket", "eval_workers",
-    "baselines", "instance_type", "instance_price_per_hour",
+    "baselines", "export_onnx", "calibration_episodes_per_bucket", "instance_type", "instance_price_per_hour",
 })
 # Keys that were renamed: the old name gets a pointer to the new one.
 RENAMED_KEYS = {"n_steps": "rollout_steps"}

@@ -6,13 +6,16 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from roadsense.cli import app
 from roadsense.evaluation.evaluate import evaluate
 from roadsense.evaluation.matrix import CoverageError, plan_matrix
 from roadsense.evaluation.metrics import RATES, compute_metrics, format_rate, rate_interval
+from roadsense.evaluation.policies import load_model, model_act
 from roadsense.evaluation.report import write_report
 from roadsense.evaluation.stats import wilson_interval
 from roadsense.scenarios.dataset import Dataset
@@ -142,6 +145,24 @@ def test_a_model_is_evaluated_with_its_baselines_and_a_report(tiny_model: Path, 
     for picture in ("bucket_heatmap.png", "reaction_times.png"):
         assert (tmp_path / picture).read_bytes()[:4] == b"\x89PNG"
     assert len((tmp_path / "episodes.jsonl").read_text().splitlines()) == 15
+
+
+def test_a_model_acts_as_sb3s_deterministic_predict(tiny_model: Path, tiny_dataset: Path, make_env) -> None:
+    model = load_model(tiny_model)
+    with torch.no_grad():  # a mean inside [0, 1], so the comparison is not of two clipped zeros
+        model.policy.action_net.bias.fill_(0.5)
+    act = model_act(model)
+    env = make_env(tiny_dataset, "val", episode_steps=150, hazard_step=60)
+    obs, _ = env.reset(seed=0)
+    actions = []
+    for _ in range(150):
+        action = act(obs)
+        np.testing.assert_allclose(action, model.predict(obs, deterministic=True)[0], atol=1e-6)
+        actions.append(float(action[0]))
+        obs, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            break
+    assert 0.0 < min(actions) and max(actions) < 1.0
 
 
 @pytest.mark.slow

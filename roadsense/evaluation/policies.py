@@ -42,8 +42,14 @@ def load_model(path: Path) -> "PPO":
 
 
 def model_act(model: "PPO") -> Act:
-    """The model's deterministic action: the Gaussian mean clipped to [0, 1] (SB3's predict)."""
-    return lambda obs: model.predict(obs, deterministic=True)[0]
+    """The model's deterministic action: the Gaussian mean clipped to the action space, which is
+    what SB3's ``predict(deterministic=True)`` returns, computed by the numpy forward pass the
+    training workers use (a tenth of predict's cost per step; tests/test_evaluation.py compares them)."""
+    from roadsense.policy.actor_critic import PolicyNet
+
+    actor = PolicyNet.of(model.policy)
+    low, high = model.action_space.low, model.action_space.high
+    return lambda obs: np.clip(actor.mean({key: value[None] for key, value in obs.items()})[0], low, high)
 
 
 def onnx_act(path: Path) -> Act:
