@@ -36,7 +36,6 @@ from stable_baselines3.common.policies import MultiInputActorCriticPolicy
 from torch import nn
 
 from roadsense.env.observation import MAX_PEERS, PEER_FEATURES
-from roadsense.policy.actor_critic import Actor
 from roadsense.policy.deep_sets import DeepSetsExtractor
 
 OPSET = 17  # ReduceMax still takes axes as an attribute; every runtime that speaks 13+ reads it
@@ -84,11 +83,11 @@ def policy_weights(policy: MultiInputActorCriticPolicy) -> PolicyWeights:
     """Read the actor of a Deep Sets PPO policy; ExportError for anything the graphs cannot express."""
     if policy.squash_output or getattr(policy, "use_sde", False):
         raise ExportError("the policy squashes its output or uses gSDE; the exported graphs assume a plain Gaussian mean")
-    actor = Actor(policy)
-    if not isinstance(actor.features_extractor, DeepSetsExtractor):
-        raise ExportError(f"the features extractor is {type(actor.features_extractor).__name__}, not DeepSetsExtractor")
-    phi = _dense_layers(actor.features_extractor.phi)
-    head = _dense_layers(actor.policy_net) + _dense_layers(actor.action_net)
+    extractor = policy.pi_features_extractor  # the actor's (the same module when features are shared)
+    if not isinstance(extractor, DeepSetsExtractor):
+        raise ExportError(f"the features extractor is {type(extractor).__name__}, not DeepSetsExtractor")
+    phi = _dense_layers(extractor.phi)
+    head = _dense_layers(policy.mlp_extractor.policy_net) + _dense_layers(policy.action_net)
     if phi[0].weight.shape[1] != PEER_FEATURES or head[-1].weight.shape[0] != 1:
         raise ExportError(f"expected {PEER_FEATURES} peer features in and 1 action out, got "
                           f"{phi[0].weight.shape[1]} and {head[-1].weight.shape[0]}")

@@ -16,7 +16,6 @@ import torch
 
 from roadsense.export.graph import MASK_THRESHOLD
 from roadsense.export.runtime import ObsBatch, run_policy
-from roadsense.policy.actor_critic import Actor
 
 if TYPE_CHECKING:
     from stable_baselines3 import PPO
@@ -26,8 +25,9 @@ FLOAT_TOLERANCE = 1e-5  # max abs error of a float graph against torch, in actio
 
 def torch_outputs(model: "PPO", obs: ObsBatch) -> tuple[np.ndarray, np.ndarray]:
     """(Gaussian mean (B, 1), SB3 predict's clipped action (B, 1)), float32."""
-    with torch.no_grad():
-        mean = Actor(model.policy)({k: torch.as_tensor(v) for k, v in obs.items()}).numpy()
+    with torch.no_grad():  # SB3's own forward pass: the reference is the library, not our numpy copy of it
+        tensors, _ = model.policy.obs_to_tensor(obs)
+        mean = model.policy.get_distribution(tensors).distribution.mean.numpy()
     action = model.predict(obs, deterministic=True)[0]
     return mean.astype(np.float32), np.asarray(action, np.float32)
 
