@@ -66,7 +66,7 @@ def test_the_range_type_comes_from_the_config_field() -> None:
         ("gamma=0.99:0.9", "low must be below high"),
         ("ent_coef=0:0.1:log", "a log scale needs low > 0"),
         ("peer_drop_prob=0.1:1.5", "peer_drop_prob: Input should be less than 1"),  # the config's own bound
-        ("batch_size=64:8192", "batch_size=8192 must be <= n_steps"),  # with the preset's other settings
+        ("batch_size=64:8192", "batch_size=8192 must be <= rollout_steps"),  # with the preset's other settings
         ("n_epochs=3", "expected key=low:high or key=low:high:log"),
         ("n_epochs=3:9:linear", "expected key=low:high or key=low:high:log"),
     ],
