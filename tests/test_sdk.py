@@ -2,9 +2,9 @@
 hyperparameter strings each SDK path produces decode to the same config.
 
 The SDK's CreateTrainingJob is captured on its way out (a botocore ``before-parameter-build``
-handler on the boto3 session the SDK's clients are made from) and sent to in-process moto. Tests
-that need the SDK are skipped where it is not installed; the ones that check it stays optional run
-everywhere.
+handler on the boto3 session the SDK's clients are made from) and sent to in-process moto. The
+dev extra installs the SDK, so these tests run wherever the suite does; others check that it
+stays optional (never imported by the CLI or by ``launcher.sdk`` itself).
 """
 
 from __future__ import annotations
@@ -69,7 +69,6 @@ def test_the_extra_is_pinned_and_not_in_the_default_install() -> None:
 
 
 def test_model_trainer_strings_decode_to_the_typed_config() -> None:
-    pytest.importorskip("sagemaker.train")
     from sagemaker.train.utils import safe_serialize  # what ModelTrainer applies to each value
 
     sent = {key: safe_serialize(value) for key, value in TYPED.items()}
@@ -78,7 +77,6 @@ def test_model_trainer_strings_decode_to_the_typed_config() -> None:
 
 
 def test_tuner_static_strings_decode_to_the_typed_config() -> None:
-    pytest.importorskip("sagemaker.train")
     from sagemaker.core.common_utils import to_string  # what HyperparameterTuner applies to static values
 
     sent = {key: to_string(value) for key, value in TYPED.items()}
@@ -100,7 +98,6 @@ def test_json_encoded_strings_decode_to_the_typed_config() -> None:
 @pytest.fixture
 def sdk_env(moto_session: boto3.Session, monkeypatch: pytest.MonkeyPatch) -> tuple[boto3.Session, LaunchSettings, list[dict[str, Any]]]:
     """moto with the bucket, role and image; the SDK's CreateTrainingJob requests land in the returned list."""
-    pytest.importorskip("sagemaker.train")
     monkeypatch.setenv("SAGEMAKER_VALIDATE_ROLE", "false")  # the SDK calls iam:SimulatePrincipalPolicy, which moto lacks
     session = moto_session
     session.client("s3").create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
