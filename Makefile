@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The sagemaker SDK (the [sdk] extra) pulls pyarrow, which libsumo must not see: its own venv.
+SDK_VENV := .venv-sdk
+SDK_STAMP := $(SDK_VENV)/.installed
 
-.PHONY: setup run test test-fast bench clean
+.PHONY: setup run test test-fast test-sdk bench clean
 
 setup: $(STAMP)
 
@@ -14,13 +17,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+$(SDK_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(SDK_VENV)
+	$(SDK_VENV)/bin/pip install --quiet --upgrade pip
+	$(SDK_VENV)/bin/pip install --quiet -e '.[dev,sdk]'
+	touch $(SDK_STAMP)
+
 # The main job on a small default: generate -> verify -> train -> evaluate -> package.
 run: $(STAMP)
 	$(BIN)/roadsense run --preset smoke --output runs/smoke
 
-# Every test, slow ones included.
-test: $(STAMP)
+# Every test, slow ones included; the SDK's own tests run in the SDK's venv (they skip in the main one).
+test: $(STAMP) test-sdk
 	$(BIN)/python -m pytest
+
+test-sdk: $(SDK_STAMP)
+	ROADSENSE_SDK_TESTS=required $(SDK_VENV)/bin/python -m pytest tests/test_sdk.py
 
 # Everything but the slow tests, for the edit-test loop.
 test-fast: $(STAMP)
@@ -31,4 +43,4 @@ bench: $(STAMP)
 	$(BIN)/roadsense bench train
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(SDK_VENV) runs .pytest_cache

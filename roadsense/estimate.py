@@ -10,22 +10,24 @@ import math
 
 from roadsense.config import PipelineConfig
 from roadsense.evaluation.matrix import PEER_COUNTS
+from roadsense.export.exporter import EVALUATED
 
-# Measured on 2 CPUs: 500k-step production runs at 1,277-1,339 steps/s (checkpoints and
-# logging included); evaluation of 450 episodes in 49-58 s; 65 scenarios in 0.6 s.
-TRAIN_STEPS_PER_S_PER_CPU = 650.0  # PPO env steps/s incl. updates and checkpoints (production settings)
-EVAL_STEPS_PER_S_PER_CPU = 1500.0  # env steps/s of one evaluation worker, policy included
-GENERATE_S_PER_SCENARIO = 0.02
+# Measured on 2 CPUs, 2026-11-29 (README, "Learning result"): evaluation of 1,500 production
+# episodes (model, 2 baselines, 2 ONNX graphs) in 27.4-27.6 s; 105 scenarios in 0.2 s.
+EVAL_STEPS_PER_S_PER_CPU = 9000.0  # env steps/s of one evaluation worker, policy included
+GENERATE_S_PER_SCENARIO = 0.01
 EPISODE_STEPS_MEAN_FRACTION = 0.8  # episodes that collide end early
-VALIDATION_START_S = 3.0  # starting the evaluation pool and loading the checkpoint, per validation
+EXPORT_S = 2.0  # the three ONNX graphs, INT8 calibration on val episodes, parity checks
+VALIDATION_START_S = 1.0  # starting the evaluation pool and loading the checkpoint, per validation
 
 
 def stage_seconds(config: PipelineConfig, cpus: int) -> dict[str, float]:
     """Expected wall seconds of each pipeline stage on ``cpus`` CPUs."""
     dc, ec = config.dataset, config.evaluation
-    n_envs = config.train.n_envs or cpus
+    tc = config.train
+    n_envs = tc.n_envs or cpus
     buckets = sum(PEER_COUNTS)
-    policies = 1 + len(ec.baselines)
+    policies = 1 + len(ec.baselines) + (len(EVALUATED) if ec.export_onnx else 0)
     eval_steps = buckets * ec.episodes_per_bucket * policies * config.env.episode_steps * EPISODE_STEPS_MEAN_FRACTION
     eval_workers = ec.eval_workers or cpus
     eval_rate = EVAL_STEPS_PER_S_PER_CPU * min(eval_workers, cpus)
@@ -33,8 +35,10 @@ def stage_seconds(config: PipelineConfig, cpus: int) -> dict[str, float]:
     val_steps = buckets * ec.val_episodes_per_bucket * config.env.episode_steps * EPISODE_STEPS_MEAN_FRACTION
     return {
         "dataset": (dc.train_count + dc.val_count + dc.eval_count) * GENERATE_S_PER_SCENARIO,
-        "train": config.train.total_timesteps / (TRAIN_STEPS_PER_S_PER_CPU * min(n_envs, cpus))
+        "train": tc.total_timesteps / projected_train_steps_per_s(min(n_envs, cpus), tc.rollout_steps, tc.batch_size,
+                                                                   tc.n_epochs)["steps_per_s"]
         + validations * (VALIDATION_START_S + val_steps / eval_rate),
+        "export": EXPORT_S if ec.export_onnx else 0.0,
         "evaluate": eval_steps / eval_rate,
         "package": 5.0,
     }

@@ -18,7 +18,7 @@ from launcher.request import RequestError, request_problems
 from launcher.settings import LaunchSettings, SettingsError, load_settings
 from launcher.sweep import child_run_ids, grid, schedule, split_values
 from roadsense.config import ConfigError, PipelineConfig
-from roadsense.estimate import TRAIN_STEPS_PER_S_PER_CPU, stage_seconds
+from roadsense.estimate import projected_train_steps_per_s, stage_seconds
 from roadsense.metric_lines import METRIC_DEFINITIONS
 
 IMAGE = "123456789012.dkr.ecr.il-central-1.amazonaws.com/roadsense-training:abc123"
@@ -148,9 +148,9 @@ def test_cost_estimate_uses_roadsense_throughput_for_the_instance_vcpus() -> Non
     stages = stage_seconds(config, 4)  # ml.c6i.xlarge has 4 vCPUs
     # Validation runs are part of the training stage: the effective rate is below the raw one.
     assert cost.steps_per_second == pytest.approx(config.train.total_timesteps / stages["train"])
-    assert cost.steps_per_second < TRAIN_STEPS_PER_S_PER_CPU * 4
+    assert cost.steps_per_second < projected_train_steps_per_s(4)["steps_per_s"]
     unvalidated = training_config("production", {"val_every": "0"}, "ml.c6i.xlarge")
-    assert estimate(unvalidated).steps_per_second == pytest.approx(TRAIN_STEPS_PER_S_PER_CPU * 4)
+    assert estimate(unvalidated).steps_per_second == pytest.approx(projected_train_steps_per_s(4)["steps_per_s"])
     assert cost.hours == pytest.approx((sum(stages.values()) + STARTUP_SECONDS) / 3600)
     assert cost.on_demand_usd == pytest.approx(cost.hours * config.cost.instance_price_per_hour)
     assert cost.spot_usd == pytest.approx(cost.on_demand_usd * (1 - SPOT_TYPICAL_DISCOUNT))
@@ -161,7 +161,7 @@ def test_other_instance_needs_a_price_and_scales_with_its_vcpus() -> None:
     with pytest.raises(ConfigError, match="instance_price_per_hour"):
         training_config("smoke", {}, "ml.c6i.2xlarge")
     config = training_config("production", {"instance_price_per_hour": "0.5", "val_every": "0"}, "ml.c6i.2xlarge")
-    assert estimate(config).steps_per_second == pytest.approx(TRAIN_STEPS_PER_S_PER_CPU * 8)
+    assert estimate(config).steps_per_second == pytest.approx(projected_train_steps_per_s(8)["steps_per_s"])
     assert vcpus("ml.m5.large") == 2 and vcpus("ml.c6i.24xlarge") == 96 and vcpus("ml.c6i.bogus") is None
 
 

@@ -100,3 +100,10 @@ def test_a_difference_is_marked_only_when_its_interval_excludes_zero() -> None:
 def test_wilson_interval_refuses_what_is_not_a_proportion(rate: float, n: int) -> None:
     with pytest.raises(ValueError):
         wilson_interval(rate, n)
+
+
+@pytest.mark.parametrize("n", [1, 20, 150, 300, 10_000])
+def test_a_perfect_or_null_rate_lies_inside_its_own_interval(n: int) -> None:
+    # A flag "outside the interval" must never fire for the very rate the interval was made from.
+    assert wilson_interval(1.0, n)[1] == 1.0
+    assert wilson_interval(0.0, n)[0] == 0.0

@@ -43,8 +43,11 @@ def wilson_interval(rate: float, n: int, z: float = Z95) -> tuple[float, float]:
     shrink = 1.0 + z * z / n
     centre = (rate + z * z / (2 * n)) / shrink
     half = z / shrink * math.sqrt(rate * (1.0 - rate) / n + z * z / (4 * n * n))
-    # At p = 0 or 1 the bound is exactly 0 or 1; rounding can put it a hair outside.
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At p = 0 (p = 1) the low (high) bound is exactly 0 (1); rounding misses it by a hair, and
+    # then a rate of exactly 1 would fall outside its own interval.
+    low = 0.0 if rate == 0.0 else max(0.0, centre - half)
+    high = 1.0 if rate == 1.0 else min(1.0, centre + half)
+    return low, high
 
 
 def difference_interval(rate_a: float, n_a: int, rate_b: float, n_b: int, z: float = Z95) -> tuple[float, float]:
