@@ -85,7 +85,7 @@ def test_dry_run_validates_and_prints_the_plan_without_writing(tmp_path: Path) -
     assert result.exit_code == 0, result.output
     plan = json.loads(result.output)["plan"]
     assert plan["total_timesteps"] == 2_000_000
-    assert set(plan["expected_seconds"]) == {"dataset", "train", "evaluate", "package"}
+    assert set(plan["expected_seconds"]) == set(pipeline.STAGES)  # every stage has an estimate
     assert plan["expected_total_seconds"] > plan["expected_seconds"]["train"] > 0
     assert not out.exists()
 
