@@ -7,7 +7,6 @@ those functions, so the card cannot drift from what the policy was trained on.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from roadsense.env.convoy_env import MAX_DECEL
 from roadsense.env.hazard import STEP_S
 from roadsense.env.observation import BRAKING_ACCEL, EGO_FEATURES, MAX_PEERS, SIGNAL_DECAY, STALE_MS
 from roadsense.env.reward import BRAKING_ACTION
+from roadsense.scenarios.dataset import sha256_file
 
 CARD_FORMAT = 1
 
@@ -79,14 +79,6 @@ def action_doc() -> dict[str, Any]:
     }
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def graph_doc(path: Path) -> dict[str, Any]:
     """A graph file's size, hash, opset and input/output names, shapes and dtypes, read from the file itself."""
     model = onnx.load(str(path))
@@ -96,6 +88,6 @@ def graph_doc(path: Path) -> dict[str, Any]:
                  "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name}
                 for v in values]
 
-    return {"bytes": path.stat().st_size, "sha256": sha256(path),
+    return {"bytes": path.stat().st_size, "sha256": sha256_file(path),
             "opset": next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
             "inputs": io(model.graph.input), "outputs": io(model.graph.output)}

@@ -32,7 +32,7 @@ from roadsense.export.quantize import SETTINGS as QUANTISATION
 from roadsense.export.quantize import quantize
 from roadsense.export.record import CalibrationPlan, CalibrationSplit
 from roadsense.export.runtime import ObsBatch, session
-from roadsense.scenarios.dataset import Dataset
+from roadsense.scenarios.dataset import Dataset, sha256_file
 
 CARD_FILE = "deploy.json"
 POLICY, ENCODER, HEAD = "policy.onnx", "peer_encoder.onnx", "policy_head.onnx"
@@ -104,9 +104,9 @@ def export_policy(model_path: Path, output: Path, vecnormalize: Path | None = No
     deploy = {
         "format": card.CARD_FORMAT,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "source_model": {"file": model_path.name, "sha256": card.sha256(model_path),
+        "source_model": {"file": model_path.name, "sha256": sha256_file(model_path),
                          "vecnormalize": None if vecnormalize is None else
-                         {"file": vecnormalize.name, "sha256": card.sha256(vecnormalize), "norm_obs": False}},
+                         {"file": vecnormalize.name, "sha256": sha256_file(vecnormalize), "norm_obs": False}},
         "opset": OPSET,
         "batch": "dynamic: dimension 'batch' (or 'peer_rows' for peer_encoder) takes any size; the car runs 1",
         "observation": card.observation_doc(weights.ego_dim // EGO_FEATURES),
@@ -119,7 +119,7 @@ def export_policy(model_path: Path, output: Path, vecnormalize: Path | None = No
         "parity": {"reference": "torch: action_mean against the actor's Gaussian mean; action against SB3 "
                                 "predict(deterministic=True), the mean clipped to [0, 1]",
                    "float_tolerance": parity.FLOAT_TOLERANCE, "observations": observations, "errors": measured},
-        "c_reference": {"file": header.name, "bytes": header.stat().st_size, "sha256": card.sha256(header),
+        "c_reference": {"file": header.name, "bytes": header.stat().st_size, "sha256": sha256_file(header),
                         "function": c_header.FUNCTION,
                         "checked": "compiled with gcc and compared with onnxruntime in tests/test_export.py"},
     }
