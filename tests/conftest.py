@@ -7,8 +7,10 @@ left open by a failing test would otherwise break every test after it.
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import tarfile
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -185,3 +187,14 @@ def moto_session(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     with mock_aws():
         yield boto3.Session(region_name="il-central-1")
+
+
+def metrics_archive(overall: dict) -> bytes:
+    """A model.tar.gz (in memory) holding only a metrics.json with this ``overall`` section."""
+    data = json.dumps({"policy": "model", "overall": overall}).encode()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        member = tarfile.TarInfo("metrics.json")
+        member.size = len(data)
+        tar.addfile(member, io.BytesIO(data))
+    return buffer.getvalue()

@@ -24,6 +24,7 @@ from launcher.remote import Limits, RemoteDataError
 from launcher.settings import LaunchSettings, load_settings
 from launcher.upload import DatasetError, upload_tree, verify_dataset
 from roadsense.evaluation.stats import wilson_interval
+from tests.conftest import metrics_archive
 
 REGION = "il-central-1"
 BUCKET = "saferide-training-results"
@@ -381,17 +382,6 @@ def test_build_codebuild_failure_is_one_line_and_exit_1(monkeypatch: pytest.Monk
     assert "FAILED in BUILD (docker build exit 1)" in result.stderr and "https://console.example/log" in result.stderr
 
 
-def _model_archive(overall: dict) -> bytes:
-    """A model.tar.gz holding only a metrics.json with this ``overall`` section."""
-    data = json.dumps({"policy": "model", "overall": overall}).encode()
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        member = tarfile.TarInfo("metrics.json")
-        member.size = len(data)
-        tar.addfile(member, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 def _compare_rows(output: str) -> dict[str, list[str]]:
     """compare's table as run id (or "run id" for the header) -> its cells (run id, settings, metrics...)."""
     # rich draws the header's column borders with a heavier line than the body's.
@@ -422,7 +412,7 @@ def test_compare_shows_intervals_and_marks_runs_that_differ_beyond_the_noise(
         if overall is not None:
             attempt = {"job_name": f"{child}-job", "mode": "local", "launched_at": "2026-11-29T20:00:00+00:00"}
             files[f"{child}/launch.json"] = json.dumps({"run_id": child, "attempts": [attempt]}).encode()
-            files[f"{child}/output/{child}-job/output/model.tar.gz"] = _model_archive(overall)
+            files[f"{child}/output/{child}-job/output/model.tar.gz"] = metrics_archive(overall)
     s3 = session.client("s3")
     for key, body in files.items():
         s3.put_object(Bucket=BUCKET, Key=key, Body=body)

@@ -9,10 +9,8 @@ children are given with botocore's Stubber on the SageMaker client, while S3 sta
 
 from __future__ import annotations
 
-import io
 import json
 import re
-import tarfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,9 +24,18 @@ from launcher import aws, display
 from launcher.cli import app
 from launcher.launch import LaunchOptions, plan
 from launcher.settings import LaunchSettings
-from launcher.tune import OBJECTIVES, ParamRange, TuningOptions, parse_range, ranges_from_file, tuning_job_name, tuning_request
+from launcher.tune import (
+    OBJECTIVES,
+    ParamRange,
+    TuningOptions,
+    parse_range,
+    ranges_from_file,
+    tuning_job_name,
+    tuning_request,
+)
 from roadsense.config import ConfigError
 from roadsense.metric_lines import METRIC_DEFINITIONS
+from tests.conftest import metrics_archive
 
 REGION = "il-central-1"
 BUCKET = "saferide-training-results"
@@ -251,16 +258,6 @@ def _describe_tuning(best: dict[str, Any] | None) -> dict[str, Any]:
     return response
 
 
-def _archive(overall: dict[str, Any]) -> bytes:
-    data = json.dumps({"overall": overall}).encode()
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        member = tarfile.TarInfo("metrics.json")
-        member.size = len(data)
-        tar.addfile(member, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 @pytest.fixture
 def tuned(moto_env: boto3.Session, monkeypatch: pytest.MonkeyPatch) -> tuple[boto3.Session, Stubber]:
     """A tuning parent ``lr_search`` in moto's S3 (tuning.json, two children's results) and a stubbed SageMaker."""
@@ -269,7 +266,7 @@ def tuned(moto_env: boto3.Session, monkeypatch: pytest.MonkeyPatch) -> tuple[bot
         {"parent_run_id": "lr_search", "tuning_job_name": TUNING, "launched_at": "2026-01-01T00:00:00+00:00"}).encode())
     for child, rate in ((CHILDREN[0], 0.96), (CHILDREN[2], 0.99)):
         key = f"lr_search/output/{child['TrainingJobName']}/output/model.tar.gz"
-        s3.put_object(Bucket=BUCKET, Key=key, Body=_archive({"episodes": 300, "behavioral_success_rate": rate, "collision_rate": 1 - rate}))
+        s3.put_object(Bucket=BUCKET, Key=key, Body=metrics_archive({"episodes": 300, "behavioral_success_rate": rate, "collision_rate": 1 - rate}))
     sagemaker = boto3.client("sagemaker", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="y")
     monkeypatch.setattr(aws, "make_session", lambda settings: _Session(moto_env, sagemaker))
     return moto_env, Stubber(sagemaker)
