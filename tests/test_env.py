@@ -163,6 +163,17 @@ def test_ground_truth_collision_terminates(make_env, scenario_factory) -> None:
     assert not env.backend.running  # the episode's end closed SUMO
 
 
+@pytest.mark.parametrize("penalty", [0.0, 1000.0])
+def test_collision_penalty_is_charged_once_on_the_crash_step(make_env, scenario_factory, penalty: float) -> None:
+    env = make_env(scenario_factory(5), collision_penalty=penalty)
+    env.reset(seed=2, options={"hazard_rank": 1})
+    _, rewards, infos, terminated, _ = _run(env, lambda obs: NO_BRAKE)
+    assert terminated
+    charged = [info["reward_terms"]["collision"] for info in infos]
+    assert charged[-1] == -penalty and not any(charged[:-1])
+    assert rewards[-1] == pytest.approx(sum(infos[-1]["reward_terms"].values()))
+
+
 def test_collision_is_detected_when_the_mesh_delivers_nothing(make_env, scenario_factory, params_file) -> None:
     """With every message lost the mesh distance is inf, yet the true crash still terminates."""
     deaf = params_file(loss_prob=[1.0, 1.0], burst_loss_cap=1.0)

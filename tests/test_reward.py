@@ -145,12 +145,13 @@ def test_total_is_the_sum_of_the_terms() -> None:
     assert terms.missed_warning == 0.0 and terms.ignoring_hazard == 0.0  # the policy brakes
     assert terms.far_braking == 0.0 and terms.early_reaction == 0.0
     assert terms.total == pytest.approx(sum(terms))
-    assert REWARD_TERM_NAMES == ("safety", "comfort", "far_braking", "missed_warning", "early_reaction", "ignoring_hazard")
+    assert REWARD_TERM_NAMES == ("safety", "comfort", "far_braking", "missed_warning", "early_reaction", "ignoring_hazard",
+                                 "collision")
 
 
 def test_calm_cruising_costs_nothing_but_the_safety_term() -> None:
     terms = reward_terms(25.0, 0.2, 0.0, 0.0, 0.3, 20.0)
-    assert terms == (4.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    assert terms == (4.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
 
 # -- audit over real SUMO ------------------------------------------------------------------------

@@ -146,10 +146,11 @@ class ConvoyEnv(gym.Env):
         ego_speed = self._ego_speed
         decel = max(0.0, (self._prev_ego_speed - ego_speed) / STEP_S)
         self._prev_ego_speed = ego_speed
-        terms = reward_terms(view.distance, decel, a, self.braking_signal, view.closing_speed, ego_speed)
-        reward = terms.total
         gap = self._true_gap()
         collided = gap < COLLISION_GAP_M
+        terms = reward_terms(view.distance, decel, a, self.braking_signal, view.closing_speed, ego_speed,
+                             -self.config.collision_penalty if collided else 0.0)
+        reward = terms.total
         truncated = self.t >= self.config.episode_steps and not collided
         self._summary.record(self, terms, reward, gap, decel, a > BRAKING_ACTION, reception)
 

@@ -4,13 +4,17 @@ All inputs are plain floats (this runs every env step; numpy scalars would only 
 ``d`` is the nearest peer distance as received over the mesh (bumper to bumper, m), or
 ``inf`` when no peer is visible; ``decel`` is the ego's applied deceleration (m/s^2, >= 0).
 
-Two departures from the reference, both found by auditing hazard-free driving (see
+Departures from the reference. Two were found by auditing hazard-free driving (see
 tests/test_reward.py): comfort and far-braking charge only deceleration the policy asked
 for, because with action 0 SUMO drives the ego and its driver imperfection (sigma) brakes at
 0.5-1.3 m/s^2 on 6 % of calm steps, a penalty the policy could neither cause nor avoid; and
 ignoring a braking peer, like the early-reaction bonus, needs a signal above 0.01, because
 the decaying signal never reaches zero and otherwise charged tiny penalties for hundreds of
-steps after a single noisy report.
+steps after a single noisy report. The third, ``collision``, is a one-off charge on the step
+that ends the episode in a collision (``EnvConfig.collision_penalty``): the reference charges a
+crash only the -100 of one step under 5 m, then ends the episode, so ending in a crash costs
+less than a safe stop beyond 35 m (-2 a step until the time limit); with the whole episode's
+worth of that (-2 x 500 = -1000) a crash is never the cheaper way out.
 """
 
 from __future__ import annotations
@@ -26,10 +30,12 @@ class RewardTerms(NamedTuple):
     missed_warning: float
     early_reaction: float
     ignoring_hazard: float
+    collision: float
 
     @property
     def total(self) -> float:
-        return self.safety + self.comfort + self.far_braking + self.missed_warning + self.early_reaction + self.ignoring_hazard
+        return (self.safety + self.comfort + self.far_braking + self.missed_warning + self.early_reaction
+                + self.ignoring_hazard + self.collision)
 
 
 REWARD_TERM_NAMES = RewardTerms._fields
@@ -66,7 +72,8 @@ def comfort(decel: float, d: float) -> float:
 
 
 def reward_terms(
-    d: float, decel: float, action: float, braking_signal: float, closing_speed: float, ego_speed: float
+    d: float, decel: float, action: float, braking_signal: float, closing_speed: float, ego_speed: float,
+    collision: float = 0.0,
 ) -> RewardTerms:
     """Every term for one step.
 
@@ -77,6 +84,7 @@ def reward_terms(
         braking_signal: the decaying braking signal in [0, 1].
         closing_speed: max over visible peers of ego speed - peer speed, m/s.
         ego_speed: m/s.
+        collision: the charge of this step's crash (<= 0); 0 unless the step ends in a collision.
     """
     braking = action > BRAKING_ACTION
     decel = decel if braking else 0.0  # SUMO's own braking is not the policy's doing
@@ -90,4 +98,4 @@ def reward_terms(
     missed = -3.0 if (d < 10.0 and closing_speed > 0.5 and not braking) else 0.0
     early = 2.0 * braking_signal if (braking and signal_up and d > 15.0) else 0.0
     ignoring = -5.0 * braking_signal if (not braking and signal_up and ego_speed > 0.1) else 0.0
-    return RewardTerms(safety(d), comfort(decel, d), far_braking, missed, early, ignoring)
+    return RewardTerms(safety(d), comfort(decel, d), far_braking, missed, early, ignoring, collision)
