@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic_core import PydanticCustomError
 
 from roadsense.artifacts.status import write_json_atomic
+from roadsense.errors import UserError
 from roadsense.exits import clip
 
 PRESETS = ("smoke", "standard", "production")
@@ -34,7 +35,7 @@ Preset = Literal["smoke", "standard", "production"]
 Range = tuple[float, float]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A setting is unknown or has a value that is not allowed; the message says which and why."""
 
 

@@ -68,21 +68,15 @@ def sigterm_raises() -> Iterator[None]:
 
 def classify(exc: BaseException) -> tuple[int, str] | None:
     """(exit code, one-line message) for an outcome a run expects; None for a bug, whose traceback should show."""
-    # Imported here: the error classes live with the modules that raise them, some of them heavy.
-    from roadsense.artifacts.lock import OutputLocked
-    from roadsense.config import ConfigError
-    from roadsense.evaluation.matrix import CoverageError
-    from roadsense.scenarios.dataset import DatasetError
-    from roadsense.sim.backend import SimulationError
-    from roadsense.training.train import TrainingAborted
-    from roadsense.v2v import ParamsError
+    from roadsense.errors import RoadsenseError, UserError  # errors imports this module
 
     if isinstance(exc, KeyboardInterrupt):
         name = signal_name_of(exc)
         return (SIGTERM if name == "SIGTERM" else CTRL_C), f"interrupted: {str(exc) or f'stopped by {name}'}"
-    if isinstance(exc, (ConfigError, DatasetError, CoverageError, ParamsError, OutputLocked, FileNotFoundError,
-                        FileExistsError)):
+    if isinstance(exc, RoadsenseError):
+        return exc.exit_code, f"{'bad input' if isinstance(exc, UserError) else 'failed'}: {exc}"
+    if isinstance(exc, (FileNotFoundError, FileExistsError)):
         return BAD_INPUT, f"bad input: {exc}"
-    if isinstance(exc, (TrainingAborted, SimulationError, OSError)):
+    if isinstance(exc, OSError):
         return FAILED, f"failed: {exc}"
     return None

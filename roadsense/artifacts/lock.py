@@ -14,10 +14,12 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from roadsense.errors import UserError
+
 LOCK_FILE = ".roadsense.lock"
 
 
-class OutputLocked(RuntimeError):
+class OutputLocked(UserError, RuntimeError):
     """Another live process holds the output folder."""
 
 

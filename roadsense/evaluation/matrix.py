@@ -11,13 +11,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from roadsense.errors import UserError
 from roadsense.scenarios.dataset import Dataset
 from roadsense.scenarios.scenario import Split
 
 PEER_COUNTS = (1, 2, 3, 4, 5)
 
 
-class CoverageError(ValueError):
+class CoverageError(UserError, ValueError):
     """The evaluation set cannot cover the planned matrix."""
 
 

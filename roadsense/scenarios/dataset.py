@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from roadsense.errors import UserError
 from roadsense.scenarios.invariants import formation, routes_problems
 from roadsense.scenarios.scenario import (
     BASE_PEERS,
@@ -65,7 +66,7 @@ _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset does not verify; the message lists the problems (at most :data:`SHOWN_PROBLEMS`)."""
 
 

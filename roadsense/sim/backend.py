@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from roadsense.errors import RunFailed
 from roadsense.sim.sumo_home import sumo_binary, sumo_env
 
 BackendName = Literal["libsumo", "traci"]
 
 
-class SimulationError(RuntimeError):
+class SimulationError(RunFailed, RuntimeError):
     """SUMO failed to start or failed during a step; the message names the scenario."""
 
 

@@ -32,6 +32,7 @@ from stable_baselines3.common.logger import Logger, make_output_format
 from stable_baselines3.common.vec_env import VecNormalize
 
 from roadsense.config import KEY_SECTION, PipelineConfig, check_resumable
+from roadsense.errors import RunFailed
 from roadsense.exits import Stopped
 from roadsense.parallel import STOP_SIGNALS
 from roadsense.policy import policy_kwargs
@@ -61,7 +62,7 @@ class TrainingInterrupted(Stopped):
     """SIGTERM or Ctrl-C arrived; a checkpoint was written and every SUMO stopped."""
 
 
-class TrainingAborted(RuntimeError):
+class TrainingAborted(RunFailed, RuntimeError):
     """Training cannot go on (an env worker died, or simulation errors kept coming)."""
 
 

@@ -18,6 +18,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from roadsense.config import StrictNumbers
+from roadsense.errors import UserError
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 NonNegative = Annotated[float, Field(ge=0.0)]
@@ -25,7 +26,7 @@ NonNegative = Annotated[float, Field(ge=0.0)]
 DEFAULT_PARAMS_FILE = "espnow_params.json"
 
 
-class ParamsError(ValueError):
+class ParamsError(UserError, ValueError):
     """The parameter file is missing, is not JSON, or holds a key or value that is not allowed."""
 
 
