@@ -61,14 +61,14 @@ def main() -> None:
                                          **policy_kwargs(tc.peer_hidden, tc.log_std_init))
     normalizer = VecNormalize(DummyVecEnv([lambda: _Spaces(space)] * N_ENVS), norm_obs=False, gamma=tc.gamma)
     rng = np.random.default_rng(0)
-    segments = [_segment(rng, space, tc.n_steps // N_ENVS, args.peer_fill) for _ in range(N_ENVS)]
-    minibatches = tc.n_epochs * math.ceil(tc.n_steps / args.batch_size)
+    segments = [_segment(rng, space, tc.rollout_steps // N_ENVS, args.peer_fill) for _ in range(N_ENVS)]
+    minibatches = tc.n_epochs * math.ceil(tc.rollout_steps / args.batch_size)
     build_s, update_s = [], []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
         batch = build_batch(segments, policy, normalizer, tc.gamma, tc.gae_lambda)
         t1 = time.perf_counter()
-        ppo_update(policy, batch, tc.n_epochs, args.batch_size, tc.clip_range, tc.ent_coef, rng)
+        ppo_update(policy, batch, tc.n_epochs, args.batch_size, tc.clip_range, tc.ent_coef, tc.learning_rate, rng)
         t2 = time.perf_counter()
         build_s.append(t1 - t0)
         update_s.append(t2 - t1)

@@ -133,6 +133,8 @@ class TrainConfig(_Section):
     # Production departs from domain.md's lr 1e-4 / batch 64 on purpose: over 4 training seeds
     # at 500k steps, 2e-4 / 128 learned at least as well at 1.33x the speed (README, "Learning result").
     learning_rate: float = Field(2e-4, gt=0, le=1.0, description="Adam step size (domain.md: 1e-4 with batch 64).")
+    lr_schedule: Literal["constant", "linear"] = Field(
+        "constant", description="constant, or linear: from learning_rate at the start down to 0 at total_timesteps.")
     rollout_steps: int = Field(4096, ge=16, description="Env steps per PPO update, across all envs (each env runs rollout_steps / n_envs).")
     batch_size: int = Field(128, ge=2, description="PPO minibatch size (domain.md: 64, with lr 1e-4).")
     n_epochs: int = Field(10, ge=1, le=100)

@@ -78,7 +78,7 @@ def test_the_update_equals_sb3_ppo_train(batch_size: int, n_epochs: int, ent_coe
 
     np.random.seed(11)  # SB3 shuffles with numpy's global generator ...
     model.train()
-    stats = ppo_update(ours, batch, n_epochs, batch_size, 0.2, ent_coef, np.random.RandomState(11))  # ... the same stream
+    stats = ppo_update(ours, batch, n_epochs, batch_size, 0.2, ent_coef, LEARNING_RATE, np.random.RandomState(11))  # ... the same stream
 
     moved = max((a - b).abs().max().item() for a, b in zip(ours.parameters(), before))
     assert moved > 1e-3, "the update did not change the policy"
@@ -100,13 +100,23 @@ def test_the_update_equals_sb3_ppo_train(batch_size: int, n_epochs: int, ent_coe
     assert stats.clip_fraction > 0, "the test batch should exercise the clipping"
 
 
+def test_the_update_steps_with_the_learning_rate_it_is_given() -> None:
+    """Not the one in the optimizer (a checkpoint's, or the schedule's previous step): 0 moves nothing."""
+    model = _model_with_a_filled_buffer(64, 64, 1, 0.0)
+    batch = _batch_of(model)
+    before = [p.detach().clone() for p in model.policy.parameters()]
+    ppo_update(model.policy, batch, 1, 64, 0.2, 0.0, 0.0, np.random.default_rng(0))
+    assert all(torch.equal(a, b) for a, b in zip(model.policy.parameters(), before))
+    assert model.policy.optimizer.param_groups[0]["lr"] == 0.0
+
+
 @pytest.mark.parametrize("ent_coef", [0.0, 0.01])
 def test_the_gradients_equal_sb3_autograd(ent_coef: float) -> None:
     # One minibatch of the whole batch, one optimizer step: both leave the clipped gradients in .grad.
     model = _model_with_a_filled_buffer(64, 64, 1, ent_coef)
     ours, batch = copy.deepcopy(model.policy), _batch_of(model)  # before train() flattens SB3's buffer
     model.train()
-    ppo_update(ours, batch, 1, 64, 0.2, ent_coef, np.random.default_rng(0))
+    ppo_update(ours, batch, 1, 64, 0.2, ent_coef, LEARNING_RATE, np.random.default_rng(0))
     for (name, theirs), mine in zip(model.policy.named_parameters(), ours.parameters()):
         scale = theirs.grad.abs().max().item()
         assert scale > 0, name

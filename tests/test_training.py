@@ -53,6 +53,21 @@ def test_resume_continues_from_the_checkpoint_to_the_exact_total(tiny_dataset: P
     assert PPO.load(tmp_path / "model_last.zip", device="cpu").num_timesteps == 700
 
 
+def test_linear_schedule_anneals_the_learning_rate_across_a_resume(tiny_dataset: Path, tmp_path: Path) -> None:
+    """Each update steps with learning_rate * (1 - steps before it / total), also after a resume whose
+    checkpointed optimizer still holds the rate of the update before the stop."""
+    import csv
+
+    config = tiny_config(lr_schedule="linear", learning_rate=1e-3, total_timesteps=768)
+    train(tiny_dataset, tmp_path, tiny_config(lr_schedule="linear", learning_rate=1e-3, total_timesteps=256))
+    train(tiny_dataset, tmp_path, config, resume=True)
+    with (tmp_path / "logs" / "progress.csv").open() as f:
+        logged = [float(row["train/learning_rate"]) for row in csv.DictReader(f) if row["train/learning_rate"]]
+    assert logged[-2:] == pytest.approx([1e-3 * (1 - 256 / 768), 1e-3 * (1 - 512 / 768)])
+    model = PPO.load(tmp_path / "model_last.zip", device="cpu")
+    assert model.policy.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 / 3)
+
+
 def test_resume_skips_a_corrupt_newest_checkpoint(tiny_dataset: Path, tmp_path: Path) -> None:
     train(tiny_dataset, tmp_path, tiny_config(total_timesteps=512))
     newest = latest_valid_checkpoint(tmp_path / "checkpoints")

@@ -51,10 +51,24 @@ class UpdateStats:
     std: float  # the Gaussian's standard deviation after the update
 
 
+def learning_rate_at(learning_rate: float, schedule: str, steps_done: int, total_steps: int) -> float:
+    """The Adam step size for an update that starts after ``steps_done`` of ``total_steps`` env steps.
+
+    ``linear`` decays to 0 at ``total_steps`` (as CleanRL's ``anneal_lr`` and SB3's linear
+    schedules do): late updates then only refine the policy instead of moving it away from
+    what it learned.
+    """
+    if schedule == "constant":
+        return learning_rate
+    return learning_rate * max(0.0, 1.0 - steps_done / total_steps)
+
+
 def ppo_update(policy: MultiInputActorCriticPolicy, batch: RolloutBatch, n_epochs: int, batch_size: int,
-               clip_range: float, ent_coef: float, rng: np.random.Generator) -> UpdateStats:
+               clip_range: float, ent_coef: float, learning_rate: float, rng: np.random.Generator) -> UpdateStats:
     """``n_epochs`` passes over ``batch`` in shuffled minibatches of ``batch_size``; updates ``policy`` in place."""
     policy.set_training_mode(True)
+    for group in policy.optimizer.param_groups:  # the config's rate, not the one a checkpoint's optimizer saved
+        group["lr"] = learning_rate
     flat_grads, grads = _flat_gradients(policy)
     net = PolicyNet.of(policy, grads)
     log_std = net.log_std

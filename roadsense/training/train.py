@@ -47,7 +47,7 @@ from roadsense.training.checkpoints import (
 from roadsense.scenarios.dataset import Dataset
 from roadsense.training.metrics_writer import MetricLineWriter
 from roadsense.training.validation import SELECTION_FILE, ValidationScore, Validator, selection_record
-from roadsense.training.ppo import UpdateStats, ppo_update
+from roadsense.training.ppo import UpdateStats, learning_rate_at, ppo_update
 from roadsense.training.rollout import Segment, build_batch
 from roadsense.training.sb3_internals import count_update, n_updates
 from roadsense.training.vec import close_vec_env, default_n_envs, make_vec_env
@@ -194,8 +194,10 @@ def _train_loop(model: PPO, venv: VecNormalize, config: PipelineConfig, settings
                 evaluated = time.monotonic()
                 previous_steps = model.num_timesteps
                 model.num_timesteps += steps_per_env * n_envs
+                learning_rate = learning_rate_at(tc.learning_rate, tc.lr_schedule, previous_steps, total)
                 stats = ppo_update(model.policy, batch, tc.n_epochs, tc.batch_size, tc.clip_range, tc.ent_coef,
-                                   shuffle_rng)
+                                   learning_rate, shuffle_rng)
+                model.logger.record("train/learning_rate", learning_rate)
                 # Where each rollout's wall time goes, so the next bottleneck shows in the logs (and `bench train`).
                 model.logger.record("time/collect_s", collected - rollout_started)
                 model.logger.record("time/evaluate_gae_s", evaluated - collected)
