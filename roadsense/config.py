@@ -299,8 +299,10 @@ class PipelineConfig(BaseModel):
         return out
 
     def learning_settings(self) -> dict[str, Any]:
-        """The settings that shape what is learned: every one but :data:`RESUMABLE_KEYS` (and ``preset``)."""
-        return {k: v for k, v in self.flat().items() if k not in RESUMABLE_KEYS and k != "preset"}
+        """The settings that shape what is learned: every one but :data:`RESUMABLE_KEYS` (and ``preset``),
+        except ``total_timesteps`` under a decaying ``lr_schedule``, where it sets every update's rate."""
+        resumable = RESUMABLE_KEYS - ({"total_timesteps"} if self.train.lr_schedule != "constant" else set())
+        return {k: v for k, v in self.flat().items() if k not in resumable and k != "preset"}
 
     def to_hyperparameters(self) -> dict[str, str]:
         """The SageMaker view: strings only (JSON for lists, ``null`` for None)."""

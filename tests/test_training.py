@@ -55,12 +55,20 @@ def test_resume_continues_from_the_checkpoint_to_the_exact_total(tiny_dataset: P
 
 def test_linear_schedule_anneals_the_learning_rate_across_a_resume(tiny_dataset: Path, tmp_path: Path) -> None:
     """Each update steps with learning_rate * (1 - steps before it / total), also after a resume whose
-    checkpointed optimizer still holds the rate of the update before the stop."""
+    checkpointed optimizer holds the rate of the update before it; a longer total is refused, as it
+    would change every remaining update's rate."""
     import csv
+    import shutil
 
     config = tiny_config(lr_schedule="linear", learning_rate=1e-3, total_timesteps=768)
-    train(tiny_dataset, tmp_path, tiny_config(lr_schedule="linear", learning_rate=1e-3, total_timesteps=256))
-    train(tiny_dataset, tmp_path, config, resume=True)
+    train(tiny_dataset, tmp_path, config)
+    for later in ("step_000000000512", "step_000000000768"):  # as if stopped after the first update
+        shutil.rmtree(tmp_path / "checkpoints" / later)
+    with pytest.raises(ConfigError, match="total_timesteps: 768 -> 1024"):
+        train(tiny_dataset, tmp_path, tiny_config(lr_schedule="linear", learning_rate=1e-3, total_timesteps=1024),
+              resume=True)
+    resumed = train(tiny_dataset, tmp_path, config, resume=True)
+    assert resumed.resumed_from == 256
     with (tmp_path / "logs" / "progress.csv").open() as f:
         logged = [float(row["train/learning_rate"]) for row in csv.DictReader(f) if row["train/learning_rate"]]
     assert logged[-2:] == pytest.approx([1e-3 * (1 - 256 / 768), 1e-3 * (1 - 512 / 768)])
