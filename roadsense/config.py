@@ -110,8 +110,10 @@ class EnvConfig(_Section):
     hazard_step: int = Field(200, ge=1, description="Step after warm-up at which the hazard starts.")
     hazard_window: tuple[int, int] | None = Field(None, description="If set, hazard step ~ U[low, high] per episode instead of hazard_step.")
     domain_randomization: bool = Field(True, description="Draw emulator latency, loss, jitter and GPS noise per episode.")
+    # 1000 = -2 a step (beyond 35 m) for a whole episode: a crash is never cheaper than a safe stop. Over training
+    # seeds 0-3 it took the worst seed from 23.7 % collisions to 0.3 % (README, "Learning result").
     collision_penalty: float = Field(
-        0.0, ge=0, le=1e6,
+        1000.0, ge=0, le=1e6,
         description="Charged once on the step that ends in a collision, on top of the reference reward (0 = the reference).")
 
     @model_validator(mode="after")
