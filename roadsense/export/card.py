@@ -16,7 +16,7 @@ from roadsense.env.convoy_env import MAX_DECEL
 from roadsense.env.hazard import STEP_S
 from roadsense.env.observation import BRAKING_ACCEL, EGO_FEATURES, MAX_PEERS, SIGNAL_DECAY, STALE_MS
 from roadsense.env.reward import BRAKING_ACTION
-from roadsense.scenarios.dataset import sha256_file
+from roadsense.provenance import sha256_file
 
 CARD_FORMAT = 1
 

@@ -32,7 +32,8 @@ from roadsense.export.quantize import SETTINGS as QUANTISATION
 from roadsense.export.quantize import quantize
 from roadsense.export.record import CalibrationPlan, CalibrationSplit
 from roadsense.export.runtime import ObsBatch, session
-from roadsense.scenarios.dataset import Dataset, sha256_file
+from roadsense.provenance import sha256_file
+from roadsense.scenarios.dataset import Dataset
 
 CARD_FILE = "deploy.json"
 POLICY, ENCODER, HEAD = "policy.onnx", "peer_encoder.onnx", "policy_head.onnx"

@@ -18,7 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from roadsense.config import DatasetConfig
-from roadsense.provenance import container_image, git_commit
+from roadsense.provenance import container_image, git_commit, sha256_file
 from roadsense.scenarios.dataset import (
     EMULATOR_PARAMS_FILE,
     FORMAT_VERSION,
@@ -27,7 +27,6 @@ from roadsense.scenarios.dataset import (
     ScenarioEntry,
     SplitEntry,
     peer_count_distribution,
-    sha256_file,
     spacing_block,
     verify_dataset,
 )
