@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Literal, get_args
 
 import numpy as np
 
 if TYPE_CHECKING:
     from stable_baselines3 import PPO
 
-BASELINES = ("never-brake", "rule-based")
-SIGNAL_INDEX = 4  # the braking signal in the newest ego frame
+# The baselines every model is compared with; the config's ``baselines`` setting takes its type from here.
+Baseline = Literal["never-brake", "rule-based"]
+BASELINES: tuple[Baseline, ...] = get_args(Baseline)
 RULE_THRESHOLD = 0.5  # the signal is 'up' for about 1.3 s after a braking message
 ONNX_SUFFIX = ".onnx"
 
@@ -25,7 +26,11 @@ def load_policy(spec: str) -> Act:
     if spec == "never-brake":
         return lambda obs: np.zeros(1, np.float32)
     if spec == "rule-based":
-        return lambda obs: np.ones(1, np.float32) if obs["ego"][SIGNAL_INDEX] >= RULE_THRESHOLD else np.zeros(1, np.float32)
+        # Imported here: roadsense.config imports this module, and roadsense.env imports roadsense.config.
+        from roadsense.env.observation import EGO_FEATURE_NAMES
+
+        signal = EGO_FEATURE_NAMES.index("braking_signal")  # in the newest ego frame, which comes first
+        return lambda obs: np.ones(1, np.float32) if obs["ego"][signal] >= RULE_THRESHOLD else np.zeros(1, np.float32)
     path = Path(spec)
     if path.suffix == ONNX_SUFFIX:
         return onnx_act(path)

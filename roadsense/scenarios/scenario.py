@@ -28,6 +28,7 @@ import numpy as np
 
 from roadsense.config import DatasetConfig
 from roadsense.scenarios.network import EDGE_ID, ROADS
+from roadsense.sim.backend import STEP_S
 
 Split = Literal["train", "val", "eval"]
 SPLITS: tuple[Split, ...] = ("train", "val", "eval")
@@ -35,12 +36,12 @@ SPLITS: tuple[Split, ...] = ("train", "val", "eval")
 # adding a split never changes the scenarios an existing split draws.
 _SPLIT_STREAM: dict[Split, int] = {"train": 0, "eval": 1, "val": 2}
 
-EGO_ID = "V001"
+EGO_ID = "V001"  # the SUMO id of the ego car, the first vehicle of every route file
 BASE_PEERS = 5
 # Front bumper to front bumper between neighbouring cars, by peer count (domain.md).
 PEER_SPACING_M: dict[int, float] = {1: 50.0, 2: 40.0, 3: 35.0, 4: 30.0, 5: 25.0}
 SPACING_RULE = "front-to-front"
-VEHICLE_LENGTH_M = 5.0
+VEHICLE_LENGTH_M = 5.0  # every car of a scenario; front-to-front distance minus this is the bumper gap
 EGO_DEPART_POS_M = 10.0  # front bumper of the ego, from the start of the road
 # SUMO inserts a car only if the car behind can stop safely. With the tightest draw (tau
 # 1.5 s, decel 3.5 m/s^2, 25 m front to front = 17.5 m bumper gap after minGap) Krauss'
@@ -181,7 +182,7 @@ def sumocfg_xml(end_s: float) -> str:
         "    <time>\n"
         '        <begin value="0"/>\n'
         f'        <end value="{end_s:.1f}"/>\n'
-        '        <step-length value="0.1"/>\n'
+        f'        <step-length value="{STEP_S}"/>\n'
         "    </time>\n"
         "    <processing>\n"
         '        <time-to-teleport value="-1"/>\n'
