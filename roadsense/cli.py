@@ -97,7 +97,7 @@ def evaluate(
 ) -> None:
     """Evaluate a model (or a baseline) and the baselines on the deterministic matrix."""
     from roadsense.evaluation.evaluate import evaluate as run_evaluation
-    from roadsense.evaluation.policies import BASELINES, ONNX_SUFFIX
+    from roadsense.evaluation.policies import BASELINES, ONNX_SUFFIX, require_policy_file
 
     with _user_errors():
         onnx = onnx or []
@@ -110,8 +110,8 @@ def evaluate(
             raise ConfigError("give exactly one of --model PATH, --policy never-brake|rule-based or --onnx PATH "
                               "(more --onnx PATH may go beside --model)")
         for path, flag in [(model, "--model"), *((p, "--onnx") for p in onnx)]:
-            if path is not None and not path.is_file():
-                raise FileNotFoundError(f"{flag} {path}: no such file")
+            if path is not None:
+                require_policy_file(path, flag)
         if any(p.suffix != ONNX_SUFFIX for p in onnx):
             raise ConfigError(f"--onnx takes exported {ONNX_SUFFIX} files, got {', '.join(str(p) for p in onnx)}")
         config = _config(preset, sets, episodes_per_bucket=episodes_per_bucket, eval_workers=workers)
@@ -132,14 +132,14 @@ def export(
     sets: SetOpt = None,
 ) -> None:
     """Export a model to ONNX (float, and INT8 with --dataset), a C reference and deploy.json."""
+    from roadsense.evaluation.policies import require_policy_file
     from roadsense.export.exporter import calibration_plan, export_policy
     from roadsense.export.record import CALIBRATION_SPLITS
 
     with _user_errors():
         if split not in CALIBRATION_SPLITS:
             raise ConfigError(f"--split {split!r}: calibration reads {' or '.join(CALIBRATION_SPLITS)}, never the eval split")
-        if not model.is_file():
-            raise FileNotFoundError(f"--model {model}: no such file")
+        require_policy_file(model, "--model")
         plan = None if dataset is None else calibration_plan(_config(preset, sets), dataset, split)  # type: ignore[arg-type]
         card = export_policy(model, output, vecnormalize, plan)
         sizes = ", ".join(f"{name} {doc['bytes']:,} B" for name, doc in card["graphs"].items())
@@ -164,7 +164,7 @@ def replay(
     sets: SetOpt = None,
 ) -> None:
     """Re-run one evaluation episode over TraCI and write its per-step trace (JSON) and plot (PNG)."""
-    from roadsense.evaluation.policies import BASELINES
+    from roadsense.evaluation.policies import BASELINES, require_policy_file
     from roadsense.evaluation.replay import (ReplayError, check_display, replay as run_replay, target_explicit,
                                              target_from_run)
 
@@ -191,8 +191,8 @@ def replay(
                                          "--dataset, --scenario, --seed and --hazard-rank")
             if policy is not None and policy not in BASELINES:
                 raise ReplayError(f"--policy {policy!r}: choose one of {', '.join(BASELINES)}")
-            if model is not None and not model.is_file():
-                raise FileNotFoundError(f"--model {model}: no such file")
+            if model is not None:
+                require_policy_file(model, "--model")
             env = _config(preset, sets).env
             target = target_explicit(str(model) if model else policy, dataset, scenario, seed, hazard_rank, env)
             output = output or Path("replays")

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Callable, Literal, get_args
 
 import numpy as np
 
+from roadsense.errors import InputNotFound
+
 if TYPE_CHECKING:
     from stable_baselines3 import PPO
 
@@ -37,10 +39,17 @@ def load_policy(spec: str) -> Act:
     return model_act(load_model(path))
 
 
+def require_policy_file(path: Path, flag: str) -> None:
+    """Refuse ``path``, given as ``flag``, unless it is a file: commands check before any slow work starts."""
+    if not path.is_file():
+        expected = ("an exported policy.onnx (or policy_int8.onnx) written by `roadsense export`" if path.suffix == ONNX_SUFFIX
+                    else "a model.zip written by `roadsense train` or `roadsense run`")
+        raise InputNotFound(f"{flag} {path}: no such file; give {expected}")
+
+
 def load_model(path: Path) -> "PPO":
     """The SB3 PPO model of a ``model.zip``, on the CPU."""
-    if not path.is_file():
-        raise FileNotFoundError(f"--model {path}: no such model file (expected a model.zip written by `roadsense train`)")
+    require_policy_file(path, "--model")
     from stable_baselines3 import PPO
 
     return PPO.load(path, device="cpu")
@@ -59,8 +68,7 @@ def model_act(model: "PPO") -> Act:
 
 def onnx_act(path: Path) -> Act:
     """An exported ``policy.onnx`` (float or INT8): its ``action`` output, the mean clipped to [0, 1]."""
-    if not path.is_file():
-        raise FileNotFoundError(f"--onnx {path}: no such file (expected a policy.onnx written by `roadsense export`)")
+    require_policy_file(path, "--onnx")
     from roadsense.export.runtime import run_policy, session
 
     sess = session(path)

@@ -19,6 +19,7 @@ import typer
 from pydantic import ValidationError
 
 from roadsense.config import DatasetConfig
+from roadsense.errors import RunFailed
 from roadsense.scenarios.dataset import summarize, verify_dataset
 from roadsense.scenarios.generate import generate_dataset
 from roadsense.v2v import ParamsError, load_params, params_hash
@@ -84,7 +85,7 @@ def generate_command(
     start = time.perf_counter()
     try:
         generate_dataset(output, cfg, emulator_hash, progress=True, emulator_params_file=emulator_params)
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RunFailed) as exc:
         raise _fail(f"generation failed, nothing was written: {exc}", code=1) from None
     elapsed = time.perf_counter() - start
     typer.echo(

@@ -18,6 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from roadsense.config import DatasetConfig
+from roadsense.errors import UserError
 from roadsense.provenance import container_image, git_commit, sha256_file
 from roadsense.scenarios.dataset import (
     EMULATOR_PARAMS_FILE,
@@ -53,6 +54,10 @@ from roadsense.sim.sumo_home import sumo_version
 # the manifest and of the built-in scenario cache key.
 # 2: peers spaced front to front (50 m for one peer, not 55 m), and a val split.
 GENERATOR_VERSION = "2"
+
+
+class OutputNotEmpty(UserError, FileExistsError):
+    """The dataset's output folder already holds something; nothing was written."""
 
 
 def write_scenario(folder: Path, spec: ScenarioSpec, network: bytes, end_s: float) -> None:
@@ -151,7 +156,7 @@ def generate_dataset(
     """
     output = Path(output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise FileExistsError(f"{output} already exists and is not empty; choose a new --output or delete it")
+        raise OutputNotEmpty(f"--output {output}: already exists and is not empty; choose a new folder or delete it")
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = output.with_name(f"{output.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)  # left by a crashed run with the same pid
