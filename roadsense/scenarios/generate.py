@@ -83,13 +83,13 @@ def _dataset_id(content: dict[str, object]) -> str:
     return "rs-" + hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-def _write_dataset(root: Path, cfg: DatasetConfig, emulator_params_hash: str, emulator_params_file: Path | None, progress: bool) -> None:
-    specs = {"train": train_specs(cfg), "val": balanced_specs(cfg, "val"), "eval": balanced_specs(cfg, "eval")}
+def _write_dataset(root: Path, config: DatasetConfig, emulator_params_hash: str, emulator_params_file: Path | None, progress: bool) -> None:
+    specs = {"train": train_specs(config), "val": balanced_specs(config, "val"), "eval": balanced_specs(config, "eval")}
     all_specs = [spec for split in SPLITS for spec in specs[split]]
     # Each road is built once and its bytes copied, so every scenario folder is self-contained.
     networks = {road: build_network(road) for road in sorted(ROADS)}
     for spec in tqdm(all_specs, desc="scenarios", unit="scenario", disable=not progress):
-        write_scenario(root / spec.split / spec.scenario_id, spec, networks[spec.road], cfg.scenario_end_s)
+        write_scenario(root / spec.split / spec.scenario_id, spec, networks[spec.road], config.scenario_end_s)
     if emulator_params_file is not None:
         shutil.copyfile(emulator_params_file, root / EMULATOR_PARAMS_FILE)
 
@@ -100,11 +100,11 @@ def _write_dataset(root: Path, cfg: DatasetConfig, emulator_params_hash: str, em
         "format_version": FORMAT_VERSION,
         "generator_version": GENERATOR_VERSION,
         "seeds": {
-            "dataset_seed": cfg.dataset_seed,
-            "val_dataset_seed": cfg.val_dataset_seed,
-            "eval_dataset_seed": cfg.eval_dataset_seed,
+            "dataset_seed": config.dataset_seed,
+            "val_dataset_seed": config.val_dataset_seed,
+            "eval_dataset_seed": config.eval_dataset_seed,
         },
-        "config": cfg.model_dump(mode="json"),
+        "config": config.model_dump(mode="json"),
         "augmentation": {
             "base_peers": BASE_PEERS,
             "val_eval_peer_drop_prob": 0.0,
@@ -143,7 +143,7 @@ def _write_dataset(root: Path, cfg: DatasetConfig, emulator_params_hash: str, em
 
 def generate_dataset(
     output: Path,
-    cfg: DatasetConfig,
+    config: DatasetConfig,
     emulator_params_hash: str,
     progress: bool = False,
     emulator_params_file: Path | None = None,
@@ -162,7 +162,7 @@ def generate_dataset(
     shutil.rmtree(staging, ignore_errors=True)  # left by a crashed run with the same pid
     staging.mkdir()
     try:
-        _write_dataset(staging, cfg, emulator_params_hash, emulator_params_file, progress)
+        _write_dataset(staging, config, emulator_params_hash, emulator_params_file, progress)
         problems = verify_dataset(staging)
         if problems:
             raise InvariantError("the generated dataset does not verify (a generator bug): " + "; ".join(problems))
