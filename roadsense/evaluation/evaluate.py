@@ -17,7 +17,12 @@ from roadsense.evaluation.traces import trace_failures
 from roadsense.metric_lines import EVAL_TAG, PUBLISHED, emit
 from roadsense.scenarios.dataset import Dataset
 
-_EMITTED = tuple(name for tag, name in PUBLISHED if tag == EVAL_TAG)  # read from metrics["overall"]
+_EMITTED = frozenset(name for tag, name in PUBLISHED if tag == EVAL_TAG)
+
+
+def emitted_metrics(overall: dict[str, Any]) -> dict[str, float | int]:
+    """The ``[eval]`` line's values: the published eval metrics of metrics.json's ``overall`` that have a value."""
+    return {key: value for key, value in overall.items() if key in _EMITTED and value is not None}
 
 
 def evaluate(policy: str, dataset_path: Path, output: Path, config: PipelineConfig,
@@ -68,5 +73,5 @@ def evaluate(policy: str, dataset_path: Path, output: Path, config: PipelineConf
     write_replay_record(output, policy, dataset.root, config.env)
     failures = trace_failures(output, policy, dataset.root, dataset.dataset_id, config, episodes_by_policy[policy])
     write_report(output, metrics, progress_csv, sections=[*sections, *failures])
-    emit(EVAL_TAG, {k: v for k, v in metrics["overall"].items() if k in _EMITTED and v is not None})
+    emit(EVAL_TAG, emitted_metrics(metrics["overall"]))
     return metrics
