@@ -13,6 +13,7 @@ import pytest
 
 import roadsense
 from roadsense.config import EnvConfig
+from roadsense.errors import InputNotFound
 from roadsense.env.convoy_env import CF_OVERRIDE_DELAY, ConvoyEnv
 from roadsense.env.observation import EGO_FEATURE_NAMES, MAX_PEERS, PEER_FEATURES, PeerView, fill_peer_slots
 from roadsense.scenarios.scenario import EGO_ID, NETWORK_FILE, sumocfg_xml
@@ -375,7 +376,7 @@ def test_missing_ego_is_a_clear_error(make_env, scenario_factory, tmp_path, edit
 
 
 def test_missing_sumocfg_is_a_clear_error(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match="nowhere.sumocfg"):
+    with pytest.raises(InputNotFound, match="nowhere.sumocfg"):  # a UserError: exit 2 at a command
         ConvoyEnv(tmp_path / "nowhere.sumocfg")
 
 
