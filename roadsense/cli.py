@@ -105,8 +105,8 @@ def generate(
         start = time.perf_counter()
         generate_dataset(output, config.dataset, emulator_hash, progress=True,
                          emulator_params_file=Path(params_file) if params_file else None)
-        counts = config.dataset
-        typer.echo(f"wrote {output}: {counts.train_count} train + {counts.val_count} val + {counts.eval_count} eval "
+        made = config.dataset
+        typer.echo(f"wrote {output}: {made.train_count} train + {made.val_count} val + {made.eval_count} eval "
                    f"scenarios in {time.perf_counter() - start:.1f} s")
 
 
@@ -282,7 +282,7 @@ def replay(
         if result.differences:
             typer.secho(f"failed: the replay differs from the evaluation: {'; '.join(result.differences)}", err=True,
                         fg=typer.colors.RED)
-            raise typer.Exit(1)
+            raise typer.Exit(FAILED)
 
 
 @app.command()
