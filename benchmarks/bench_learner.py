@@ -54,21 +54,21 @@ def main() -> None:
     parser.add_argument("--peer-fill", type=float, default=0.5,
                         help="share of occupied peer slots (the built-in scenario's rollouts: ~0.03)")
     args = parser.parse_args()
-    tc = TrainConfig()
-    torch.set_num_threads(tc.torch_threads)
+    train_config = TrainConfig()
+    torch.set_num_threads(train_config.torch_threads)
     space = observation_space(3)
-    policy = MultiInputActorCriticPolicy(space, spaces.Box(0, 1, (1,), np.float32), lambda _: tc.learning_rate,
-                                         **policy_kwargs(tc.peer_hidden, tc.log_std_init))
-    normalizer = VecNormalize(DummyVecEnv([lambda: _Spaces(space)] * N_ENVS), norm_obs=False, gamma=tc.gamma)
+    policy = MultiInputActorCriticPolicy(space, spaces.Box(0, 1, (1,), np.float32), lambda _: train_config.learning_rate,
+                                         **policy_kwargs(train_config.peer_hidden, train_config.log_std_init))
+    normalizer = VecNormalize(DummyVecEnv([lambda: _Spaces(space)] * N_ENVS), norm_obs=False, gamma=train_config.gamma)
     rng = np.random.default_rng(0)
-    segments = [_segment(rng, space, tc.rollout_steps // N_ENVS, args.peer_fill) for _ in range(N_ENVS)]
-    minibatches = tc.n_epochs * math.ceil(tc.rollout_steps / args.batch_size)
+    segments = [_segment(rng, space, train_config.rollout_steps // N_ENVS, args.peer_fill) for _ in range(N_ENVS)]
+    minibatches = train_config.n_epochs * math.ceil(train_config.rollout_steps / args.batch_size)
     build_s, update_s = [], []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        batch = build_batch(segments, policy, normalizer, tc.gamma, tc.gae_lambda)
+        batch = build_batch(segments, policy, normalizer, train_config.gamma, train_config.gae_lambda)
         t1 = time.perf_counter()
-        ppo_update(policy, batch, tc.n_epochs, args.batch_size, tc.clip_range, tc.ent_coef, tc.learning_rate, rng)
+        ppo_update(policy, batch, train_config.n_epochs, args.batch_size, train_config.clip_range, train_config.ent_coef, train_config.learning_rate, rng)
         t2 = time.perf_counter()
         build_s.append(t1 - t0)
         update_s.append(t2 - t1)

@@ -85,14 +85,14 @@ def bench_train(steps: int = 16_384, n_envs: int = 0, overrides: dict[str, str] 
     with tempfile.TemporaryDirectory(prefix="roadsense-bench-") as tmp:
         result = train(None, Path(tmp), config, progress=False)
         rollouts = _rollout_times(Path(tmp) / "logs" / "progress.csv")
-    tc = config.train
-    minibatches = tc.n_epochs * math.ceil(tc.rollout_steps / tc.batch_size)
-    full = [r for r in rollouts if r["steps"] == tc.rollout_steps // result.n_envs * result.n_envs]
+    train_config = config.train
+    minibatches = train_config.n_epochs * math.ceil(train_config.rollout_steps / train_config.batch_size)
+    full = [r for r in rollouts if r["steps"] == train_config.rollout_steps // result.n_envs * result.n_envs]
     median = {key: float(np.median([r[key] for r in full])) for key in ("collect_s", "evaluate_gae_s", "update_s")}
     return {"train_steps_per_s": round(result.steps_per_s, 1), "n_envs": result.n_envs,
             "total_timesteps": result.num_timesteps, "wall_s": round(result.wall_s, 1),
             **{key: round(value, 3) for key, value in median.items()},
-            "worker_step_ms": round(1000 * median["collect_s"] / (tc.rollout_steps // result.n_envs), 3),
+            "worker_step_ms": round(1000 * median["collect_s"] / (train_config.rollout_steps // result.n_envs), 3),
             "minibatch_ms": round(1000 * median["update_s"] / minibatches, 3)}
 
 

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated, Iterator, Optional
 
 import typer
 
-from roadsense.config import ConfigError, PipelineConfig, parse_set_options
-from roadsense.scenarios.commands import generate_command, verify_command
+from roadsense.config import PRESETS, ConfigError, DatasetConfig, PipelineConfig, parse_set_options
+from roadsense.evaluation.policies import BASELINES
+from roadsense.exits import FAILED
 
 app = typer.Typer(help="RoadSense training pipeline: generate, train, evaluate, run.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -23,11 +26,12 @@ dataset_app = typer.Typer(help="Inspect datasets.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks that print one JSON line.", no_args_is_help=True)
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(bench_app, name="bench")
-app.command("generate")(generate_command)
-dataset_app.command("verify")(verify_command)
 
-PresetOpt = Annotated[str, typer.Option("--preset", help="smoke | standard | production: the defaults to start from.")]
+PresetOpt = Annotated[str, typer.Option("--preset", help=f"{' | '.join(PRESETS)}: the defaults to start from.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: --set key=value (repeatable).")]
+BASELINE_CHOICE = "|".join(BASELINES)
+# What `generate` reads: the dataset settings, and the emulator parameter file it ships with the dataset.
+GENERATE_KEYS = (*DatasetConfig.model_fields, "emulator_params")
 
 
 @contextlib.contextmanager
@@ -48,10 +52,81 @@ def _user_errors() -> Iterator[None]:
         raise typer.Exit(code) from None
 
 
-def _config(preset: str, sets: list[str] | None, **flags: object) -> PipelineConfig:
+def _config(preset: str, sets: list[str] | None, reads: Collection[str] | None = None,
+            **flags: object) -> PipelineConfig:
+    """The preset, then ``--set`` (refused for a key outside ``reads``, when given), then the flags that were passed."""
     overrides: dict[str, object] = parse_set_options(sets or [])
+    unread = sorted(key for key in overrides if reads is not None and key not in reads and key != "preset")
+    if unread:
+        raise ConfigError(f"--set {', '.join(unread)}: not read by this command, which reads {', '.join(reads or ())}")
     overrides.update({k: v for k, v in flags.items() if v is not None})
     return PipelineConfig.from_overrides(preset, overrides)
+
+
+@app.command()
+def generate(
+    output: Annotated[Path, typer.Option("--output", help="New dataset folder (must not exist or be empty).")],
+    preset: PresetOpt = "production",
+    sets: SetOpt = None,
+    # The flags of earlier versions, kept as aliases; each help names the setting it sets.
+    seed: Annotated[Optional[int], typer.Option(
+        "--seed", help="Alias of --set dataset_seed=N: the training scenarios' seed (not `seed`, PPO's).")] = None,
+    val_seed: Annotated[Optional[int], typer.Option(
+        "--val-seed", help="Alias of --set val_dataset_seed=N: the validation scenarios' seed "
+                           "(not `val_seed`, the validation episodes').")] = None,
+    eval_seed: Annotated[Optional[int], typer.Option(
+        "--eval-seed", help="Alias of --set eval_dataset_seed=N: the evaluation scenarios' seed "
+                            "(not `eval_seed`, the evaluation episodes').")] = None,
+    train_count: Annotated[Optional[int], typer.Option(
+        "--train-count", help="Alias of --set train_count=N: training scenarios.")] = None,
+    val_count: Annotated[Optional[int], typer.Option(
+        "--val-count", help="Alias of --set val_count=N: validation scenarios, balanced over the peer counts.")] = None,
+    eval_count: Annotated[Optional[int], typer.Option(
+        "--eval-count", help="Alias of --set eval_count=N: evaluation scenarios, balanced over the peer counts.")] = None,
+    peer_drop_prob: Annotated[Optional[float], typer.Option(
+        "--peer-drop-prob", help="Alias of --set peer_drop_prob=P: per-peer dropout in training scenarios, [0, 1).")] = None,
+    emulator_params: Annotated[Optional[Path], typer.Option(
+        "--emulator-params", help="Alias of --set emulator_params=PATH: the ESP-NOW parameter JSON shipped with the "
+                                  "dataset; default: the measured defaults.")] = None,
+) -> None:
+    """Generate a scenario dataset with its manifest from the config's dataset settings: --preset, then --set
+    (and the aliases below)."""
+    from roadsense.scenarios.generate import generate_dataset
+    from roadsense.v2v import load_params, params_hash
+
+    with _user_errors():
+        config = _config(preset, sets, GENERATE_KEYS, dataset_seed=seed, val_dataset_seed=val_seed,
+                         eval_dataset_seed=eval_seed, train_count=train_count, val_count=val_count,
+                         eval_count=eval_count, peer_drop_prob=peer_drop_prob,
+                         emulator_params=None if emulator_params is None else str(emulator_params))
+        params_file = config.env.emulator_params
+        # Without a file the env runs the defaults shipped with roadsense; the manifest records their hash.
+        emulator_hash = params_hash(load_params(params_file))
+        start = time.perf_counter()
+        generate_dataset(output, config.dataset, emulator_hash, progress=True,
+                         emulator_params_file=Path(params_file) if params_file else None)
+        made = config.dataset
+        typer.echo(f"wrote {output}: {made.train_count} train + {made.val_count} val + {made.eval_count} eval "
+                   f"scenarios in {time.perf_counter() - start:.1f} s")
+
+
+@dataset_app.command("verify")
+def verify(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder holding manifest.json.")],
+) -> None:
+    """Check every hash, path and scenario invariant of a dataset; exit 1 naming the problems (the first 20)."""
+    from roadsense.scenarios.dataset import summarize, verify_dataset
+
+    problems = verify_dataset(dataset)
+    if len(problems) == 1:
+        typer.secho(f"error: {dataset}: {problems[0]}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(FAILED)
+    if problems:
+        for problem in summarize(problems):
+            typer.secho(f"problem: {problem}", err=True, fg=typer.colors.RED)
+        typer.secho(f"error: {dataset}: {len(problems)} problems; regenerate the dataset", err=True, fg=typer.colors.RED)
+        raise typer.Exit(FAILED)
+    typer.echo(f"{dataset}: OK")
 
 
 @app.command()
@@ -88,7 +163,7 @@ def evaluate(
     dataset: Annotated[Path, typer.Option("--dataset", help="Dataset whose eval split is the matrix.")],
     output: Annotated[Path, typer.Option("--output", help="Folder for metrics.json, report.md and the plots.")],
     model: Annotated[Optional[Path], typer.Option("--model", help="model.zip to evaluate.")] = None,
-    policy: Annotated[Optional[str], typer.Option("--policy", help="Evaluate a baseline instead: never-brake | rule-based.")] = None,
+    policy: Annotated[Optional[str], typer.Option("--policy", help=f"Evaluate a baseline instead: {' | '.join(BASELINES)}.")] = None,
     onnx: Annotated[Optional[list[Path]], typer.Option("--onnx", help="An exported policy.onnx (or policy_int8.onnx), run by onnxruntime; repeatable. Alone: the policy evaluated. With --model: evaluated beside it on the same plan, side by side in the report.")] = None,
     episodes_per_bucket: Annotated[Optional[int], typer.Option("--episodes-per-bucket", help="Episodes per (peers, rank) bucket.")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Processes; default one per CPU.")] = None,
@@ -97,7 +172,7 @@ def evaluate(
 ) -> None:
     """Evaluate a model (or a baseline) and the baselines on the deterministic matrix."""
     from roadsense.evaluation.evaluate import evaluate as run_evaluation
-    from roadsense.evaluation.policies import BASELINES, ONNX_SUFFIX
+    from roadsense.evaluation.policies import ONNX_SUFFIX, require_policy_file
 
     with _user_errors():
         onnx = onnx or []
@@ -107,11 +182,11 @@ def evaluate(
             if policy not in BASELINES:
                 raise ConfigError(f"--policy {policy!r}: choose one of {', '.join(BASELINES)}")
         elif model is None and len(onnx) != 1:
-            raise ConfigError("give exactly one of --model PATH, --policy never-brake|rule-based or --onnx PATH "
+            raise ConfigError(f"give exactly one of --model PATH, --policy {BASELINE_CHOICE} or --onnx PATH "
                               "(more --onnx PATH may go beside --model)")
         for path, flag in [(model, "--model"), *((p, "--onnx") for p in onnx)]:
-            if path is not None and not path.is_file():
-                raise FileNotFoundError(f"{flag} {path}: no such file")
+            if path is not None:
+                require_policy_file(path, flag)
         if any(p.suffix != ONNX_SUFFIX for p in onnx):
             raise ConfigError(f"--onnx takes exported {ONNX_SUFFIX} files, got {', '.join(str(p) for p in onnx)}")
         config = _config(preset, sets, episodes_per_bucket=episodes_per_bucket, eval_workers=workers)
@@ -132,14 +207,14 @@ def export(
     sets: SetOpt = None,
 ) -> None:
     """Export a model to ONNX (float, and INT8 with --dataset), a C reference and deploy.json."""
+    from roadsense.evaluation.policies import require_policy_file
     from roadsense.export.exporter import calibration_plan, export_policy
     from roadsense.export.record import CALIBRATION_SPLITS
 
     with _user_errors():
         if split not in CALIBRATION_SPLITS:
             raise ConfigError(f"--split {split!r}: calibration reads {' or '.join(CALIBRATION_SPLITS)}, never the eval split")
-        if not model.is_file():
-            raise FileNotFoundError(f"--model {model}: no such file")
+        require_policy_file(model, "--model")
         plan = None if dataset is None else calibration_plan(_config(preset, sets), dataset, split)  # type: ignore[arg-type]
         card = export_policy(model, output, vecnormalize, plan)
         sizes = ", ".join(f"{name} {doc['bytes']:,} B" for name, doc in card["graphs"].items())
@@ -153,7 +228,7 @@ def replay(
     bucket: Annotated[Optional[str], typer.Option("--bucket", help="With --run: the bucket, e.g. n2_k1.")] = None,
     episode: Annotated[Optional[int], typer.Option("--episode", help="With --run: the episode's index within its bucket.")] = None,
     model: Annotated[Optional[Path], typer.Option("--model", help="Without --run: the model.zip to replay.")] = None,
-    policy: Annotated[Optional[str], typer.Option("--policy", help="Without --run: a baseline instead: never-brake | rule-based.")] = None,
+    policy: Annotated[Optional[str], typer.Option("--policy", help=f"Without --run: a baseline instead: {' | '.join(BASELINES)}.")] = None,
     dataset: Annotated[Optional[Path], typer.Option("--dataset", help="Without --run: the dataset (its eval split).")] = None,
     scenario: Annotated[Optional[str], typer.Option("--scenario", help="Without --run: scenario id, e.g. eval-0003.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Without --run: the episode seed (episodes.jsonl: seed).")] = None,
@@ -164,7 +239,7 @@ def replay(
     sets: SetOpt = None,
 ) -> None:
     """Re-run one evaluation episode over TraCI and write its per-step trace (JSON) and plot (PNG)."""
-    from roadsense.evaluation.policies import BASELINES
+    from roadsense.evaluation.policies import require_policy_file
     from roadsense.evaluation.replay import (ReplayError, check_display, replay as run_replay, target_explicit,
                                              target_from_run)
 
@@ -183,7 +258,7 @@ def replay(
             output = output or run_folder / "replays"
         else:
             if (model is None) == (policy is None):
-                raise ReplayError("give exactly one of --model PATH or --policy never-brake|rule-based "
+                raise ReplayError(f"give exactly one of --model PATH or --policy {BASELINE_CHOICE} "
                                          "(or address an evaluated episode with --run RUN --bucket B --episode E)")
             missing = [flag for flag, value in explicit.items() if value is None and flag not in ("--model", "--policy")]
             if missing:
@@ -191,8 +266,8 @@ def replay(
                                          "--dataset, --scenario, --seed and --hazard-rank")
             if policy is not None and policy not in BASELINES:
                 raise ReplayError(f"--policy {policy!r}: choose one of {', '.join(BASELINES)}")
-            if model is not None and not model.is_file():
-                raise FileNotFoundError(f"--model {model}: no such file")
+            if model is not None:
+                require_policy_file(model, "--model")
             env = _config(preset, sets).env
             target = target_explicit(str(model) if model else policy, dataset, scenario, seed, hazard_rank, env)
             output = output or Path("replays")
@@ -207,7 +282,7 @@ def replay(
         if result.differences:
             typer.secho(f"failed: the replay differs from the evaluation: {'; '.join(result.differences)}", err=True,
                         fg=typer.colors.RED)
-            raise typer.Exit(1)
+            raise typer.Exit(FAILED)
 
 
 @app.command()

@@ -28,6 +28,7 @@ from pydantic_core import PydanticCustomError
 
 from roadsense.artifacts.status import write_json_atomic
 from roadsense.errors import UserError
+from roadsense.evaluation.policies import BASELINES, Baseline
 from roadsense.exits import clip
 
 PRESETS = ("smoke", "standard", "production")
@@ -170,7 +171,7 @@ class EvalConfig(_Section):
     val_seed: int = Field(11, ge=0, description="Seed of the validation episodes (its own, so val and eval never share emulator or hazard draws).")
     val_episodes_per_bucket: int = Field(3, ge=1, le=1000, description="Episodes per bucket of the validation matrix.")
     eval_workers: int = Field(0, ge=0, le=256, description="Evaluation processes; 0 = one per CPU. Results do not depend on it.")
-    baselines: tuple[Literal["never-brake", "rule-based"], ...] = Field(("never-brake", "rule-based"), description="Baselines evaluated on the same matrix.")
+    baselines: tuple[Baseline, ...] = Field(BASELINES, description="Baselines evaluated on the same matrix.")
     export_onnx: bool = Field(True, description="Export the policy to ONNX (float and INT8) and evaluate both beside the torch model on the same plan.")
     calibration_episodes_per_bucket: int = Field(1, ge=1, le=100, description="Episodes per bucket of the val split recorded to calibrate the INT8 graphs.")
 

@@ -12,7 +12,8 @@ Anything else is a bug, and its traceback is its message.
   keeps erroring, an AWS service that refuses, a build that breaks.
 
 Subclasses live with the modules that raise them (``ConfigError`` in roadsense.config,
-``DatasetError`` in roadsense.scenarios.dataset...); they may also derive from a builtin
+``DatasetError`` in roadsense.scenarios.dataset...), except :class:`InputNotFound`, which
+every command raises for a file it was given; they may also derive from a builtin
 (``ValueError``, ``OSError``) where callers already catch that.
 """
 
@@ -37,3 +38,7 @@ class RunFailed(RoadsenseError):
     """Valid input, failed run (the message says which stage or service and why): exit 1."""
 
     exit_code = FAILED
+
+
+class InputNotFound(UserError, FileNotFoundError):
+    """A file named by a flag or argument does not exist; the message names the flag and what to give instead."""

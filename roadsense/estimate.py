@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from roadsense.config import PipelineConfig
-from roadsense.evaluation.matrix import PEER_COUNTS
+from roadsense.evaluation.matrix import BUCKET_COUNT
 from roadsense.export.exporter import EVALUATED
 
 # Measured on 2 CPUs, 2026-11-29 (README, "Learning result"): evaluation of 1,500 production
@@ -23,22 +23,22 @@ VALIDATION_START_S = 1.0  # starting the evaluation pool and loading the checkpo
 
 def stage_seconds(config: PipelineConfig, cpus: int) -> dict[str, float]:
     """Expected wall seconds of each pipeline stage on ``cpus`` CPUs."""
-    dc, ec = config.dataset, config.evaluation
-    tc = config.train
-    n_envs = tc.n_envs or cpus
-    buckets = sum(PEER_COUNTS)
-    policies = 1 + len(ec.baselines) + (len(EVALUATED) if ec.export_onnx else 0)
-    eval_steps = buckets * ec.episodes_per_bucket * policies * config.env.episode_steps * EPISODE_STEPS_MEAN_FRACTION
-    eval_workers = ec.eval_workers or cpus
+    dataset_config, train_config, eval_config = config.dataset, config.train, config.evaluation
+    n_envs = train_config.n_envs or cpus
+    episode_steps = config.env.episode_steps
+    policies = 1 + len(eval_config.baselines) + (len(EVALUATED) if eval_config.export_onnx else 0)
+    eval_steps = BUCKET_COUNT * eval_config.episodes_per_bucket * policies * episode_steps * EPISODE_STEPS_MEAN_FRACTION
+    eval_workers = eval_config.eval_workers or cpus
     eval_rate = EVAL_STEPS_PER_S_PER_CPU * min(eval_workers, cpus)
-    validations = config.train.total_timesteps // ec.val_every + 1 if ec.val_every else 0
-    val_steps = buckets * ec.val_episodes_per_bucket * config.env.episode_steps * EPISODE_STEPS_MEAN_FRACTION
+    validations = train_config.total_timesteps // eval_config.val_every + 1 if eval_config.val_every else 0
+    val_steps = BUCKET_COUNT * eval_config.val_episodes_per_bucket * episode_steps * EPISODE_STEPS_MEAN_FRACTION
+    train_rate = projected_train_steps_per_s(min(n_envs, cpus), train_config.rollout_steps, train_config.batch_size,
+                                             train_config.n_epochs)["steps_per_s"]
+    scenarios = dataset_config.train_count + dataset_config.val_count + dataset_config.eval_count
     return {
-        "dataset": (dc.train_count + dc.val_count + dc.eval_count) * GENERATE_S_PER_SCENARIO,
-        "train": tc.total_timesteps / projected_train_steps_per_s(min(n_envs, cpus), tc.rollout_steps, tc.batch_size,
-                                                                   tc.n_epochs)["steps_per_s"]
-        + validations * (VALIDATION_START_S + val_steps / eval_rate),
-        "export": EXPORT_S if ec.export_onnx else 0.0,
+        "dataset": scenarios * GENERATE_S_PER_SCENARIO,
+        "train": train_config.total_timesteps / train_rate + validations * (VALIDATION_START_S + val_steps / eval_rate),
+        "export": EXPORT_S if eval_config.export_onnx else 0.0,
         "evaluate": eval_steps / eval_rate,
         "package": 5.0,
     }

@@ -66,17 +66,20 @@ def sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def stopped(exc: KeyboardInterrupt) -> tuple[int, str]:
+    """(exit code, one-line message) of a run a signal stopped: 143 for SIGTERM, 130 for Ctrl-C."""
+    name = signal_name_of(exc)
+    return (SIGTERM if name == "SIGTERM" else CTRL_C), f"interrupted: {str(exc) or f'stopped by {name}'}"
+
+
 def classify(exc: BaseException) -> tuple[int, str] | None:
     """(exit code, one-line message) for an outcome a run expects; None for a bug, whose traceback should show."""
     from roadsense.errors import RoadsenseError, UserError  # errors imports this module
 
     if isinstance(exc, KeyboardInterrupt):
-        name = signal_name_of(exc)
-        return (SIGTERM if name == "SIGTERM" else CTRL_C), f"interrupted: {str(exc) or f'stopped by {name}'}"
+        return stopped(exc)
     if isinstance(exc, RoadsenseError):
         return exc.exit_code, f"{'bad input' if isinstance(exc, UserError) else 'failed'}: {exc}"
-    if isinstance(exc, (FileNotFoundError, FileExistsError)):
-        return BAD_INPUT, f"bad input: {exc}"
-    if isinstance(exc, OSError):
+    if isinstance(exc, OSError):  # the system failed the run: a full disk, a read-only folder
         return FAILED, f"failed: {exc}"
     return None

@@ -34,7 +34,7 @@ from roadsense.artifacts.status import RunStatus, remove_stale_temps, write_json
 from roadsense.config import ConfigError, PipelineConfig, check_resumable
 from roadsense.estimate import stage_seconds
 from roadsense.evaluation.evaluate import evaluate
-from roadsense.evaluation.matrix import plan_matrix
+from roadsense.evaluation.matrix import BUCKET_COUNT, PEER_COUNTS, plan_matrix
 from roadsense.exits import signal_name_of
 from roadsense.export.exporter import EVALUATED, calibration_plan, export_policy
 from roadsense.scenarios.dataset import Dataset
@@ -88,10 +88,11 @@ def plan_run(paths: RunPaths, config: PipelineConfig, dataset: Path | None) -> d
         opened = Dataset.open(dataset)
         episodes = len(plan_matrix(opened, config.evaluation.episodes_per_bucket, config.evaluation.eval_seed))
     else:
-        if config.dataset.eval_count < 5:
-            raise ConfigError(f"eval_count = {config.dataset.eval_count}: the evaluation matrix needs all peer "
-                              "counts 1..5, so at least 5 eval scenarios")
-        episodes = 15 * config.evaluation.episodes_per_bucket
+        # A generated eval split cycles through the peer counts, so it covers them all from this size on.
+        if config.dataset.eval_count < len(PEER_COUNTS):
+            raise ConfigError(f"eval_count = {config.dataset.eval_count}: the evaluation matrix needs all peer counts "
+                              f"{PEER_COUNTS[0]}..{PEER_COUNTS[-1]}, so at least {len(PEER_COUNTS)} eval scenarios")
+        episodes = BUCKET_COUNT * config.evaluation.episodes_per_bucket
     probe = paths.output if paths.output.exists() else paths.output.parent
     while not probe.exists():
         probe = probe.parent

@@ -1,10 +1,12 @@
-"""Where a run or a dataset came from: the code version and the container it ran in.
+"""Where a run or a dataset came from: the code version, the container it ran in, the bytes of its files.
 
-Both values are recorded in manifests so a result can be traced back to the exact code.
+These values are recorded in manifests, checkpoints and deploy cards so a result can be
+traced back to the exact code and the exact files.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 from pathlib import Path
@@ -30,6 +32,15 @@ def git_commit() -> str:
     if result is not None and result.returncode == 0 and result.stdout.strip():
         return result.stdout.strip()
     return os.environ.get("ROADSENSE_GIT_COMMIT") or "unknown"
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 of the file at ``path`` as 64 lowercase hex digits, read in 1 MiB blocks (any size fits in memory)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def container_image() -> str:

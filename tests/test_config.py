@@ -9,6 +9,11 @@ import typing
 import pytest
 
 from roadsense.config import KEY_SECTION, PRESETS, SECTIONS, ConfigError, PipelineConfig, parse_set_options, _parse_value
+from roadsense.evaluation.matrix import PEER_COUNTS
+from roadsense.scenarios.scenario import balanced_specs
+
+# Every seed the pipeline draws from; README: "changing one never changes what the others control".
+SEEDS = ("dataset_seed", "val_dataset_seed", "eval_dataset_seed", "seed", "val_seed", "eval_seed")
 
 
 def test_hyperparameters_are_strings_and_round_trip() -> None:
@@ -28,10 +33,14 @@ def test_saved_config_json_loads_back(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-def test_presets_are_valid(preset: str) -> None:
+@pytest.mark.parametrize("split", ["val", "eval"])
+def test_every_presets_val_and_eval_splits_cover_the_peer_counts_of_the_matrix(preset: str, split: str) -> None:
+    """A preset's generated val and eval splits hold every peer count the (peer count, hazard rank)
+    matrix plans. Catches a preset shrunk below one scenario per count (eval_count 4), or a split
+    that stops cycling the counts: every run of it would fail, at plan time or at the first validation."""
     config = PipelineConfig.from_overrides(preset)
-    assert config.preset == preset
-    assert config.evaluation.episodes_per_bucket >= 1
+    counts = {spec.peer_count for spec in balanced_specs(config.dataset, split)}  # type: ignore[arg-type]
+    assert counts == set(PEER_COUNTS), f"{preset}: the {split} split has peer counts {sorted(counts)}"
 
 
 def test_production_preset_is_the_documented_size() -> None:
@@ -41,11 +50,12 @@ def test_production_preset_is_the_documented_size() -> None:
     assert config.evaluation.episodes_per_bucket >= 10
 
 
-def test_seeds_are_separate_keys() -> None:
-    config = PipelineConfig.from_overrides("smoke", {"seed": "3"})
-    flat = config.flat()
-    assert flat["seed"] == 3
-    assert flat["dataset_seed"] != 3 and flat["eval_seed"] != 3 and flat["eval_dataset_seed"] != 3
+@pytest.mark.parametrize("seed", SEEDS)
+def test_each_seed_changes_only_itself(seed: str) -> None:
+    # Catches a seed derived from another (a validator filling eval_seed from seed) or routed to another key.
+    before = PipelineConfig.from_overrides("smoke").flat()
+    after = PipelineConfig.from_overrides("smoke", {seed: "12345"}).flat()
+    assert {key for key in after if after[key] != before[key]} == {seed}
 
 
 @pytest.mark.parametrize(
@@ -78,9 +88,16 @@ def test_set_options_parse_and_check_keys() -> None:
         parse_set_options(["sed=3"])
 
 
-def test_every_key_lives_in_exactly_one_section() -> None:
-    assert sum(len(model.model_fields) for model in SECTIONS.values()) == len(KEY_SECTION)
-    assert {"seed", "dataset_seed", "eval_dataset_seed", "eval_seed"} <= set(KEY_SECTION)
+def test_the_flat_view_names_every_setting_once_and_sets_back_to_the_same_config() -> None:
+    """flat() is how --set, SageMaker and the launcher name settings. Catches a setting whose name
+    another one (or ``preset``) shadows in it, and a value whose flat form --set cannot read back."""
+    config = PipelineConfig.from_overrides("standard", {"seed": 9, "hazard_window": [150, 350],
+                                                        "baselines": ["rule-based"], "emulator_params": "p.json"})
+    flat = config.flat()
+    assert len(flat) == 1 + sum(len(model.model_fields) for model in SECTIONS.values())
+    preset = flat.pop("preset")
+    sets = [f"{key}={json.dumps(value)}" for key, value in flat.items()]
+    assert PipelineConfig.from_overrides(preset, parse_set_options(sets)) == config
 
 
 # --- hostile numbers: every numeric key, every way a value arrives --------------------------------

@@ -13,14 +13,18 @@ import pytest
 
 import roadsense
 from roadsense.config import EnvConfig
-from roadsense.env.convoy_env import CF_OVERRIDE_DELAY, EGO_ID, ConvoyEnv
-from roadsense.env.observation import MAX_PEERS, PEER_FEATURES, PeerView, fill_peer_slots
-from roadsense.scenarios.scenario import NETWORK_FILE, sumocfg_xml
+from roadsense.errors import InputNotFound
+from roadsense.env.convoy_env import CF_OVERRIDE_DELAY, ConvoyEnv
+from roadsense.env.observation import EGO_FEATURE_NAMES, MAX_PEERS, PEER_FEATURES, PeerView, fill_peer_slots
+from roadsense.scenarios.scenario import EGO_ID, NETWORK_FILE, sumocfg_xml
 from roadsense.sim.backend import SimulationError
 from roadsense.v2v import ParamsError
 
 NO_BRAKE = np.zeros(1, np.float32)
 HAZARD_STEP = 200  # the default: 200 steps after warm-up
+# Where two ego features sit in the newest ego frame, which comes first in obs["ego"].
+SIGNAL = EGO_FEATURE_NAMES.index("braking_signal")
+VISIBLE = EGO_FEATURE_NAMES.index("visible_peers")
 
 
 def _run(env: ConvoyEnv, policy, max_steps: int = 100_000):
@@ -37,8 +41,8 @@ def _run(env: ConvoyEnv, policy, max_steps: int = 100_000):
 
 
 def _brake_on_signal(obs) -> np.ndarray:
-    """Brake hard while the braking signal (newest ego frame, feature 4) is up, else leave it to SUMO."""
-    if obs is not None and obs["ego"][4] > 0.05:
+    """Brake hard while the braking signal (of the newest ego frame) is up, else leave it to SUMO."""
+    if obs is not None and obs["ego"][SIGNAL] > 0.05:
         return np.ones(1, np.float32)
     return NO_BRAKE
 
@@ -93,7 +97,7 @@ def test_hazard_raises_the_braking_signal_at_the_ego_shortly_after_the_hazard_st
     for seed, rank in ((0, 1), (1, 2), (2, 2)):
         env.reset(seed=seed, options={"hazard_rank": rank})
         observations, _, infos, _, _ = _run(env, lambda obs: NO_BRAKE)
-        signal = np.array([obs["ego"][4] for obs in observations])  # newest frame first: index 4
+        signal = np.array([obs["ego"][SIGNAL] for obs in observations])
         # observations[t] is the observation after step t + 1; the hazard acts in step HAZARD_STEP + 1.
         assert signal[:HAZARD_STEP].max() < 1.0, f"seed {seed}: braking signal before the hazard"
         rise = np.flatnonzero(signal[HAZARD_STEP:] == 1.0)
@@ -253,7 +257,7 @@ def test_peer_rows_are_a_set_in_random_slots(make_env, scenario_factory) -> None
         mask = obs["peer_mask"]
         m = int(mask.sum())
         assert (mask[:m] == 1).all() and (mask[m:] == 0).all() and (obs["peers"][m:] == 0).all()
-        assert m == round(obs["ego"][2] * MAX_PEERS)  # the visible count of the ego frame
+        assert m == round(obs["ego"][VISIBLE] * MAX_PEERS)
         # The rows are exactly the visible peers' rows (as a multiset).
         expected = np.array(env._last_view.rows, np.float32).reshape(-1, PEER_FEATURES)
         got = obs["peers"][:m]
@@ -372,7 +376,7 @@ def test_missing_ego_is_a_clear_error(make_env, scenario_factory, tmp_path, edit
 
 
 def test_missing_sumocfg_is_a_clear_error(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match="nowhere.sumocfg"):
+    with pytest.raises(InputNotFound, match="nowhere.sumocfg"):  # a UserError: exit 2 at a command
         ConvoyEnv(tmp_path / "nowhere.sumocfg")
 
 

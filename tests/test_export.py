@@ -128,7 +128,7 @@ def test_an_export_whose_graph_drifts_from_torch_is_refused(model_zip: Path, tmp
         return replace(weights, phi=(Dense(weight, first.bias, first.activation), *weights.phi[1:]))
 
     monkeypatch.setattr(exporter, "policy_weights", one_weight_off)
-    with pytest.raises(ExportError, match="differs from the torch policy"):
+    with pytest.raises(exporter.ParityError, match="differs from the torch policy"):
         export_policy(model_zip, tmp_path)
     assert list(tmp_path.iterdir()) == []  # no graph of a failed export is left to deploy
 

@@ -10,12 +10,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import typer
 from pydantic import ValidationError
 
 import roadsense.v2v
 from typer.testing import CliRunner
 
+from roadsense.cli import app
 from roadsense.config import DatasetConfig
 from roadsense.evaluation.matrix import plan_matrix
 from roadsense.scenarios import (
@@ -28,7 +28,6 @@ from roadsense.scenarios import (
     verify_dataset,
 )
 from roadsense.scenarios import scenario as scenario_module
-from roadsense.scenarios.commands import generate_command, verify_command
 from roadsense.scenarios.invariants import check_routes
 from roadsense.scenarios.generate import write_scenario
 from roadsense.scenarios.network import EDGE_ID, build_network
@@ -352,30 +351,56 @@ def test_a_broken_invariant_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_generate_refuses_a_non_empty_output(small_dataset: Path) -> None:
     with pytest.raises(FileExistsError, match="not empty"):
         generate_dataset(small_dataset, SMALL, "params-hash")
-
-
-def _cli() -> typer.Typer:
-    app = typer.Typer()
-    app.command("generate")(generate_command)
-    app.command("verify")(verify_command)
-    return app
+    result = CliRunner().invoke(app, ["generate", "--output", str(small_dataset), "--preset", "smoke"])
+    assert result.exit_code == 2 and "--output" in result.output and "not empty" in result.output
 
 
 @pytest.mark.parametrize(
-    ("flag", "value"), [("--train-count", "-1"), ("--eval-count", "0"), ("--peer-drop-prob", "1.5"), ("--seed", "-3")]
+    ("args", "key"),
+    [
+        (["--train-count", "-1"], "train_count"),
+        (["--eval-count", "0"], "eval_count"),
+        (["--peer-drop-prob", "1.5"], "peer_drop_prob"),
+        (["--seed", "-3"], "dataset_seed"),
+        (["--set", "dataset_seed=-3"], "dataset_seed"),
+    ],
 )
-def test_generate_cli_names_the_bad_flag(tmp_path: Path, flag: str, value: str) -> None:
-    result = CliRunner().invoke(_cli(), ["generate", "--output", str(tmp_path / "ds"), flag, value])
+def test_generate_cli_names_the_setting_of_a_bad_value(tmp_path: Path, args: list[str], key: str) -> None:
+    result = CliRunner().invoke(app, ["generate", "--output", str(tmp_path / "ds"), *args])
     assert result.exit_code == 2
-    assert flag in result.output
+    assert f"{key}: " in result.output
+    assert not (tmp_path / "ds").exists()
+
+
+def test_generate_flags_set_the_dataset_seeds_not_the_episode_seeds(tmp_path: Path) -> None:
+    """--seed, --val-seed and --eval-seed are aliases of dataset_seed, val_dataset_seed and eval_dataset_seed:
+    the same dataset either way. Catches an alias mapped to the PPO or episode seed of the same short name."""
+    runner = CliRunner()
+    sizes = ["--preset", "smoke", "--set", "train_count=2"]
+    aliases = ["--seed", "7", "--val-seed", "8", "--eval-seed", "9", "--peer-drop-prob", "0.2"]
+    settings = ["--set", "dataset_seed=7", "--set", "val_dataset_seed=8", "--set", "eval_dataset_seed=9",
+                "--set", "peer_drop_prob=0.2"]
+    for name, args in (("aliases", aliases), ("settings", settings)):
+        result = runner.invoke(app, ["generate", "--output", str(tmp_path / name), *sizes, *args])
+        assert result.exit_code == 0, result.output
+    by_alias, by_setting = (json.loads((tmp_path / name / "manifest.json").read_text()) for name in ("aliases", "settings"))
+    assert by_alias["seeds"] == {"dataset_seed": 7, "val_dataset_seed": 8, "eval_dataset_seed": 9}
+    assert by_alias["config"]["peer_drop_prob"] == 0.2
+    assert by_alias["dataset_id"] == by_setting["dataset_id"]
+
+
+def test_generate_refuses_a_setting_it_does_not_read(tmp_path: Path) -> None:
+    # `seed` is PPO's: a dataset would silently ignore it, so it is refused, naming the keys generate reads.
+    result = CliRunner().invoke(app, ["generate", "--output", str(tmp_path / "ds"), "--set", "seed=3"])
+    assert result.exit_code == 2 and "--set seed: not read" in result.output and "dataset_seed" in result.output
     assert not (tmp_path / "ds").exists()
 
 
 def test_generate_cli_refuses_invalid_emulator_params(tmp_path: Path) -> None:
     params = tmp_path / "params.json"
     params.write_text(json.dumps({**json.loads(SHIPPED_PARAMS.read_text()), "loss_prob": [0.1, 1.7]}))
-    result = CliRunner().invoke(_cli(), ["generate", "--output", str(tmp_path / "ds"), "--emulator-params", str(params)])
-    assert result.exit_code == 2 and "--emulator-params" in result.output and "loss_prob" in result.output
+    result = CliRunner().invoke(app, ["generate", "--output", str(tmp_path / "ds"), "--emulator-params", str(params)])
+    assert result.exit_code == 2 and str(params) in result.output and "loss_prob" in result.output
     assert not (tmp_path / "ds").exists()
 
 
@@ -384,15 +409,15 @@ def test_cli_generates_and_verifies(tmp_path: Path, dataset_copy: Path) -> None:
     out = tmp_path / "ds"
     args = ["generate", "--output", str(out), "--train-count", "2", "--val-count", "5", "--val-seed", "77", "--eval-count", "5",
             "--emulator-params", str(SHIPPED_PARAMS)]
-    result = runner.invoke(_cli(), args)
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert runner.invoke(_cli(), ["verify", str(out)]).exit_code == 0
+    assert runner.invoke(app, ["dataset", "verify", str(out)]).exit_code == 0
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["eval", "train", "val"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["seeds"]["val_dataset_seed"] == 77
     assert manifest["emulator_params_hash"] == roadsense.v2v.params_hash(roadsense.v2v.load_params(None))
     expected = _tamper(dataset_copy, "modified file")
-    result = runner.invoke(_cli(), ["verify", str(dataset_copy)])
+    result = runner.invoke(app, ["dataset", "verify", str(dataset_copy)])
     assert result.exit_code == 1 and expected in result.output
 
 
@@ -408,7 +433,7 @@ def test_a_format_1_dataset_is_refused_in_one_line_naming_the_old_spacing(datase
     _edit_manifest(dataset_copy, lambda m: m.update(format_version=1))
     message = _one_line_refusal(dataset_copy)
     assert "old spacing rule" in message and "regenerate it with `roadsense generate`" in message
-    result = CliRunner().invoke(_cli(), ["verify", str(dataset_copy)])
+    result = CliRunner().invoke(app, ["dataset", "verify", str(dataset_copy)])
     assert result.exit_code == 1
     assert result.output.strip().count("\n") == 0 and "old spacing rule" in result.output
 
@@ -481,12 +506,12 @@ def test_a_run_never_copies_through_a_symlink_and_leaves_no_temp_folder(dataset_
 @pytest.mark.parametrize(
     ("args", "named"),
     [
-        (["--val-seed", "1042"], "--val-seed and --eval-seed are both 1042"),
-        (["--seed", "2042"], "--seed and --val-seed are both 2042"),
-        (["--val-count", "3"], "--val-count 3"),
+        (["--val-seed", "1042"], "val_dataset_seed and eval_dataset_seed are both 1042"),
+        (["--seed", "2042"], "dataset_seed and val_dataset_seed are both 2042"),
+        (["--val-count", "3"], "val_count: Input should be greater than or equal to 5 (got 3)"),
     ],
 )
-def test_generate_cli_names_the_val_flags(tmp_path: Path, args: list[str], named: str) -> None:
-    result = CliRunner().invoke(_cli(), ["generate", "--output", str(tmp_path / "ds"), *args])
+def test_generate_cli_names_the_val_settings(tmp_path: Path, args: list[str], named: str) -> None:
+    result = CliRunner().invoke(app, ["generate", "--output", str(tmp_path / "ds"), *args])
     assert result.exit_code == 2 and named in result.output, result.output
     assert not (tmp_path / "ds").exists()

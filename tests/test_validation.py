@@ -10,7 +10,7 @@ import pytest
 
 from roadsense.evaluation.matrix import plan_matrix
 from roadsense.evaluation.runner import run_episodes
-from roadsense.metric_lines import parse_line
+from roadsense.metric_lines import PUBLISHED, VAL_TAG, parse_line
 from roadsense.scenarios.dataset import Dataset
 from roadsense.training.train import train
 from roadsense.training.validation import BEST_DIR, HISTORY_FILE, ValidationScore, Validator
@@ -67,6 +67,7 @@ def test_training_validates_on_schedule_and_publishes_the_best(tiny_dataset: Pat
     val_lines = [values for tag, values in filter(None, lines) if tag == "val"]
     assert [v["timesteps"] for v in val_lines] == [512, 768]
     assert all(0 <= v["behavioral_success_rate"] <= 1 for v in val_lines)
+    assert all(set(v) == {name for tag, name in PUBLISHED if tag == VAL_TAG} for v in val_lines)
 
 
 @pytest.mark.slow

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from roadsense.config import ConfigError, PipelineConfig
-from roadsense.exits import FAILED, OK, classify, clip, sigterm_raises
+from roadsense.errors import UserError
+from roadsense.exits import BAD_INPUT, FAILED, OK, classify, clip, sigterm_raises, stopped
 
 DEFAULT_ROOT = "/opt/ml"
 FAILURE_LIMIT = 1024  # characters SageMaker keeps of the failure reason
@@ -52,7 +53,7 @@ class SageMakerPaths:
         return cls(Path(os.environ.get("ROADSENSE_SM_ROOT", DEFAULT_ROOT)))
 
 
-class BadInput(ConfigError):
+class BadInput(UserError):
     """The job's inputs (hyperparameters, channels) are wrong; nothing was run."""
 
 
@@ -106,10 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     if args == ["serve"]:
         # What SageMaker hosting would run: say so plainly instead of a generic usage.
         print("roadsense-container: serve is not supported, this image only trains (usage: roadsense-container train)", file=sys.stderr)
-        return 2
+        return BAD_INPUT
     if args not in ([], ["train"]):
         print("usage: roadsense-container train   (the command SageMaker runs in the image; no argument means train too)", file=sys.stderr)
-        return 2
+        return BAD_INPUT
     paths = SageMakerPaths.from_env()
     paths.output_data.mkdir(parents=True, exist_ok=True)
     paths.failure.unlink(missing_ok=True)  # a restarted job starts with a clean slate
@@ -125,18 +126,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(paths: SageMakerPaths) -> tuple[int, str | None]:
-    """(exit code, failure reason or None), as ``roadsense.exits`` maps them."""
+    """(exit code, failure reason or None), as ``roadsense.exits`` maps them.
+
+    The contract: every failure becomes a FailureReason, a bug's too (named by its exception type).
+    """
     try:
         train_job(paths)
         return OK, None
-    except (Exception, KeyboardInterrupt) as exc:  # the contract: every failure becomes a FailureReason
-        outcome = classify(exc)
-        if outcome is None:
-            return FAILED, f"failed: {type(exc).__name__}: {exc}"
-        code, reason = outcome
-        if isinstance(exc, KeyboardInterrupt):
-            reason += f"; checkpoints are kept in {paths.checkpoints} and the next start of this job resumes from them"
-        return code, reason
+    except KeyboardInterrupt as exc:  # SIGTERM (a stop, a spot interruption) or Ctrl-C
+        code, reason = stopped(exc)
+        resumes = f"checkpoints are kept in {paths.checkpoints} and the next start of this job resumes from them"
+        return code, f"{reason}; {resumes}"
+    except Exception as exc:  # noqa: BLE001 - a RoadsenseError or an OSError is expected; anything else is a bug
+        return classify(exc) or (FAILED, f"failed: {type(exc).__name__}: {exc}")
 
 
 class _Tee:

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from roadsense.errors import RunFailed
 from roadsense.exits import clip
 
 STATUS_FILE = "status.json"
@@ -27,8 +28,11 @@ TEMP_MARK = ".tmp-"  # in the name of every temporary file or folder an atomic w
 ERROR_LIMIT = 1024  # characters of an error kept in status.json (SageMaker keeps as many of its FailureReason)
 
 
-class WriteError(OSError):
-    """Writing an artifact failed (disk full, file too large, read-only): says which file and why."""
+class WriteError(RunFailed, OSError):
+    """Writing an artifact failed (disk full, file too large, read-only): says which file and why (exit 1).
+
+    An OSError too, carrying the cause's errno and strerror, with the file as ``filename``.
+    """
 
     def __init__(self, path: Path, cause: OSError) -> None:
         super().__init__(cause.errno, cause.strerror, str(path))

@@ -22,7 +22,7 @@ import numpy as np
 from gymnasium import spaces
 
 from roadsense.config import EnvConfig
-from roadsense.env.hazard import STEP_S, HazardPlan
+from roadsense.env.hazard import HazardPlan
 from roadsense.env.observation import (
     BRAKING_ACCEL,
     EGO_FEATURES,
@@ -35,10 +35,10 @@ from roadsense.env.observation import (
 )
 from roadsense.env.reward import BRAKING_ACTION, DECEL_THRESHOLD, REWARD_TERM_NAMES, reward_terms
 from roadsense.env.scenario_source import ScenarioSource
-from roadsense.sim.backend import SimBackend, SimulationError, make_backend
+from roadsense.scenarios.scenario import EGO_ID
+from roadsense.sim.backend import STEP_S, SimBackend, SimulationError, make_backend
 from roadsense.v2v import MeshEmulator, load_params
 
-EGO_ID = "V001"
 MAX_DECEL = 8.0  # m/s^2 at action 1
 COLLISION_GAP_M = 5.0
 CF_OVERRIDE_DELAY = 3  # steps after the hazard start from which SUMO may not brake for the ego
@@ -92,7 +92,7 @@ class ConvoyEnv(gym.Env):
             self.backend.close()
             raise SimulationError(
                 f"scenario {scenario_id}: {EGO_ID} did not appear within {SPAWN_STEPS} steps; "
-                "its route file must depart V001 at t=0 and be sorted by depart time"
+                f"its route file must depart {EGO_ID} at t=0 and be sorted by depart time"
             )
         peers = sorted(v for v in self._vehicle.getIDList() if v != EGO_ID)
         self._ids = [EGO_ID, *peers]

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-STEP_S = 0.1
+from roadsense.sim.backend import STEP_S
+
 RELEASE_PROB = 0.4
 
 

@@ -1,6 +1,6 @@
 """Turn what the ego received over the mesh into the Dict observation (domain.md, 'Observation').
 
-Shapes: ``ego`` (6 * frame_stack,), newest frame first; ``peers`` (MAX_PEERS, 6);
+Shapes: ``ego`` (EGO_FEATURES * frame_stack,), newest frame first; ``peers`` (MAX_PEERS, 6);
 ``peer_mask`` (MAX_PEERS,). Peers fill the first slots in a fresh random order each step:
 the policy must treat them as a set, so no slot may carry identity or distance rank.
 """
@@ -10,14 +10,33 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from gymnasium import spaces
 
+from roadsense.scenarios.scenario import VEHICLE_LENGTH_M
+
+
+class EgoFrame(NamedTuple):
+    """The ego features of one frame, in the order the policy reads them (ground truth for the ego itself).
+
+    ``ego[EGO_FEATURES * f + i]`` is field i of the frame f steps ago; code that reads one
+    feature (the rule-based baseline, deploy.json) finds its index here by name.
+    """
+
+    speed: float  # m/s / 30
+    accel: float  # m/s^2 / 10
+    visible_peers: float  # count / MAX_PEERS
+    min_peer_accel: float  # min(0, lowest accel a visible peer reports), m/s^2 / 10
+    braking_signal: float  # 0..1
+    closing_speed: float  # max(0, largest ego speed - peer speed), m/s / 30
+
+
 MAX_PEERS = 8
-EGO_FEATURES = 6
+EGO_FEATURE_NAMES = EgoFrame._fields
+EGO_FEATURES = len(EGO_FEATURE_NAMES)
 PEER_FEATURES = 6
-VEHICLE_LENGTH_M = 5.0  # SUMO's passenger car; turns front-to-front distance into a gap
 BRAKING_ACCEL = -2.5  # m/s^2: a peer reporting this or harder raises the braking signal
 SIGNAL_DECAY = 0.95
 STALE_MS = 500.0
@@ -82,16 +101,16 @@ def visible_peers(ego_x: float, ego_y: float, ego_speed: float, ego_heading_deg:
     return PeerView(index, rows, distance, closing, min_accel)
 
 
-def ego_frame(speed: float, accel: float, view: PeerView, braking_signal: float) -> list[float]:
-    """The 6 ego features of one frame (ground truth for the ego itself)."""
-    return [
-        speed / 30.0,
-        accel / 10.0,
-        len(view.index) / MAX_PEERS,
-        view.min_accel / 10.0,
-        braking_signal,
-        view.closing_speed / 30.0,
-    ]
+def ego_frame(speed: float, accel: float, view: PeerView, braking_signal: float) -> EgoFrame:
+    """The ego features of one frame: speed in m/s, accel in m/s^2, the braking signal in [0, 1]."""
+    return EgoFrame(
+        speed=speed / 30.0,
+        accel=accel / 10.0,
+        visible_peers=len(view.index) / MAX_PEERS,
+        min_peer_accel=view.min_accel / 10.0,
+        braking_signal=braking_signal,
+        closing_speed=view.closing_speed / 30.0,
+    )
 
 
 def fill_peer_slots(view: PeerView, rng: random.Random) -> tuple[np.ndarray, np.ndarray]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from roadsense.errors import InputNotFound
 from roadsense.scenarios.dataset import Dataset
 from roadsense.scenarios.generate import builtin_scenario
 from roadsense.scenarios.manager import ScenarioManager
@@ -27,7 +28,7 @@ class ScenarioSource:
             elif path.suffix == ".sumocfg" and path.is_file():
                 self._single = path
             else:
-                raise FileNotFoundError(
+                raise InputNotFound(
                     f"scenario: {path} is neither a .sumocfg file nor a dataset folder with manifest.json"
                 )
         self._manager: ScenarioManager | None = None

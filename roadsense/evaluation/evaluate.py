@@ -9,14 +9,20 @@ from typing import Any
 from roadsense.config import PipelineConfig
 from roadsense.evaluation.matrix import plan_matrix
 from roadsense.evaluation.metrics import compute_metrics
+from roadsense.evaluation.policies import BASELINES
 from roadsense.evaluation.replay import write_replay_record
 from roadsense.evaluation.report import write_report
 from roadsense.evaluation.runner import run_episodes
 from roadsense.evaluation.traces import trace_failures
-from roadsense.metric_lines import EVAL_TAG, emit
+from roadsense.metric_lines import EVAL_TAG, PUBLISHED, emit
 from roadsense.scenarios.dataset import Dataset
 
-_EMITTED = ("collision_rate", "success_rate", "behavioral_success_rate", "reaction_rate", "mean_reaction_time_s")
+_EMITTED = frozenset(name for tag, name in PUBLISHED if tag == EVAL_TAG)
+
+
+def emitted_metrics(overall: dict[str, Any]) -> dict[str, float | int]:
+    """The ``[eval]`` line's values: the published eval metrics of metrics.json's ``overall`` that have a value."""
+    return {key: value for key, value in overall.items() if key in _EMITTED and value is not None}
 
 
 def evaluate(policy: str, dataset_path: Path, output: Path, config: PipelineConfig,
@@ -29,13 +35,14 @@ def evaluate(policy: str, dataset_path: Path, output: Path, config: PipelineConf
     report. ``variants``: exported ``.onnx`` policies run in the same pool on the same plan,
     recorded under ``metrics["variants"]`` and set side by side in the report. Returns the metrics dict.
     """
-    ec = config.evaluation
+    eval_config = config.evaluation
     dataset = Dataset.open(dataset_path)
-    plan = plan_matrix(dataset, ec.episodes_per_bucket, ec.eval_seed)
-    baselines = tuple(b for b in (ec.baselines if baselines is None else baselines) if b != policy)
+    plan = plan_matrix(dataset, eval_config.episodes_per_bucket, eval_config.eval_seed)
+    baselines = tuple(b for b in (eval_config.baselines if baselines is None else baselines) if b != policy)
     output.mkdir(parents=True, exist_ok=True)
 
-    episodes_by_policy = run_episodes(plan, [policy, *baselines, *variants], dataset.root, config.env, ec.eval_workers)
+    episodes_by_policy = run_episodes(plan, [policy, *baselines, *variants], dataset.root, config.env,
+                                      eval_config.eval_workers)
     results: dict[str, dict[str, Any]] = {}
     for name, episodes in episodes_by_policy.items():
         metrics = compute_metrics(episodes)
@@ -46,9 +53,9 @@ def evaluate(policy: str, dataset_path: Path, output: Path, config: PipelineConf
             fh.write(json.dumps(episode, sort_keys=True) + "\n")
 
     metrics = results[policy]
-    metrics["policy"] = policy if policy in ("never-brake", "rule-based") else "model"
-    metrics["plan"] = {"episodes": len(plan), "episodes_per_bucket": ec.episodes_per_bucket,
-                       "eval_seed": ec.eval_seed, "dataset_id": dataset.dataset_id}
+    metrics["policy"] = policy if policy in BASELINES else "model"
+    metrics["plan"] = {"episodes": len(plan), "episodes_per_bucket": eval_config.episodes_per_bucket,
+                       "eval_seed": eval_config.eval_seed, "dataset_id": dataset.dataset_id}
     if model_selection is not None:
         metrics["model_selection"] = model_selection
     metrics["baselines"] = {name: {k: results[name][k] for k in ("overall", "per_peer_count", "per_bucket")}
@@ -66,5 +73,5 @@ def evaluate(policy: str, dataset_path: Path, output: Path, config: PipelineConf
     write_replay_record(output, policy, dataset.root, config.env)
     failures = trace_failures(output, policy, dataset.root, dataset.dataset_id, config, episodes_by_policy[policy])
     write_report(output, metrics, progress_csv, sections=[*sections, *failures])
-    emit(EVAL_TAG, {k: v for k, v in metrics["overall"].items() if k in _EMITTED and v is not None})
+    emit(EVAL_TAG, emitted_metrics(metrics["overall"]))
     return metrics

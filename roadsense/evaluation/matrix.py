@@ -13,9 +13,10 @@ import numpy as np
 
 from roadsense.errors import UserError
 from roadsense.scenarios.dataset import Dataset
-from roadsense.scenarios.scenario import Split
+from roadsense.scenarios.scenario import BASE_PEERS, Split
 
-PEER_COUNTS = (1, 2, 3, 4, 5)
+PEER_COUNTS = tuple(range(1, BASE_PEERS + 1))  # every peer count a scenario can have
+BUCKET_COUNT = sum(PEER_COUNTS)  # (n, k) buckets: hazard rank k = 1..n for each peer count n
 
 
 class CoverageError(UserError, ValueError):

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Literal, get_args
 
 import numpy as np
+
+from roadsense.errors import InputNotFound
 
 if TYPE_CHECKING:
     from stable_baselines3 import PPO
 
-BASELINES = ("never-brake", "rule-based")
-SIGNAL_INDEX = 4  # the braking signal in the newest ego frame
+# The baselines every model is compared with; the config's ``baselines`` setting takes its type from here.
+Baseline = Literal["never-brake", "rule-based"]
+BASELINES: tuple[Baseline, ...] = get_args(Baseline)
 RULE_THRESHOLD = 0.5  # the signal is 'up' for about 1.3 s after a braking message
 ONNX_SUFFIX = ".onnx"
 
@@ -25,17 +28,28 @@ def load_policy(spec: str) -> Act:
     if spec == "never-brake":
         return lambda obs: np.zeros(1, np.float32)
     if spec == "rule-based":
-        return lambda obs: np.ones(1, np.float32) if obs["ego"][SIGNAL_INDEX] >= RULE_THRESHOLD else np.zeros(1, np.float32)
+        # Imported here: roadsense.config imports this module, and roadsense.env imports roadsense.config.
+        from roadsense.env.observation import EGO_FEATURE_NAMES
+
+        signal = EGO_FEATURE_NAMES.index("braking_signal")  # in the newest ego frame, which comes first
+        return lambda obs: np.ones(1, np.float32) if obs["ego"][signal] >= RULE_THRESHOLD else np.zeros(1, np.float32)
     path = Path(spec)
     if path.suffix == ONNX_SUFFIX:
         return onnx_act(path)
     return model_act(load_model(path))
 
 
+def require_policy_file(path: Path, flag: str) -> None:
+    """Refuse ``path``, given as ``flag``, unless it is a file: commands check before any slow work starts."""
+    if not path.is_file():
+        expected = ("an exported policy.onnx (or policy_int8.onnx) written by `roadsense export`" if path.suffix == ONNX_SUFFIX
+                    else "a model.zip written by `roadsense train` or `roadsense run`")
+        raise InputNotFound(f"{flag} {path}: no such file; give {expected}")
+
+
 def load_model(path: Path) -> "PPO":
     """The SB3 PPO model of a ``model.zip``, on the CPU."""
-    if not path.is_file():
-        raise FileNotFoundError(f"--model {path}: no such model file (expected a model.zip written by `roadsense train`)")
+    require_policy_file(path, "--model")
     from stable_baselines3 import PPO
 
     return PPO.load(path, device="cpu")
@@ -54,8 +68,7 @@ def model_act(model: "PPO") -> Act:
 
 def onnx_act(path: Path) -> Act:
     """An exported ``policy.onnx`` (float or INT8): its ``action`` output, the mean clipped to [0, 1]."""
-    if not path.is_file():
-        raise FileNotFoundError(f"--onnx {path}: no such file (expected a policy.onnx written by `roadsense export`)")
+    require_policy_file(path, "--onnx")
     from roadsense.export.runtime import run_policy, session
 
     sess = session(path)

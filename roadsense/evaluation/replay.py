@@ -21,20 +21,21 @@ from typing import Any
 
 import numpy as np
 
-from roadsense.config import ConfigError, EnvConfig
-from roadsense.env.convoy_env import EGO_ID, ConvoyEnv
-from roadsense.env.hazard import STEP_S
+from roadsense.config import EnvConfig
+from roadsense.env.convoy_env import ConvoyEnv
+from roadsense.errors import UserError
 from roadsense.evaluation.policies import BASELINES, load_policy
 from roadsense.evaluation.runner import play_episode
 from roadsense.evaluation.traces import REPRODUCED_KEYS, TraceRecorder, TracedEpisode, write_trace
 from roadsense.scenarios.dataset import Dataset
-from roadsense.sim.backend import make_backend
+from roadsense.scenarios.scenario import EGO_ID
+from roadsense.sim.backend import STEP_S, make_backend
 
 REPLAY_FILE = "replay.json"
 EPISODES_FILE = "episodes.jsonl"
 
 
-class ReplayError(ConfigError):
+class ReplayError(UserError):
     """The replay cannot run as asked (no such episode, no display...); the message names the flag."""
 
 

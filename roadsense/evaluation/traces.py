@@ -21,11 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from roadsense.env.convoy_env import COLLISION_GAP_M
-from roadsense.env.hazard import STEP_S
+from roadsense.env.convoy_env import COLLISION_GAP_M, MAX_DECEL
+from roadsense.env.observation import BRAKING_ACCEL, SIGNAL_DECAY
+from roadsense.env.reward import BRAKING_ACTION
 from roadsense.evaluation.matrix import EpisodeSpec
 from roadsense.evaluation.policies import BASELINES
 from roadsense.evaluation.runner import run_episodes
+from roadsense.sim.backend import STEP_S
 
 if TYPE_CHECKING:
     from roadsense.config import PipelineConfig
@@ -38,12 +40,14 @@ TRACE_DIR = "traces"
 REPRODUCED_KEYS = ("collision", "min_gap_post_hazard_m", "steps", "hazard_received", "reaction_time_s")
 
 TRACE_COLUMNS = {
-    "step": "agent step after warm-up (1 = after the first action); one step is 0.1 s",
+    "step": f"agent step after warm-up (1 = after the first action); one step is {STEP_S} s",
     "t_s": "time since the end of warm-up at the end of the step, s",
     "true_gap_m": "SUMO's bumper-to-bumper gap from the ego to the nearest peer ahead, m (null: none ahead)",
     "ego_speed_mps": "ego speed (ground truth), m/s",
-    "action": "brake intensity the ego applied, 0..1 (<= 0.02: SUMO's car-following drives; 1 = 8 m/s^2)",
-    "braking_signal": "the ego's braking signal, 0..1 (1 when a received peer reports accel <= -2.5 m/s^2, x0.95 per step)",
+    "action": f"brake intensity the ego applied, 0..1 (<= {BRAKING_ACTION}: SUMO's car-following drives; "
+              f"1 = {MAX_DECEL:g} m/s^2)",
+    "braking_signal": f"the ego's braking signal, 0..1 (1 when a received peer reports accel <= {BRAKING_ACCEL} m/s^2, "
+                      f"x{SIGNAL_DECAY} per step)",
     "messages_received": "peers whose message reached the ego over the mesh in this step",
     "hazard_message": "1 if a message from the hazard peer reached the ego in this step (0 before the hazard)",
     "reward": "the step's reward (unnormalised)",

@@ -1,8 +1,9 @@
 """deploy.json: everything firmware needs to feed the graphs and act on their output.
 
 The feature tables restate roadsense.env.observation (``ego_frame``, ``visible_peers``) in
-words, with each feature's divisor; ``tests/test_export.py`` checks every divisor against
-those functions, so the card cannot drift from what the policy was trained on.
+words, with each feature's divisor; the ego features are listed in the order and under the
+names of :class:`~roadsense.env.observation.EgoFrame`, and ``tests/test_export.py`` checks
+every divisor against those functions, so the card cannot drift from what the policy was trained on.
 """
 
 from __future__ import annotations
@@ -13,23 +14,26 @@ from typing import Any
 import onnx
 
 from roadsense.env.convoy_env import MAX_DECEL
-from roadsense.env.hazard import STEP_S
-from roadsense.env.observation import BRAKING_ACCEL, EGO_FEATURES, MAX_PEERS, SIGNAL_DECAY, STALE_MS
+from roadsense.env.observation import BRAKING_ACCEL, EGO_FEATURE_NAMES, EGO_FEATURES, MAX_PEERS, SIGNAL_DECAY, STALE_MS
 from roadsense.env.reward import BRAKING_ACTION
-from roadsense.scenarios.dataset import sha256_file
+from roadsense.provenance import sha256_file
+from roadsense.sim.backend import STEP_S
 
 CARD_FORMAT = 1
 
-# (name, what it is, unit of the raw quantity, divisor): observation value = raw / divisor.
-EGO_FEATURES_DOC: tuple[tuple[str, str, str, float], ...] = (
-    ("speed", "ego speed (ground truth)", "m/s", 30.0),
-    ("accel", "ego acceleration (ground truth)", "m/s^2", 10.0),
-    ("visible_peers", "peers visible this step (fresh message, inside the +-45 degree forward cone)", "count", float(MAX_PEERS)),
-    ("min_peer_accel", "min(0, lowest acceleration reported by a visible peer)", "m/s^2", 10.0),
-    ("braking_signal", f"1 when a visible peer reports accel <= {BRAKING_ACCEL} m/s^2, else the previous value x "
+# name -> (what it is, unit of the raw quantity, divisor): observation value = raw / divisor.
+_EGO_MEANINGS: dict[str, tuple[str, str, float]] = {
+    "speed": ("ego speed (ground truth)", "m/s", 30.0),
+    "accel": ("ego acceleration (ground truth)", "m/s^2", 10.0),
+    "visible_peers": ("peers visible this step (fresh message, inside the +-45 degree forward cone)", "count", float(MAX_PEERS)),
+    "min_peer_accel": ("min(0, lowest acceleration reported by a visible peer)", "m/s^2", 10.0),
+    "braking_signal": (f"1 when a visible peer reports accel <= {BRAKING_ACCEL} m/s^2, else the previous value x "
                        f"{SIGNAL_DECAY}; 0 at episode start", "1", 1.0),
-    ("closing_speed", "max(0, largest ego speed - peer speed over visible peers)", "m/s", 30.0),
-)
+    "closing_speed": ("max(0, largest ego speed - peer speed over visible peers)", "m/s", 30.0),
+}
+# (name, what it is, unit, divisor) in the ego frame's order; a feature without a meaning above fails the import.
+EGO_FEATURES_DOC: tuple[tuple[str, str, str, float], ...] = tuple(
+    (name, *_EGO_MEANINGS[name]) for name in EGO_FEATURE_NAMES)
 PEER_FEATURES_DOC: tuple[tuple[str, str, str, float], ...] = (
     ("rel_x", "peer position ahead of the ego, in the ego frame (x forward)", "m", 100.0),
     ("rel_y", "peer position to the ego's left, in the ego frame (y left)", "m", 100.0),
@@ -52,8 +56,8 @@ def observation_doc(frame_stack: int) -> dict[str, Any]:
                          "divisor, as the env produces it). VecNormalize scaled only the rewards during training.",
         "ego": {"shape": [EGO_FEATURES * frame_stack], "frame_stack": frame_stack,
                 "layout": f"{frame_stack} frames of {EGO_FEATURES} features, newest frame first: "
-                          "ego[6 f + i] is feature i of the frame f steps ago (0.1 s per step); frames before "
-                          "the episode start are zeros",
+                          f"ego[{EGO_FEATURES} f + i] is feature i of the frame f steps ago ({STEP_S} s per step); "
+                          "frames before the episode start are zeros",
                 "features": _features(EGO_FEATURES_DOC)},
         "peers": {"shape": [MAX_PEERS, len(PEER_FEATURES_DOC)],
                   "layout": "one row per visible peer in any order (the output does not depend on it); "

@@ -9,7 +9,7 @@ Files written to the output folder:
 * ``deploy.json``: layout, feature order and units, the action's meaning, files, parity.
 
 Float export needs only the model: its parity is then measured on synthetic observations.
-Every export fails (ExportError) if a float graph differs from torch by more than
+Every export fails (:class:`ParityError`) if a float graph differs from torch by more than
 :data:`~roadsense.export.parity.FLOAT_TOLERANCE`: a wrong graph is never shipped.
 """
 
@@ -25,6 +25,7 @@ import numpy as np
 from roadsense.artifacts.status import write_json_atomic
 from roadsense.env.observation import EGO_FEATURES, MAX_PEERS, PEER_FEATURES
 from roadsense.config import PipelineConfig
+from roadsense.errors import InputNotFound, RunFailed
 from roadsense.evaluation.policies import load_model, onnx_act
 from roadsense.export import c_header, card, parity
 from roadsense.export.graph import MASK_THRESHOLD, OPSET, ExportError, peer_encoder_graph, policy_graph, policy_head_graph, policy_weights
@@ -32,7 +33,8 @@ from roadsense.export.quantize import SETTINGS as QUANTISATION
 from roadsense.export.quantize import quantize
 from roadsense.export.record import CalibrationPlan, CalibrationSplit
 from roadsense.export.runtime import ObsBatch, session
-from roadsense.scenarios.dataset import Dataset, sha256_file
+from roadsense.provenance import sha256_file
+from roadsense.scenarios.dataset import Dataset
 
 CARD_FILE = "deploy.json"
 POLICY, ENCODER, HEAD = "policy.onnx", "peer_encoder.onnx", "policy_head.onnx"
@@ -40,6 +42,10 @@ INT8 = {POLICY: "policy_int8.onnx", ENCODER: "peer_encoder_int8.onnx", HEAD: "po
 EVALUATED = (POLICY, INT8[POLICY])  # what the pipeline evaluates beside the torch model
 SYNTHETIC_ROWS = 4096
 SYNTHETIC_SEED = 0
+
+
+class ParityError(RunFailed):
+    """A float graph does not compute what the torch policy computes; nothing of the export is kept (exit 1)."""
 
 
 def calibration_plan(config: PipelineConfig, dataset: Path, split: CalibrationSplit = "val") -> CalibrationPlan:
@@ -98,7 +104,7 @@ def export_policy(model_path: Path, output: Path, vecnormalize: Path | None = No
         if label.startswith("float") and max(errs["action_mean_max_abs_error"], errs["action_max_abs_error"]) > parity.FLOAT_TOLERANCE:
             for path in [header, *(output / name for name in files)]:  # nothing of a wrong export stays behind
                 path.unlink()
-            raise ExportError(f"{label} differs from the torch policy by {errs['action_mean_max_abs_error']:.2e} "
+            raise ParityError(f"{label} differs from the torch policy by {errs['action_mean_max_abs_error']:.2e} "
                               f"(action mean) / {errs['action_max_abs_error']:.2e} (action); the limit is {parity.FLOAT_TOLERANCE:g}")
 
     deploy = {
@@ -132,7 +138,8 @@ def _check_raw_observations(vecnormalize: Path | None) -> None:
     if vecnormalize is None:
         return
     if not vecnormalize.is_file():
-        raise FileNotFoundError(f"--vecnormalize {vecnormalize}: no such file")
+        raise InputNotFound(f"--vecnormalize {vecnormalize}: no such file; give the vecnormalize.pkl written beside "
+                            "the model.zip, or leave the flag out")
     with open(vecnormalize, "rb") as fh:
         norm_obs = getattr(pickle.load(fh), "norm_obs", None)  # our own training's file (SB3 pickles it)
     if norm_obs is not False:

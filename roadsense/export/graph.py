@@ -36,6 +36,7 @@ from stable_baselines3.common.policies import MultiInputActorCriticPolicy
 from torch import nn
 
 from roadsense.env.observation import MAX_PEERS, PEER_FEATURES
+from roadsense.errors import UserError
 from roadsense.policy.deep_sets import DeepSetsExtractor
 
 OPSET = 17  # ReduceMax still takes axes as an attribute; every runtime that speaks 13+ reads it
@@ -49,8 +50,9 @@ _ACTIVATIONS: dict[type[nn.Module], Activation] = {nn.ReLU: "relu", nn.Tanh: "ta
 _ONNX_OP = {"relu": "Relu", "tanh": "Tanh"}
 
 
-class ExportError(ValueError):
-    """The model cannot be exported as it is (an unexpected architecture, or parity failed)."""
+class ExportError(UserError):
+    """The model given cannot be exported as it is: an architecture the graphs cannot express, a
+    VecNormalize that scaled observations, or settings that do not match it (exit 2)."""
 
 
 @dataclass(frozen=True)

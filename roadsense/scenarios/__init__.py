@@ -2,7 +2,7 @@
 
 Public API::
 
-    generate_dataset(output, cfg, emulator_params_hash) -> Path   # a verified dataset folder
+    generate_dataset(output, config, emulator_params_hash) -> Path   # a verified dataset folder
     builtin_scenario(n_peers=5, road="straight") -> Path           # one cached .sumocfg
     Dataset.open(path) / verify_dataset(path) / DatasetError
     ScenarioManager(dataset, split, seed).next() -> (scenario_id, sumocfg)   # split: train | val | eval

@@ -16,7 +16,6 @@ allows, escapes the dataset folder, or breaks a scenario invariant is a problem.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -26,6 +25,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from roadsense.errors import UserError
+from roadsense.provenance import sha256_file
 from roadsense.scenarios.invariants import formation, routes_problems
 from roadsense.scenarios.scenario import (
     BASE_PEERS,
@@ -68,14 +68,6 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 class DatasetError(UserError, ValueError):
     """A dataset does not verify; the message lists the problems (at most :data:`SHOWN_PROBLEMS`)."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _is_safe_relative(path: str) -> bool:

@@ -18,7 +18,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from roadsense.config import DatasetConfig
-from roadsense.provenance import container_image, git_commit
+from roadsense.errors import UserError
+from roadsense.provenance import container_image, git_commit, sha256_file
 from roadsense.scenarios.dataset import (
     EMULATOR_PARAMS_FILE,
     FORMAT_VERSION,
@@ -27,7 +28,6 @@ from roadsense.scenarios.dataset import (
     ScenarioEntry,
     SplitEntry,
     peer_count_distribution,
-    sha256_file,
     spacing_block,
     verify_dataset,
 )
@@ -56,6 +56,10 @@ from roadsense.sim.sumo_home import sumo_version
 GENERATOR_VERSION = "2"
 
 
+class OutputNotEmpty(UserError, FileExistsError):
+    """The dataset's output folder already holds something; nothing was written."""
+
+
 def write_scenario(folder: Path, spec: ScenarioSpec, network: bytes, end_s: float) -> None:
     """One self-contained scenario folder; its route file is checked against the invariants."""
     folder.mkdir(parents=True)
@@ -79,13 +83,13 @@ def _dataset_id(content: dict[str, object]) -> str:
     return "rs-" + hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-def _write_dataset(root: Path, cfg: DatasetConfig, emulator_params_hash: str, emulator_params_file: Path | None, progress: bool) -> None:
-    specs = {"train": train_specs(cfg), "val": balanced_specs(cfg, "val"), "eval": balanced_specs(cfg, "eval")}
+def _write_dataset(root: Path, config: DatasetConfig, emulator_params_hash: str, emulator_params_file: Path | None, progress: bool) -> None:
+    specs = {"train": train_specs(config), "val": balanced_specs(config, "val"), "eval": balanced_specs(config, "eval")}
     all_specs = [spec for split in SPLITS for spec in specs[split]]
     # Each road is built once and its bytes copied, so every scenario folder is self-contained.
     networks = {road: build_network(road) for road in sorted(ROADS)}
     for spec in tqdm(all_specs, desc="scenarios", unit="scenario", disable=not progress):
-        write_scenario(root / spec.split / spec.scenario_id, spec, networks[spec.road], cfg.scenario_end_s)
+        write_scenario(root / spec.split / spec.scenario_id, spec, networks[spec.road], config.scenario_end_s)
     if emulator_params_file is not None:
         shutil.copyfile(emulator_params_file, root / EMULATOR_PARAMS_FILE)
 
@@ -96,11 +100,11 @@ def _write_dataset(root: Path, cfg: DatasetConfig, emulator_params_hash: str, em
         "format_version": FORMAT_VERSION,
         "generator_version": GENERATOR_VERSION,
         "seeds": {
-            "dataset_seed": cfg.dataset_seed,
-            "val_dataset_seed": cfg.val_dataset_seed,
-            "eval_dataset_seed": cfg.eval_dataset_seed,
+            "dataset_seed": config.dataset_seed,
+            "val_dataset_seed": config.val_dataset_seed,
+            "eval_dataset_seed": config.eval_dataset_seed,
         },
-        "config": cfg.model_dump(mode="json"),
+        "config": config.model_dump(mode="json"),
         "augmentation": {
             "base_peers": BASE_PEERS,
             "val_eval_peer_drop_prob": 0.0,
@@ -139,7 +143,7 @@ def _write_dataset(root: Path, cfg: DatasetConfig, emulator_params_hash: str, em
 
 def generate_dataset(
     output: Path,
-    cfg: DatasetConfig,
+    config: DatasetConfig,
     emulator_params_hash: str,
     progress: bool = False,
     emulator_params_file: Path | None = None,
@@ -152,13 +156,13 @@ def generate_dataset(
     """
     output = Path(output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise FileExistsError(f"{output} already exists and is not empty; choose a new --output or delete it")
+        raise OutputNotEmpty(f"--output {output}: already exists and is not empty; choose a new folder or delete it")
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = output.with_name(f"{output.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)  # left by a crashed run with the same pid
     staging.mkdir()
     try:
-        _write_dataset(staging, cfg, emulator_params_hash, emulator_params_file, progress)
+        _write_dataset(staging, config, emulator_params_hash, emulator_params_file, progress)
         problems = verify_dataset(staging)
         if problems:
             raise InvariantError("the generated dataset does not verify (a generator bug): " + "; ".join(problems))

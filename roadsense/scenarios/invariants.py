@@ -13,14 +13,15 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from roadsense.errors import RunFailed
 from roadsense.scenarios.scenario import BASE_PEERS, EGO_ID, VEHICLE_LENGTH_M
 
 
 _ROUTE_ELEMENTS = ("vType", "route", "vehicle")
 
 
-class InvariantError(RuntimeError):
-    """A scenario file breaks an invariant. The generator never writes one: this is a bug."""
+class InvariantError(RunFailed):
+    """A scenario file the generator wrote breaks an invariant: a generator bug, which stops the generation (exit 1)."""
 
 
 def routes_problems(path: Path) -> list[str]:

@@ -12,6 +12,7 @@ from typing import cast
 
 import numpy as np
 
+from roadsense.errors import InputNotFound
 from roadsense.scenarios.dataset import Dataset
 from roadsense.scenarios.scenario import SPLITS, Split
 
@@ -33,7 +34,7 @@ class ScenarioManager:
         """Always the one scenario ``sumocfg``; its id is the name of its folder."""
         path = Path(sumocfg).resolve()
         if not path.is_file():
-            raise FileNotFoundError(f"no SUMO configuration at {sumocfg}")
+            raise InputNotFound(f"no SUMO configuration at {sumocfg}; give a scenario.sumocfg file")
         manager = cls.__new__(cls)
         manager._scenarios = [(path.parent.name, path)]
         manager._random = False

@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from roadsense.errors import RunFailed
 from roadsense.sim.sumo_home import sumo_binary, sumo_env
 
 EDGE_ID = "road"
@@ -30,8 +31,8 @@ _RUN_IN_M = 200.0
 _SHAPE_STEP_M = 10.0
 
 
-class NetworkError(RuntimeError):
-    """netconvert failed; the message carries its output."""
+class NetworkError(RunFailed):
+    """netconvert failed on a road the generator describes; the message carries its output."""
 
 
 @dataclass(frozen=True)

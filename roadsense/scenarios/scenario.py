@@ -28,6 +28,7 @@ import numpy as np
 
 from roadsense.config import DatasetConfig
 from roadsense.scenarios.network import EDGE_ID, ROADS
+from roadsense.sim.backend import STEP_S
 
 Split = Literal["train", "val", "eval"]
 SPLITS: tuple[Split, ...] = ("train", "val", "eval")
@@ -35,12 +36,12 @@ SPLITS: tuple[Split, ...] = ("train", "val", "eval")
 # adding a split never changes the scenarios an existing split draws.
 _SPLIT_STREAM: dict[Split, int] = {"train": 0, "eval": 1, "val": 2}
 
-EGO_ID = "V001"
+EGO_ID = "V001"  # the SUMO id of the ego car, the first vehicle of every route file
 BASE_PEERS = 5
 # Front bumper to front bumper between neighbouring cars, by peer count (domain.md).
 PEER_SPACING_M: dict[int, float] = {1: 50.0, 2: 40.0, 3: 35.0, 4: 30.0, 5: 25.0}
 SPACING_RULE = "front-to-front"
-VEHICLE_LENGTH_M = 5.0
+VEHICLE_LENGTH_M = 5.0  # every car of a scenario; front-to-front distance minus this is the bumper gap
 EGO_DEPART_POS_M = 10.0  # front bumper of the ego, from the start of the road
 # SUMO inserts a car only if the car behind can stop safely. With the tightest draw (tau
 # 1.5 s, decel 3.5 m/s^2, 25 m front to front = 17.5 m bumper gap after minGap) Krauss'
@@ -93,12 +94,12 @@ def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
     return round(float(rng.uniform(bounds[0], bounds[1])), 3)
 
 
-def draw_vehicle_type(rng: np.random.Generator, cfg: DatasetConfig) -> VehicleType:
+def draw_vehicle_type(rng: np.random.Generator, config: DatasetConfig) -> VehicleType:
     return VehicleType(
-        speed_factor=_uniform(rng, cfg.speed_factor_range),
-        sigma=_uniform(rng, cfg.sigma_range),
-        decel=_uniform(rng, cfg.decel_range),
-        tau=_uniform(rng, cfg.tau_range),
+        speed_factor=_uniform(rng, config.speed_factor_range),
+        sigma=_uniform(rng, config.sigma_range),
+        decel=_uniform(rng, config.decel_range),
+        tau=_uniform(rng, config.tau_range),
     )
 
 
@@ -114,28 +115,28 @@ def _rng(seed: int, split: Split, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, _SPLIT_STREAM[split], index])
 
 
-def train_specs(cfg: DatasetConfig) -> list[ScenarioSpec]:
+def train_specs(config: DatasetConfig) -> list[ScenarioSpec]:
     roads = sorted(ROADS)
     specs = []
-    for index in range(cfg.train_count):
-        rng = _rng(cfg.dataset_seed, "train", index)
-        vehicle_type = draw_vehicle_type(rng, cfg)
+    for index in range(config.train_count):
+        rng = _rng(config.dataset_seed, "train", index)
+        vehicle_type = draw_vehicle_type(rng, config)
         road = roads[int(rng.integers(len(roads)))]
-        peers = draw_peer_count(rng, cfg.peer_drop_prob)
+        peers = draw_peer_count(rng, config.peer_drop_prob)
         specs.append(ScenarioSpec(scenario_id("train", index), "train", peers, road, vehicle_type))
     return specs
 
 
-def balanced_specs(cfg: DatasetConfig, split: Split) -> list[ScenarioSpec]:
+def balanced_specs(config: DatasetConfig, split: Split) -> list[ScenarioSpec]:
     """The val or eval split: no dropout, peer counts cycling 1..5, roads alternating per count."""
-    seed, count = {"val": (cfg.val_dataset_seed, cfg.val_count), "eval": (cfg.eval_dataset_seed, cfg.eval_count)}[split]
+    seed, count = {"val": (config.val_dataset_seed, config.val_count), "eval": (config.eval_dataset_seed, config.eval_count)}[split]
     roads = sorted(ROADS)
     specs = []
     for index in range(count):
         rng = _rng(seed, split, index)
         peers = 1 + index % BASE_PEERS
         road = roads[(index // BASE_PEERS) % len(roads)]
-        specs.append(ScenarioSpec(scenario_id(split, index), split, peers, road, draw_vehicle_type(rng, cfg)))
+        specs.append(ScenarioSpec(scenario_id(split, index), split, peers, road, draw_vehicle_type(rng, config)))
     return specs
 
 
@@ -147,13 +148,14 @@ def depart_positions(peer_count: int) -> list[float]:
 
 def routes_xml(spec: ScenarioSpec) -> str:
     """The route file: one vType, one route, the ego first, every car departing at t = 0."""
-    vt = spec.vehicle_type
+    vehicle_type = spec.vehicle_type
     lines = [
         '<?xml version="1.0" encoding="UTF-8"?>',
         "<routes>",
         f'    <vType id="{VTYPE_ID}" carFollowModel="Krauss" length="{VEHICLE_LENGTH_M:.2f}" minGap="{MIN_GAP_M:.2f}"'
-        f' accel="{ACCEL_MPS2:.2f}" decel="{vt.decel:.3f}" emergencyDecel="{EMERGENCY_DECEL_MPS2:.2f}"'
-        f' sigma="{vt.sigma:.3f}" tau="{vt.tau:.3f}" speedFactor="{vt.speed_factor:.3f}" speedDev="0"/>',
+        f' accel="{ACCEL_MPS2:.2f}" decel="{vehicle_type.decel:.3f}"'
+        f' emergencyDecel="{EMERGENCY_DECEL_MPS2:.2f}" sigma="{vehicle_type.sigma:.3f}" tau="{vehicle_type.tau:.3f}"'
+        f' speedFactor="{vehicle_type.speed_factor:.3f}" speedDev="0"/>',
         f'    <route id="{ROUTE_ID}" edges="{EDGE_ID}"/>',
     ]
     for number, position in enumerate(depart_positions(spec.peer_count), start=1):
@@ -181,7 +183,7 @@ def sumocfg_xml(end_s: float) -> str:
         "    <time>\n"
         '        <begin value="0"/>\n'
         f'        <end value="{end_s:.1f}"/>\n'
-        '        <step-length value="0.1"/>\n'
+        f'        <step-length value="{STEP_S}"/>\n'
         "    </time>\n"
         "    <processing>\n"
         '        <time-to-teleport value="-1"/>\n'

@@ -46,7 +46,7 @@ _ALLOWED: dict[str, dict[str, str]] = {
 }
 _REQUIRED = ("net-file", "route-files", "begin", "end")
 _PLAIN_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-STEP_LENGTH_S = 0.1
+STEP_S = 0.1  # one SUMO step, s (10 Hz); the env acts once per step, so it is the env's step too
 MAX_END_S = 3600.0
 
 
@@ -80,7 +80,7 @@ def _check_value(kind: str, value: str) -> str | None:
     if kind == "seconds":
         return None if 0.0 <= number <= MAX_END_S else f"must be 0..{MAX_END_S:.0f} s"
     if kind == "step":
-        return None if number == STEP_LENGTH_S else f"must be {STEP_LENGTH_S} s (the env steps at 10 Hz)"
+        return None if number == STEP_S else f"must be {STEP_S} s (the env steps at 10 Hz)"
     return None if number == -1 or 0 <= number <= MAX_END_S else f"must be -1 (never) or 0..{MAX_END_S:.0f} s"
 
 
@@ -154,7 +154,7 @@ def sumo_args(config: SumoConfig, seed: int) -> list[str]:
         "--begin", repr(config.begin_s),
         "--end", repr(config.end_s),
         "--seed", str(seed),
-        "--step-length", str(STEP_LENGTH_S),
+        "--step-length", str(STEP_S),
         "--no-step-log", "true",
         "--no-warnings", "true",
         "--time-to-teleport", "-1",

@@ -11,7 +11,6 @@ removes its temporary folder and raises :class:`WriteError` naming the checkpoin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from roadsense.artifacts.status import WriteError, temp_path
+from roadsense.provenance import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +44,6 @@ class Checkpoint:
     @property
     def vecnormalize(self) -> Path:
         return self.path / VECNORM_FILE
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_checkpoint(directory: Path, model, vecnormalize, num_timesteps: int, milestone: bool, *,

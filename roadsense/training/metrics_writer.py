@@ -9,7 +9,8 @@ from stable_baselines3.common.logger import KVWriter
 
 from roadsense.metric_lines import TRAIN_TAG, VAL_TAG, emit
 
-# tag -> (SB3 logger key -> published metric name); see roadsense.metric_lines.PUBLISHED
+# tag -> (SB3 logger key -> published metric name); tests/test_metric_lines.py checks that the lines
+# carry exactly roadsense.metric_lines.PUBLISHED.
 _NAMES: dict[str, dict[str, str]] = {
     TRAIN_TAG: {
         "time/fps": "fps",

@@ -102,13 +102,13 @@ def train(
         log_dir: TensorBoard and CSV logs (default ``output/logs``).
         progress: show a progress bar (default: when stderr is a terminal).
     """
-    tc = config.train
+    train_config = config.train
     output.mkdir(parents=True, exist_ok=True)
     checkpoint_dir = checkpoint_dir or output / "checkpoints"
     log_dir = log_dir or output / "logs"
-    torch.set_num_threads(tc.torch_threads)
-    n_envs = tc.n_envs or default_n_envs()
-    steps_per_env = max(1, tc.rollout_steps // n_envs)
+    torch.set_num_threads(train_config.torch_threads)
+    n_envs = train_config.n_envs or default_n_envs()
+    steps_per_env = max(1, train_config.rollout_steps // n_envs)
 
     settings = _learning_settings(config, dataset)
     start = latest_valid_checkpoint(checkpoint_dir) if resume else None
@@ -120,17 +120,17 @@ def train(
         else:
             check_resumable(start.settings, settings, f"checkpoint {start.path}")
     validator = Validator.for_run(dataset, config, checkpoint_dir, resumed_at=start_steps)
-    if start and start_steps >= tc.total_timesteps:
+    if start and start_steps >= train_config.total_timesteps:
         if validator is not None and start_steps not in {s.num_timesteps for s in validator.history}:
             validator.validate(start)  # stopped during the final validation: finish it
         return _finish(start, validator, output, start_steps, 0, 0.0, n_envs, 0)
 
     # Resumed runs get fresh env seeds and minibatch shuffles, derived from the training seed
     # and the resume point.
-    seeds = np.random.SeedSequence([tc.seed, start_steps])
+    seeds = np.random.SeedSequence([train_config.seed, start_steps])
     env_seed = int(seeds.generate_state(1)[0])
     shuffle_rng = np.random.default_rng(seeds.spawn(1)[0])
-    kwargs = policy_kwargs(tc.peer_hidden, tc.log_std_init)
+    kwargs = policy_kwargs(train_config.peer_hidden, train_config.log_std_init)
     with tempfile.TemporaryDirectory(prefix="roadsense-envs-") as scenario_dir:
         scenario_files = [Path(scenario_dir) / f"env-{i}.scenario" for i in range(n_envs)]
         venv = make_vec_env(dataset, config.env, env_seed, kwargs, scenario_files)
@@ -140,25 +140,25 @@ def train(
                 model = PPO.load(start.model, env=venv, device="cpu")
                 model.n_steps = steps_per_env  # rollout_steps is the same, n_envs may have changed
             else:
-                venv = VecNormalize(venv, norm_obs=False, norm_reward=True, gamma=tc.gamma)
+                venv = VecNormalize(venv, norm_obs=False, norm_reward=True, gamma=train_config.gamma)
                 model = PPO(
                     "MultiInputPolicy",
                     venv,
-                    learning_rate=tc.learning_rate,
+                    learning_rate=train_config.learning_rate,
                     n_steps=steps_per_env,
-                    batch_size=tc.batch_size,
-                    n_epochs=tc.n_epochs,
-                    gamma=tc.gamma,
-                    gae_lambda=tc.gae_lambda,
-                    clip_range=tc.clip_range,
-                    ent_coef=tc.ent_coef,
+                    batch_size=train_config.batch_size,
+                    n_epochs=train_config.n_epochs,
+                    gamma=train_config.gamma,
+                    gae_lambda=train_config.gae_lambda,
+                    clip_range=train_config.clip_range,
+                    ent_coef=train_config.ent_coef,
                     policy_kwargs=kwargs,
-                    seed=tc.seed,
+                    seed=train_config.seed,
                     device="cpu",
                 )
-            model.set_logger(_make_logger(log_dir, tc.total_timesteps))
-            monitor = _RolloutMonitor(tc.total_timesteps, start_steps, tc.max_consecutive_sim_errors, scenario_files,
-                                      progress)
+            model.set_logger(_make_logger(log_dir, train_config.total_timesteps))
+            monitor = _RolloutMonitor(train_config.total_timesteps, start_steps,
+                                      train_config.max_consecutive_sim_errors, scenario_files, progress)
             return _train_loop(model, venv, config, settings, output, checkpoint_dir, start_steps, n_envs, monitor,
                                shuffle_rng, validator)
         finally:
@@ -169,8 +169,8 @@ def _train_loop(model: PPO, venv: VecNormalize, config: PipelineConfig, settings
                 checkpoint_dir: Path,
                 start_steps: int, n_envs: int, monitor: "_RolloutMonitor",
                 shuffle_rng: np.random.Generator, validator: Validator | None) -> TrainResult:
-    tc = config.train
-    total = tc.total_timesteps
+    train_config = config.train
+    total = train_config.total_timesteps
     model.num_timesteps = start_steps
     last_checkpoint = start_steps
     started = time.monotonic()
@@ -190,30 +190,31 @@ def _train_loop(model: PPO, venv: VecNormalize, config: PipelineConfig, settings
                     raise TrainingInterrupted(
                         stop.signal_name, f"stopped by {stop.signal_name} at {model.num_timesteps} steps; checkpoint saved")
                 monitor.record(segments)
-                batch = build_batch(segments, model.policy, venv, tc.gamma, tc.gae_lambda)
+                batch = build_batch(segments, model.policy, venv, train_config.gamma, train_config.gae_lambda)
                 evaluated = time.monotonic()
                 previous_steps = model.num_timesteps
                 model.num_timesteps += steps_per_env * n_envs
-                learning_rate = learning_rate_at(tc.learning_rate, tc.lr_schedule, previous_steps, total)
-                stats = ppo_update(model.policy, batch, tc.n_epochs, tc.batch_size, tc.clip_range, tc.ent_coef,
-                                   learning_rate, shuffle_rng)
+                learning_rate = learning_rate_at(train_config.learning_rate, train_config.lr_schedule, previous_steps,
+                                                 total)
+                stats = ppo_update(model.policy, batch, train_config.n_epochs, train_config.batch_size,
+                                   train_config.clip_range, train_config.ent_coef, learning_rate, shuffle_rng)
                 model.logger.record("train/learning_rate", learning_rate)
                 # Where each rollout's wall time goes, so the next bottleneck shows in the logs (and `bench train`).
                 model.logger.record("time/collect_s", collected - rollout_started)
                 model.logger.record("time/evaluate_gae_s", evaluated - collected)
                 model.logger.record("time/update_s", time.monotonic() - evaluated)
-                count_update(model, tc.n_epochs)
+                count_update(model, train_config.n_epochs)
                 _check_finite(model)
                 _log_update(model, stats, monitor, (model.num_timesteps - start_steps) / (time.monotonic() - started))
 
                 validate = validator is not None and validator.due(model.num_timesteps, previous_steps, total)
-                if validate or model.num_timesteps - last_checkpoint >= tc.checkpoint_every or model.num_timesteps >= total:
-                    milestone = tc.milestone_every > 0 and (
-                        model.num_timesteps // tc.milestone_every > last_checkpoint // tc.milestone_every
-                    )
+                checkpoint_due = model.num_timesteps - last_checkpoint >= train_config.checkpoint_every
+                if validate or checkpoint_due or model.num_timesteps >= total:
+                    every = train_config.milestone_every
+                    milestone = every > 0 and model.num_timesteps // every > last_checkpoint // every
                     checkpoint = save_checkpoint(checkpoint_dir, model, venv, model.num_timesteps, milestone,
                                                  settings=settings)
-                    prune_checkpoints(checkpoint_dir, tc.keep_checkpoints)
+                    prune_checkpoints(checkpoint_dir, train_config.keep_checkpoints)
                     last_checkpoint = model.num_timesteps
                 if validate:  # a stop signal meanwhile only sets `stop`: the run ends after the next rollout
                     _log_validation(model, validator.validate(checkpoint))

@@ -73,11 +73,11 @@ class Validator:
     """
 
     def __init__(self, dataset: Path, config: PipelineConfig, checkpoint_dir: Path, resumed_at: int = 0) -> None:
-        ev = config.evaluation
+        eval_config = config.evaluation
         self.dataset = dataset
         self.config = config
-        self.every = ev.val_every
-        self.plan = plan_matrix(Dataset.open(dataset), ev.val_episodes_per_bucket, ev.val_seed, split="val")
+        self.every = eval_config.val_every
+        self.plan = plan_matrix(Dataset.open(dataset), eval_config.val_episodes_per_bucket, eval_config.val_seed, split="val")
         self.best_dir = checkpoint_dir / BEST_DIR
         self.history_path = checkpoint_dir / HISTORY_FILE
         self.history: list[ValidationScore] = []
