@@ -73,7 +73,7 @@ def _ordered(name: str, value: Range) -> Range:
 
 
 class DatasetConfig(_Section):
-    """Scenario generation and augmentation (domain.md, 'Scenario generation')."""
+    """Scenario generation and augmentation (docs/design.md, "Scenarios and datasets")."""
 
     dataset_seed: int = Field(42, ge=0, description="Seed of the training scenarios.")
     eval_dataset_seed: int = Field(1042, ge=0, description="Seed of the evaluation scenarios.")
@@ -101,7 +101,7 @@ class DatasetConfig(_Section):
 
 
 class EnvConfig(_Section):
-    """The convoy environment (domain.md, 'Observation', 'Hazard', 'Reward')."""
+    """The convoy environment (docs/design.md, "Observation", "Hazard", "Reward")."""
 
     backend: Literal["libsumo", "traci"] = Field("libsumo", description="SUMO backend: in-process libsumo or a TraCI subprocess.")
     emulator_params: str | None = Field(None, description="ESP-NOW parameter JSON; None = the measured defaults shipped with roadsense.")
@@ -128,18 +128,18 @@ class EnvConfig(_Section):
 
 
 class TrainConfig(_Section):
-    """PPO and its checkpoints (domain.md, 'PPO settings that trained stably')."""
+    """PPO and its checkpoints (docs/design.md, "Training")."""
 
     seed: int = Field(0, ge=0, description="Training seed: PPO, and each env's seed is derived from it.")
     total_timesteps: int = Field(2_000_000, ge=1, description="Environment steps to train for, in total across envs.")
     n_envs: int = Field(0, ge=0, le=256, description="Parallel envs (one SUMO each); 0 = one per CPU.")
-    # Production departs from domain.md's lr 1e-4 / batch 64 on purpose: over 4 training seeds
-    # at 500k steps, 2e-4 / 128 learned at least as well at 1.33x the speed (README, "Learning result").
-    learning_rate: float = Field(2e-4, gt=0, le=1.0, description="Adam step size (domain.md: 1e-4 with batch 64).")
+    # Production departs from the reference lr 1e-4 / batch 64 on purpose: over 4 training seeds
+    # at 500k steps, 2e-4 / 128 learned at least as well at 1.33x the speed (docs/design.md, "PPO settings").
+    learning_rate: float = Field(2e-4, gt=0, le=1.0, description="Adam step size (reference: 1e-4 with batch 64; docs/design.md, 'PPO settings').")
     lr_schedule: Literal["constant", "linear"] = Field(
         "constant", description="constant, or linear: from learning_rate at the start down to 0 at total_timesteps.")
     rollout_steps: int = Field(4096, ge=16, description="Env steps per PPO update, across all envs (each env runs rollout_steps / n_envs).")
-    batch_size: int = Field(128, ge=2, description="PPO minibatch size (domain.md: 64, with lr 1e-4).")
+    batch_size: int = Field(128, ge=2, description="PPO minibatch size (reference: 64, with lr 1e-4; docs/design.md, 'PPO settings').")
     n_epochs: int = Field(10, ge=1, le=100)
     gamma: float = Field(0.99, gt=0, le=1)
     gae_lambda: float = Field(0.95, ge=0, le=1)
@@ -161,7 +161,7 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
-    """The deterministic evaluation matrix (domain.md, 'Evaluation')."""
+    """The deterministic evaluation matrix (docs/design.md, "Evaluation")."""
 
     eval_seed: int = Field(7, ge=0, description="Seed of the evaluation episodes (emulator draws, hazard strength).")
     # 20 per bucket = 300 episodes: enough that a 0-collision result bounds the rate under ~1.3 % (Wilson 95 %).

@@ -1,4 +1,4 @@
-"""The reward terms against domain.md's reference numbers, and an audit of calm driving over real SUMO."""
+"""The reward terms against the reference numbers (docs/design.md, "Reward"), and an audit of calm driving over real SUMO."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ESP-NOW mesh emulator against the figures of domain.md, and its parameter file's validation.
+"""The ESP-NOW mesh emulator against the measured figures (docs/design.md, "The radio link"), and its parameter file's validation.
 
 Statistical checks use enough steps that a tolerance of about 4.5 standard errors is tight
 enough to catch a wrong model yet fails by chance less than once in 10^5 runs.

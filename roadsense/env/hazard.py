@@ -1,4 +1,4 @@
-"""The hazard: one peer ahead brakes hard once per episode (domain.md, 'Hazard').
+"""The hazard: one peer ahead brakes hard once per episode (docs/design.md, "Hazard").
 
 The plan is drawn at reset from the episode's generator, so the same seed gives the same
 hazard; timing is fixed (or drawn from a window) so the critic can learn it.

@@ -1,4 +1,4 @@
-"""Turn what the ego received over the mesh into the Dict observation (domain.md, 'Observation').
+"""Turn what the ego received over the mesh into the Dict observation (docs/design.md, "Observation").
 
 Shapes: ``ego`` (EGO_FEATURES * frame_stack,), newest frame first; ``peers`` (MAX_PEERS, 6);
 ``peer_mask`` (MAX_PEERS,). Peers fill the first slots in a fresh random order each step:

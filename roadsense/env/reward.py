@@ -1,4 +1,4 @@
-"""The reference reward of domain.md, term by term.
+"""The reference reward, term by term (docs/design.md, "Reward"; its departures: "Departures from the reference").
 
 All inputs are plain floats (this runs every env step; numpy scalars would only slow it).
 ``d`` is the nearest peer distance as received over the mesh (bumper to bumper, m), or

@@ -1,4 +1,4 @@
-"""Aggregate episode summaries into metrics.json (domain.md, 'Evaluation').
+"""Aggregate episode summaries into metrics.json (docs/design.md, "Evaluation").
 
 Every rate ``<rate>`` of a section (overall, each peer count, each bucket, and the same for
 each baseline) has its Wilson 95 % interval beside it as ``<rate>_ci95`` = [low, high]

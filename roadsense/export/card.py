@@ -69,7 +69,7 @@ def observation_doc(frame_stack: int) -> dict[str, Any]:
 
 
 def action_doc() -> dict[str, Any]:
-    """What the output means for the car (domain.md, 'Action')."""
+    """What the output means for the car (docs/design.md, "Action")."""
     return {
         "meaning": "brake intensity a in [0, 1]",
         "output": "'action' is 'action_mean' clipped to [0, 1]: the deterministic policy (SB3 predict, "

@@ -169,7 +169,7 @@ def peer_encoder_graph(weights: PolicyWeights) -> onnx.ModelProto:
     b.node("Identity", [b.dense("phi", weights.phi, "peer")], "embedding")
     return b.model("peer_encoder", [_tensor("peer", [PEER_ROWS, PEER_FEATURES])],
                    [_tensor("embedding", [PEER_ROWS, weights.embedding_dim])],
-                   "One peer's 6 features (domain.md 'Observation') -> its embedding; ReLU output, >= 0.")
+                   "One peer's 6 features (docs/design.md, 'Observation') -> its embedding; ReLU output, >= 0.")
 
 
 def policy_head_graph(weights: PolicyWeights) -> onnx.ModelProto:

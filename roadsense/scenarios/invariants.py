@@ -1,4 +1,4 @@
-"""The route-file invariants of domain.md, checked on every file written and every file verified.
+"""The route-file invariants (docs/design.md, "Invariants"), checked on every file written and every file verified.
 
 1. ``V001`` (the ego) is the first vehicle and departs at t = 0.
 2. Departures are sorted: SUMO silently drops vehicles from an unsorted route file.

@@ -1,4 +1,4 @@
-"""Which scenario the env loads at each reset (domain.md, invariant 3).
+"""Which scenario the env loads at each reset (docs/design.md, "Invariants").
 
 Training draws scenarios at random, seeded, with replacement. Validation and evaluation
 run their fixed, sorted list in order and start over at the end, so every validation (or

@@ -2,7 +2,7 @@
 
 A scenario is a single-lane convoy: the ego ``V001`` at the rear and 1..5 peers
 ``V002``.. ahead of it (``V002`` nearest), all departing at t = 0 at 13 m/s. Augmentation
-(domain.md, 'Scenario generation and augmentation'):
+(docs/design.md, "Augmentation and spacing"):
 
 * one vehicle-type draw shared by all cars: speedFactor, sigma, decel (m/s^2), tau (s);
 * training: each of the 5 base peers is dropped with ``peer_drop_prob``, keeping at least
@@ -38,7 +38,7 @@ _SPLIT_STREAM: dict[Split, int] = {"train": 0, "eval": 1, "val": 2}
 
 EGO_ID = "V001"  # the SUMO id of the ego car, the first vehicle of every route file
 BASE_PEERS = 5
-# Front bumper to front bumper between neighbouring cars, by peer count (domain.md).
+# Front bumper to front bumper between neighbouring cars, by peer count (docs/design.md, "Augmentation and spacing").
 PEER_SPACING_M: dict[int, float] = {1: 50.0, 2: 40.0, 3: 35.0, 4: 30.0, 5: 25.0}
 SPACING_RULE = "front-to-front"
 VEHICLE_LENGTH_M = 5.0  # every car of a scenario; front-to-front distance minus this is the bumper gap

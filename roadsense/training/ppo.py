@@ -33,7 +33,7 @@ from stable_baselines3.common.utils import explained_variance
 from roadsense.policy.actor_critic import PolicyNet, blas_threads, gaussian_entropy, gaussian_log_prob
 from roadsense.training.rollout import RolloutBatch
 
-VF_COEF = 0.5  # SB3's defaults, which domain.md's settings keep
+VF_COEF = 0.5  # SB3's defaults, which the reference settings keep (docs/design.md, "PPO settings")
 MAX_GRAD_NORM = 0.5
 
 

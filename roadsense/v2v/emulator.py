@@ -19,7 +19,7 @@ sends to ``b`` in that step (its own message and the ones it relays):
   positions). The ego gets the earliest copy over all paths ``j -> relays -> ego`` of at most
   ``max_hops`` links through distinct relays (ties go to fewer hops).
 
-Burst model. domain.md gives, besides the bin rates, "after a loss the next is lost with
+Burst model. The measured reference (docs/design.md, "Burst losses") gives, besides the bin rates, "after a loss the next is lost with
 p = 1 - 1/1.606, loss multiplier 2.5, capped at 0.186". Read literally these disagree: a
 probability capped at 0.186 cannot be 0.377 (= 1 - 1/1.606, the continuation probability of
 a burst with mean length 1.606). We implement the parameterised rule, as a two-state chain

@@ -1,7 +1,7 @@
 """ESP-NOW link parameters: the JSON file, its validation, and its hash for dataset manifests.
 
-The measured defaults ship as ``espnow_params.json`` next to this module (domain.md,
-"ESP-NOW emulator"). Every problem found on load raises :class:`ParamsError` whose message
+The measured defaults ship as ``espnow_params.json`` next to this module (docs/design.md,
+"The radio link"). Every problem found on load raises :class:`ParamsError` whose message
 names the offending key (or file) and what a valid value looks like.
 """
 
@@ -51,7 +51,7 @@ class RandomizationRanges(StrictNumbers):
 
 
 class EspNowParams(StrictNumbers):
-    """The mesh model of domain.md. Units are in the field names (m, ms, m/s, m/s^2, deg)."""
+    """The mesh model of docs/design.md, "The radio link". Units are in the field names (m, ms, m/s, m/s^2, deg)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
