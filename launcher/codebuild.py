@@ -13,13 +13,15 @@ from typing import Any
 import boto3
 from rich.console import Console
 
+from roadsense.errors import RunFailed
+
 IMAGE_URI_VARIABLE = "IMAGE_URI"  # exported by buildspec.yml (env: exported-variables)
 
 console = Console(highlight=False)
 
 
-class BuildError(Exception):
-    """The build did not produce an image; the message says where it failed and where the logs are."""
+class BuildError(RunFailed):
+    """The image was not built or pushed; the message says where it failed and where the logs are."""
 
 
 def start_build(session: boto3.Session, project_name: str, source_version: str) -> str:

@@ -7,10 +7,27 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable
 
+import boto3
 import botocore.exceptions
+
+from launcher import display
+from roadsense.errors import RunFailed
 
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 TERMINAL = ("Completed", "Failed", "Stopped")
+UNSUCCESSFUL = ("Failed", "Stopped")
+
+
+class JobFailed(RunFailed):
+    """A training job ended Failed or Stopped; the message names it and why."""
+
+
+def report_end(name: str, status: str, failure_reason: str) -> None:
+    """Say that a job completed; raise :class:`JobFailed` if it failed or was stopped (a running job says nothing)."""
+    if status in UNSUCCESSFUL:
+        raise JobFailed(f"{name} {status}: {failure_reason}")
+    if status == "Completed":
+        display.console.print(f"[green]{name} Completed[/]")
 
 
 @dataclass(frozen=True)
@@ -141,3 +158,19 @@ def follow_job(
         if status.terminal:
             return status
         sleep(poll_seconds)
+
+
+def follow_with_progress(session: boto3.Session, name: str, show_progress: bool = True) -> JobStatus:
+    """:func:`follow_job` with every log line printed above a progress bar of the training timesteps."""
+    with display.MetricProgress(name, enabled=show_progress) as bar:
+        return follow_job(session.client("sagemaker"), session.client("logs"), name, bar.on_line,
+                          on_status=lambda s: bar.on_status(f"{s.status} / {s.secondary_status}"))
+
+
+def print_log(logs: Any, name: str) -> None:
+    """Print the job's log so far (its own output: terminal escapes are shown, not obeyed)."""
+    lines = LogReader(logs, name).read_new()
+    for line in lines:
+        print(display.printable(line))
+    if not lines:
+        display.errors.print(f"{name} has no log lines yet (it writes them once its instance has started)", markup=False, highlight=False, soft_wrap=True)

@@ -28,6 +28,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator
 
+from roadsense.errors import UserError
+
 RUN_ID_MAX = 40
 # Allow-lists, always applied with fullmatch: `$` alone would accept a trailing newline.
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
@@ -40,7 +42,7 @@ CHECKPOINTS_PREFIX = "checkpoints/"  # the bucket's lifecycle rule expires exact
 RESERVED_PREFIXES = (CHECKPOINTS_PREFIX.rstrip("/"), "codebuild")
 
 
-class RunIdError(ValueError):
+class RunIdError(UserError, ValueError):
     """A run id or job name cannot be used; the message says what is allowed."""
 
 

@@ -4,8 +4,8 @@ The bucket is shared, and what is in it was written by training containers and b
 people's launchers. So every object the launcher downloads is checked against a byte limit
 (HeadObject's ContentLength first, then counted while it streams, in case it was replaced
 in between), and every JSON document is validated against a model before any field of it
-is used to build a key or a path. A refusal is a :class:`RemoteDataError`: one line naming
-the object and the field, and the CLI exits with code 2.
+is used to build a key or a path. A refusal is a :class:`RemoteDataError` (a UserError): one line
+naming the object and the field, and the CLI exits with code 2.
 """
 
 from __future__ import annotations
@@ -18,13 +18,15 @@ from typing import IO, Any, TypeVar
 import botocore.exceptions
 from pydantic import BaseModel, ValidationError
 
+from roadsense.errors import UserError
+
 MiB = 1024 * 1024
 CHUNK = MiB  # read size for streamed downloads and archives
 
 Model = TypeVar("Model", bound=BaseModel)
 
 
-class RemoteDataError(ValueError):
+class RemoteDataError(UserError, ValueError):
     """Something read from the bucket (or a run's local mirror) is refused; one line naming it and the field."""
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from launcher.layout import RunIdError, RunLayout, validate_job_name
 from launcher.settings import LaunchSettings
+from roadsense.errors import UserError
 from roadsense.metric_lines import METRIC_DEFINITIONS
 
 CHANNEL = "dataset"  # the container reads it from /opt/ml/input/data/dataset/
@@ -26,7 +27,7 @@ _MAX_RUNTIME_S = 28 * 24 * 3600
 MUTABLE_TAG = "latest"  # the one tag the stack's repository lets move (infra/roadsense.yaml)
 
 
-class RequestError(ValueError):
+class RequestError(UserError, ValueError):
     """The request breaks SageMaker's rules; the message lists every problem."""
 
 

@@ -7,9 +7,10 @@ For notebooks and pipelines built on the SDK::
     trainer.train(wait=False)
 
 :func:`model_trainer` runs what ``roadsense-launch --run-id ...`` runs before it creates a job
-(:func:`launcher.launch.prepare_cloud`: pre-flight, the run id's prefix, the image, the request,
-the dataset upload) and translates the resulting CreateTrainingJob request, field by field, into
-the SDK's objects: the SDK then sends the same request (tests/test_sdk.py compares the two). Only
+(:func:`launcher.launch.plan_cloud`: the dataset check, pre-flight and validated request;
+:func:`launcher.launch.prepare_cloud`: the run id's prefix, the image, the dataset upload) and
+translates the resulting CreateTrainingJob request, field by field, into the SDK's objects: the
+SDK then sends the same request (tests/test_sdk.py compares the two). Only
 the job name differs: the SDK names each job ``<run-id with dashes>-<YYYYmmddHHMMSS>`` itself.
 
 The SDK is large (about 1 GB with mlflow, pandas and pyarrow) and slow to import, so it is
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from launcher import aws
-from launcher.launch import LaunchOptions, prepare_cloud
+from launcher.launch import LaunchOptions, plan_cloud, prepare_cloud
 from launcher.layout import validate_run_id
 from launcher.settings import LaunchSettings, load_settings
 
@@ -50,9 +51,10 @@ def model_trainer(
     The arguments are the launch flags of the same names (``sets`` are ``--set key=value``
     strings); ``settings`` default to what ``roadsense-launch`` reads (flags aside: the
     environment, ``roadsense-launch.toml``, the infra stack). ``sagemaker_session`` defaults to
-    one on the launcher's boto3 session. Raises :class:`launcher.aws.LaunchError` with the fix
-    when the SDK is not installed or the pre-flight fails, and the launcher's own errors for a
-    bad config or request.
+    one on the launcher's boto3 session. Every failure is a :class:`roadsense.errors.RoadsenseError`:
+    a :class:`launcher.aws.LaunchError` with the fix when the SDK is not installed or a setting is
+    wrong, the launcher's own errors for a bad config or request, an :class:`launcher.aws.AwsError`
+    when AWS refuses.
     """
     require_sdk()  # before any AWS call: a missing extra is the first thing to fix
     settings = settings or aws.with_stack_defaults(load_settings())
@@ -60,14 +62,15 @@ def model_trainer(
                             resume=resume, force=force, network_isolation=network_isolation)
     session = aws.make_session(settings)
     try:
-        request, _ = prepare_cloud(options, settings, session)
+        planned = plan_cloud(options, settings, session)
+        prepare_cloud(planned, options, settings, session)
     except Exception as exc:  # noqa: BLE001 - translate() re-raises what it does not know
         raise aws.translate(exc) from None
     if sagemaker_session is None:
         from sagemaker.core.helper.session_helper import Session
 
         sagemaker_session = Session(boto_session=session)
-    return trainer_for_request(request, sagemaker_session)
+    return trainer_for_request(planned.request, sagemaker_session)
 
 
 def require_sdk() -> None:
@@ -87,7 +90,16 @@ def trainer_for_request(request: dict[str, Any], sagemaker_session: Any) -> "Mod
     require_sdk()
     # The shapes, not training.configs' subclasses: those add defaults (CompressionType GZIP) the launcher does not send.
     from sagemaker.core.shapes import CheckpointConfig, OutputDataConfig
-    from sagemaker.core.training.configs import Channel, Compute, DataSource, MetricDefinition, Networking, S3DataSource, StoppingCondition, Tag
+    from sagemaker.core.training.configs import (
+        Channel,
+        Compute,
+        DataSource,
+        MetricDefinition,
+        Networking,
+        S3DataSource,
+        StoppingCondition,
+        Tag,
+    )
     from sagemaker.train import ModelTrainer
 
     algorithm, resources, stopping = request["AlgorithmSpecification"], request["ResourceConfig"], request["StoppingCondition"]

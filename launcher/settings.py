@@ -9,7 +9,7 @@ Precedence, highest first:
    ``[launch]`` table), or else the ``[tool.roadsense.launch]`` table of ``pyproject.toml``
    there; ``--config PATH`` names another file. Keys are the field names of
    :class:`LaunchSettings`;
-4. the outputs of the infra stack (``roadsense-launch infra deploy``): bucket, role ARN,
+4. the outputs of the infra stack (``roadsense-launch infra deploy``, :mod:`launcher.stack`): bucket, role ARN,
    ECR repository and CodeBuild project (:func:`with_stack_outputs`);
 5. the built-in defaults below.
 
@@ -27,15 +27,22 @@ from typing import Any, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from launcher.infra import DEFAULT_STACK, OUTPUT_BUCKET, OUTPUT_PROJECT, OUTPUT_REPOSITORY_URI, OUTPUT_ROLE_ARN
 from launcher.remote import Limits
+from launcher.stack import (
+    DEFAULT_STACK,
+    OUTPUT_BUCKET,
+    OUTPUT_PROJECT,
+    OUTPUT_REPOSITORY_URI,
+    OUTPUT_ROLE_ARN,
+)
+from roadsense.errors import UserError
 
 _LIMITS = Limits()
 
 DEFAULT_CONFIG_FILE = "roadsense-launch.toml"
 
 
-class SettingsError(ValueError):
+class SettingsError(UserError, ValueError):
     """A launch setting is unknown or invalid; the message names the source and the key."""
 
 
@@ -104,8 +111,10 @@ def read_config_file(path: Path | None = None, cwd: Path | None = None) -> dict[
 def _table(path: Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except OSError as exc:
         raise SettingsError(f"{path}: cannot read it ({exc})") from None
+    except ValueError as exc:  # not UTF-8, or not TOML: UnicodeDecodeError and TOMLDecodeError are ValueErrors
+        raise SettingsError(f"{path}: not a TOML file ({exc})") from None
     if path.name == "pyproject.toml":
         return dict(data.get("tool", {}).get("roadsense", {}).get("launch", {}))
     # roadsense-launch.toml may hold the keys at top level or under [launch].

@@ -1,7 +1,7 @@
 """Hyperparameter tuning: a SageMaker HyperParameterTuningJob over numeric settings of the config.
 
 The training job definition is the launcher's own CreateTrainingJob request
-(:func:`launcher.request.build_request`, through :func:`launcher.launch.prepare_cloud`) with the
+(:func:`launcher.request.build_request`, through :func:`launcher.launch.plan_cloud`) with the
 tuned keys taken out of its hyperparameters: the children run the same image, metrics,
 environment, network isolation, stopping condition and output layout as ``roadsense-launch``.
 Their results land under the parent run's prefix, ``<parent>/output/<child-job>/output/``; the
@@ -29,12 +29,20 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from launcher import aws
-from launcher.image import LOCAL_IMAGE
-from launcher.launch import LOCAL_ROLE_ARN, LaunchOptions, dry_run_request, plan, prepare_cloud
-from launcher.layout import RunId, RunIdError, RunLayout, check_name, validate_job_name
-from launcher.remote import Limits, parse, read_object
+from launcher.display import Report
+from launcher.fetch import RunNotFoundError
+from launcher.launch import LaunchOptions, dry_run_request, plan_cloud, prepare_cloud
+from launcher.layout import RunId, RunIdError, check_name, validate_job_name
+from launcher.remote import parse
 from launcher.settings import LaunchSettings
-from roadsense.config import KEY_SECTION, SECTIONS, ConfigError, PipelineConfig, parse_set_options
+from launcher.store import RunStore, S3RunStore
+from roadsense.config import (
+    KEY_SECTION,
+    SECTIONS,
+    ConfigError,
+    PipelineConfig,
+    parse_set_options,
+)
 from roadsense.exits import clip
 from roadsense.metric_lines import EVAL_TAG, METRIC_DEFINITIONS, VAL_TAG
 
@@ -138,8 +146,10 @@ def ranges_from_file(path: Path) -> list[str]:
     """The ``key=low:high[:log]`` strings of a TOML ranges file."""
     try:
         data = tomllib.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+    except OSError as exc:
         raise ConfigError(f"--ranges {path}: cannot read it ({exc})") from None
+    except ValueError as exc:  # not UTF-8, or not TOML: UnicodeDecodeError and TOMLDecodeError are ValueErrors
+        raise ConfigError(f"--ranges {path}: not a TOML file ({exc})") from None
     table = data.get("ranges", data)
     bad = next((key for key, value in table.items() if not isinstance(value, str)), None)
     if bad is not None:
@@ -246,10 +256,11 @@ def parse_tuning(data: bytes, source: str) -> dict[str, Any]:
     return parse(_TuningRecord, data, source).model_dump()
 
 
-def read_tuning(s3: Any, layout: RunLayout, limits: Limits) -> str | None:
-    """The tuning job named by the run's tuning.json (bounded and checked), or None if it has none."""
-    body = read_object(s3, layout.bucket, layout.tuning_key, limits.json_bytes, "max_json_bytes")
-    return None if body is None else parse_tuning(body, layout.uri("tuning.json"))["tuning_job_name"]
+def read_tuning(store: RunStore, run_id: str) -> str | None:
+    """The tuning job named by the run's tuning.json (bounded and checked), or None if it has none (a local
+    store never has one: tuning jobs run on SageMaker)."""
+    found = store.document(store.layout(run_id).tuning_key, parse_tuning)
+    return None if found is None else found["tuning_job_name"]
 
 
 @dataclass(frozen=True)
@@ -296,17 +307,48 @@ def dry_run_tuning(options: LaunchOptions, settings: LaunchSettings, tuning: Tun
 
 def launch_tuning(options: LaunchOptions, settings: LaunchSettings, tuning: TuningOptions) -> dict[str, Any]:
     """Create the tuning job of the parent run ``options.run_id`` and its tuning.json; returns the request sent."""
-    # The config, the ranges and the request's shape are checked before anything is built or uploaded.
-    placeholder, _ = plan(options, settings, LOCAL_ROLE_ARN, f"{LOCAL_IMAGE}:unknown", "unknown")
-    tuning_request(placeholder, tuning, tuning_job_name(options.run_id))
     session = aws.make_session(settings)
-    try:
-        training, _ = prepare_cloud(options, settings, session)
-        request = tuning_request(training, tuning, tuning_job_name(options.run_id))
-        session.client("sagemaker").create_hyper_parameter_tuning_job(**request)
-        layout = RunLayout(settings.bucket, options.run_id)
-        body = tuning_record(options.run_id, request).encode()
-        session.client("s3").put_object(Bucket=layout.bucket, Key=layout.tuning_key, Body=body, ContentType="application/json")
-    except Exception as exc:  # noqa: BLE001 - translate() re-raises what it does not know
-        raise aws.translate(exc) from None
+    planned = plan_cloud(options, settings, session)
+    # The ranges and the search are checked with the real training request, before anything is built or uploaded.
+    request = tuning_request(planned.request, tuning, tuning_job_name(options.run_id))
+    prepare_cloud(planned, options, settings, session)
+    session.client("sagemaker").create_hyper_parameter_tuning_job(**request)
+    store = S3RunStore(session.client("s3"), settings.bucket, settings.limits)
+    store.put(store.layout(options.run_id).tuning_key, tuning_record(options.run_id, request).encode())
     return request
+
+
+def tuning_options(template: LaunchOptions, ranges: list[str], ranges_file: Path | None, objective: str,
+                   max_jobs: int, max_parallel_jobs: int, early_stopping: bool) -> TuningOptions:
+    """The search ``tune`` asks for: each ``--range`` (and each of ``ranges_file``) checked against the config
+    of the launch flags, which must start a new SageMaker job."""
+    if template.local or template.resume or template.wait:
+        raise aws.LaunchError("tune runs on SageMaker and starts a new search",
+                              "drop --local, --resume and --wait; follow it with roadsense-launch status PARENT")
+    sets = parse_set_options(list(template.sets))
+    texts = [*ranges, *(ranges_from_file(ranges_file) if ranges_file else [])]
+    return TuningOptions(tuple(parse_range(text, template.preset, sets) for text in texts), objective, max_jobs, max_parallel_jobs, early_stopping)
+
+
+def chosen_child(sagemaker: Any, tuning_job: str, job: str | None) -> str:
+    """``job`` if it is one of the tuning job's children, else (None) its best child so far."""
+    if job is None:
+        best = best_child(sagemaker, tuning_job)
+        if best is None:
+            raise RunNotFoundError(f"tuning job {tuning_job} has no completed child yet; see roadsense-launch status")
+        return best
+    names = [child.job_name for child in list_children(sagemaker, tuning_job)]
+    if job not in names:
+        raise RunNotFoundError(f"--job {job!r} is not a child of tuning job {tuning_job}; its children: {', '.join(names) or 'none yet'}")
+    return job
+
+
+def tuning_report(sagemaker: Any, tuning_job: str) -> Report:
+    """The tuning job's state and its children, best objective first."""
+    described = sagemaker.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=tuning_job)
+    objective = described["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"]["MetricName"]
+    rows = [(c.job_name, c.status, "" if c.objective is None else f"{c.objective:.4g}", " ".join(f"{k}={v}" for k, v in c.tuned.items()), c.failure_reason)
+            for c in list_children(sagemaker, tuning_job)]
+    reason = described.get("FailureReason")
+    return Report(f"tuning job {tuning_job}: {described['HyperParameterTuningJobStatus']}", ["job", "status", objective, "settings", "failure"],
+                  rows, warning=f"{tuning_job}: {reason}" if reason else "")

@@ -15,15 +15,17 @@ import pytest
 from botocore.stub import Stubber
 from typer.testing import CliRunner
 
-from launcher import aws, display, infra, jobs, sweep
+from launcher import aws, display, jobs, stack, sweep
 from launcher.cli import app
-from launcher.fetch import ArchiveError, RunNotFoundError, fetch_run, safe_extract
+from launcher.fetch import ArchiveError, RunNotFoundError, fetch_job, safe_extract
 from launcher.launch import LaunchOptions, launch
 from launcher.layout import RunLayout
 from launcher.remote import Limits, RemoteDataError
 from launcher.settings import LaunchSettings, load_settings
-from launcher.upload import DatasetError, upload_tree, verify_dataset
+from launcher.store import S3RunStore
+from launcher.upload import upload_dataset, upload_tree
 from roadsense.evaluation.stats import wilson_interval
+from roadsense.scenarios.dataset import DatasetError
 from tests.conftest import metrics_archive
 
 REGION = "il-central-1"
@@ -114,7 +116,7 @@ def test_launch_creates_job_and_record_and_refuses_a_duplicate(moto_env, tmp_pat
     assert len(record["attempts"]) == 3
     # moto reports the job Completed at once but writes no results: fetch names where it looked.
     with pytest.raises(RunNotFoundError, match=f"no results at s3://{BUCKET}/cloud_prod_001/output/.*/model.tar.gz"):
-        fetch_run(s3, RunLayout(BUCKET, "cloud_prod_001"), tmp_path, Limits())
+        fetch_job(S3RunStore(s3, BUCKET, Limits()), "cloud_prod_001", record["attempts"][-1]["job_name"], tmp_path)
 
 
 def test_force_refuses_a_crafted_checkpoint_key_before_deleting_anything(moto_env) -> None:
@@ -171,12 +173,15 @@ def test_upload_skips_unchanged_objects(moto_env, tmp_path: Path) -> None:
 
 
 def test_a_dataset_that_fails_verification_is_refused(tmp_path: Path, moto_env) -> None:
+    # The pipeline's own check (roadsense.scenarios.dataset) refuses it, before anything is sent.
     session, role = moto_env
-    with pytest.raises(DatasetError, match="is not valid"):
-        verify_dataset(_dataset(tmp_path / "ds"))  # a manifest, but not one roadsense wrote
-    with pytest.raises(DatasetError):
-        launch(LaunchOptions(run_id="r2", preset="smoke", dataset=tmp_path / "ds"), _settings(role))
-    assert session.client("s3").list_objects_v2(Bucket=BUCKET, Prefix="r2/")["KeyCount"] == 0
+    s3 = session.client("s3")
+    with pytest.raises(DatasetError, match="does not verify"):
+        upload_dataset(s3, _dataset(tmp_path / "ds"), RunLayout(BUCKET, "r2"))  # a manifest, but not one roadsense wrote
+    for local in (False, True):
+        with pytest.raises(DatasetError):
+            launch(LaunchOptions(run_id="r2", preset="smoke", dataset=tmp_path / "ds", local=local), _settings(role, runs_dir=tmp_path / "runs"))
+    assert s3.list_objects_v2(Bucket=BUCKET, Prefix="r2/")["KeyCount"] == 0 and not (tmp_path / "runs").exists()
 
 
 def _tar(path: Path, member: tarfile.TarInfo, data: bytes = b"") -> Path:
@@ -283,10 +288,10 @@ def _deploy_stack(session: boto3.Session, name: str = "roadsense") -> None:
     projects, so the real template would give no project output; test_infra checks that the
     real template has these outputs)."""
     outputs = {
-        infra.OUTPUT_BUCKET: {"Ref": "Bucket"},
-        infra.OUTPUT_ROLE_ARN: STACK_ROLE,
-        infra.OUTPUT_REPOSITORY_URI: "123456789012.dkr.ecr.il-central-1.amazonaws.com/team/stack-repo",
-        infra.OUTPUT_PROJECT: "stack-project",
+        stack.OUTPUT_BUCKET: {"Ref": "Bucket"},
+        stack.OUTPUT_ROLE_ARN: STACK_ROLE,
+        stack.OUTPUT_REPOSITORY_URI: "123456789012.dkr.ecr.il-central-1.amazonaws.com/team/stack-repo",
+        stack.OUTPUT_PROJECT: "stack-project",
     }
     template = {
         "Resources": {"Bucket": {"Type": "AWS::S3::Bucket", "Properties": {"BucketName": "stack-bucket"}}},
@@ -349,7 +354,7 @@ def _stubbed_build(monkeypatch: pytest.MonkeyPatch, final_build: dict) -> CliRun
     cfn_stub, build_stub = Stubber(cloudformation), Stubber(codebuild)
     cfn_stub.add_response("describe_stacks", {"Stacks": [{
         "StackName": "roadsense", "CreationTime": datetime(2025, 1, 1, tzinfo=timezone.utc), "StackStatus": "CREATE_COMPLETE",
-        "Outputs": [{"OutputKey": infra.OUTPUT_PROJECT, "OutputValue": "stack-project"}],
+        "Outputs": [{"OutputKey": stack.OUTPUT_PROJECT, "OutputValue": "stack-project"}],
     }]}, {"StackName": "roadsense"})
     build_stub.add_response("start_build", {"build": {"id": "stack-project:1"}}, {"projectName": "stack-project", "sourceVersion": "abc123"})
     build_stub.add_response("batch_get_builds", {"builds": [{"id": "stack-project:1", **final_build}]}, {"ids": ["stack-project:1"]})

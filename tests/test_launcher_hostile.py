@@ -21,10 +21,10 @@ from typer.testing import CliRunner
 
 from launcher import display
 from launcher.cli import app
+from launcher.compare import read_metrics
 from launcher.fetch import PARTIAL_SUFFIX, ArchiveError, safe_extract, staged
 from launcher.layout import RunIdError, RunLayout, job_name, validate_run_id
 from launcher.remote import Limits, RemoteDataError, read_object
-from launcher.sweep import read_metrics
 
 REGION = "il-central-1"
 BUCKET = "saferide-training-results"  # the launcher's default bucket

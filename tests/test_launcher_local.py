@@ -87,7 +87,7 @@ def test_local_run_publishes_and_fetches(moto_server, tmp_path: Path, monkeypatc
     checkpoints = {o["Key"] for o in moto_server.list_objects_v2(Bucket=BUCKET, Prefix="checkpoints/")["Contents"]}
     assert checkpoints == {"checkpoints/local_001/ckpt_0.zip"}
 
-    assert _invoke("--run-id", "local_001", "--local", "--runs-dir", str(runs)).exit_code == 1  # duplicate
+    assert _invoke("--run-id", "local_001", "--local", "--runs-dir", str(runs)).exit_code == 2  # duplicate
     assert _invoke("--run-id", "local_001", "--preset", "smoke", "--local", "--resume", "--runs-dir", str(runs)).exit_code == 0
 
     fetched = tmp_path / "fetched"
@@ -100,7 +100,7 @@ def test_local_run_publishes_and_fetches(moto_server, tmp_path: Path, monkeypatc
     status = _invoke("status", "local_001")
     assert status.exit_code == 0 and "Completed" in status.output and "ran locally" in status.output
     logs = _invoke("logs", "local_001")
-    assert logs.exit_code == 1 and "ran on a local machine" in logs.output and "fetch local_001" in logs.output
+    assert logs.exit_code == 2 and "ran on a local machine" in logs.output and "fetch local_001" in logs.output
 
 
 def test_local_sweep_is_compared_from_s3_and_from_the_runs_dir(moto_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from launcher.aws import LaunchError
 from launcher.cli import app
 from launcher.cost import SPOT_TYPICAL_DISCOUNT, STARTUP_SECONDS, estimate, vcpus
-from launcher.layout import RunIdError, job_name, validate_run_id
 from launcher.launch import LaunchOptions, plan, training_config
+from launcher.layout import RunIdError, job_name, validate_run_id
 from launcher.request import RequestError, request_problems
 from launcher.settings import LaunchSettings, SettingsError, load_settings
 from launcher.sweep import child_run_ids, grid, schedule, split_values
@@ -213,7 +213,7 @@ def test_the_cli_refuses_an_overrun_unless_allowed(monkeypatch: pytest.MonkeyPat
     args = ["--run-id", "long_run", "--preset", "smoke", "--set", "total_timesteps=50000000", "--max-runtime-hours", "1",
             "--dry-run", "--json", "--image-uri", IMAGE, "--role-arn", ROLE]
     refused = CliRunner().invoke(app, args)
-    assert refused.exit_code == 1 and refused.stderr.count("\n") == 1
+    assert refused.exit_code == 2 and refused.stderr.count("\n") == 1
     assert "max runtime of 1.0 h" in refused.stderr and "--allow-overrun" in refused.stderr
     allowed = CliRunner().invoke(app, ["--allow-overrun", *args])
     assert allowed.exit_code == 0, allowed.output

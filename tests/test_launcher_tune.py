@@ -189,7 +189,7 @@ def test_tune_creates_the_tuning_job_and_its_record(moto_env: boto3.Session) -> 
     assert definition["EnableManagedSpotTraining"] is True and definition["EnableNetworkIsolation"] is True
     assert "learning_rate" not in definition["StaticHyperParameters"] and definition["StaticHyperParameters"]["preset"] == "smoke"
     again = CliRunner().invoke(app, [*ARGS, "tune", "lr_search", "--range", "n_epochs=3:12"])
-    assert again.exit_code == 1 and "already holds a run" in again.stderr
+    assert again.exit_code == 2 and "already holds a run" in again.stderr
 
 
 def test_tune_refuses_bad_input_in_one_line_before_aws(moto_env: boto3.Session) -> None:
@@ -199,7 +199,7 @@ def test_tune_refuses_bad_input_in_one_line_before_aws(moto_env: boto3.Session) 
         (["--local", "tune", "t1", "--range", "n_epochs=3:9"], "drop --local"),
     ):
         result = CliRunner().invoke(app, [*ARGS, *args])
-        assert result.exit_code == 1 and result.stderr.count("\n") == 1 and message in result.stderr, result.output
+        assert result.exit_code == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.output
     assert moto_env.client("sagemaker").list_hyper_parameter_tuning_jobs()["HyperParameterTuningJobSummaries"] == []
 
 
@@ -316,9 +316,9 @@ def test_fetch_takes_the_best_child_or_the_one_named(tuned: tuple[boto3.Session,
     assert json.loads((tmp_path / "best" / "model" / "metrics.json").read_text())["overall"]["behavioral_success_rate"] == 0.99
     assert "the best of tuning job" in fetched.output
     assert chosen.exit_code == 0 and json.loads((tmp_path / "one" / "model" / "metrics.json").read_text())["overall"]["behavioral_success_rate"] == 0.96
-    assert stranger.exit_code == 1 and "is not a child of tuning job" in stranger.stderr and not (tmp_path / "x").exists()
+    assert stranger.exit_code == 2 and "is not a child of tuning job" in stranger.stderr and not (tmp_path / "x").exists()
 
 
 def test_fetch_job_applies_only_to_a_tuning_parent(moto_env: boto3.Session) -> None:
     result = CliRunner().invoke(app, ["fetch", "plain_run", "--job", "j-1"])
-    assert result.exit_code == 1 and "not a tuning job's parent" in result.stderr
+    assert result.exit_code == 2 and "not a tuning job's parent" in result.stderr
