@@ -158,8 +158,9 @@ class LocalRunStore(RunStore):
     def top_level(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        # Hidden folders are never runs (a fetch stages its files in one beside its destination).
-        names = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        # Hidden folders are never runs (a fetch stages its files in one beside its destination). In the
+        # order S3 lists prefixes (by key, "<name>/"), so both stores show and cut a listing alike.
+        names = sorted((p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda name: f"{name}/")
         return [name for name in names if name not in RESERVED_PREFIXES][: self.limits.listed_runs + 1]
 
 
