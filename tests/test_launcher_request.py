@@ -165,7 +165,7 @@ def test_other_instance_needs_a_price_and_scales_with_its_vcpus() -> None:
     assert vcpus("ml.m5.large") == 2 and vcpus("ml.c6i.24xlarge") == 96 and vcpus("ml.c6i.bogus") is None
 
 
-def test_sweep_grid_and_scheduling() -> None:
+def test_sweep_grid() -> None:
     assert split_values("[0.8,1.2],[0.9,1.1]") == ["[0.8,1.2]", "[0.9,1.1]"]
     points = grid([0, 1], ["learning_rate=1e-4,3e-4"])
     assert points == [
@@ -173,17 +173,32 @@ def test_sweep_grid_and_scheduling() -> None:
         {"seed": "1", "learning_rate": "1e-4"}, {"seed": "1", "learning_rate": "3e-4"},
     ]
     assert child_run_ids("grid", 2) == ["grid-001", "grid-002"]
-    # Each job stays "running" for two checks; never more than 2 at once.
+
+
+def test_schedule_never_runs_more_than_max_parallel() -> None:
+    """The test keeps its own count of the running jobs: a job runs from its start until the second time
+    it is checked. Starting a third job in the first batch (or any batch) shows in the counts."""
+    running: set[int] = set()
     checks: dict[int, int] = {}
-    running_counts = []
+    at_start: list[int] = []  # jobs running once each job has started, itself included
+    batches: list[list[int]] = []  # jobs running at each poll
+
+    def start(item: int) -> int:
+        running.add(item)
+        at_start.append(len(running))
+        return item
 
     def finished(item: int) -> bool:
         checks[item] = checks.get(item, 0) + 1
-        return checks[item] > 2
+        if checks[item] == 2:
+            running.remove(item)
+        return item not in running
 
-    started = schedule(range(5), lambda i: (running_counts.append(sum(1 for k in checks if checks[k] <= 2) + 1), i)[1], finished, 2, sleep=lambda s: None)
+    started = schedule(range(5), start, finished, 2, sleep=lambda seconds: batches.append(sorted(running)))
     assert started == [0, 1, 2, 3, 4]
-    assert max(running_counts) <= 2
+    assert batches[0] == [0, 1]  # the first batch is exactly max_parallel jobs
+    assert max(at_start) == 2 and all(len(batch) <= 2 for batch in batches)
+    assert running == set() and all(checks[item] == 2 for item in started)  # each ran to its end, checked no more
 
 
 # --- a run longer than the job may run --------------------------------------------------------
