@@ -70,11 +70,11 @@ class GlobalOptions:
     def settings(self) -> LaunchSettings:
         """Flags, environment and config file, completed from the infra stack (read once per command)."""
         if self._settings is None:
-            self._settings = aws.with_stack_defaults(self.own_settings())
+            self._settings = aws.with_stack_defaults(self.given_settings())
         return self._settings
 
-    def own_settings(self) -> LaunchSettings:
-        """Flags, environment and config file alone: what the infra commands, which deploy the stack, read."""
+    def given_settings(self) -> LaunchSettings:
+        """What the flags, environment and config file give: the infra commands, which deploy the stack, read no more."""
         return load_settings(self.settings_flags, self.config_file)
 
     def store(self) -> RunStore:
@@ -93,6 +93,17 @@ def _checked_run_id(value: str | None) -> str | None:
     """The one check of every run id typed on the command line (each command's argument and --run-id),
     before any key or path is built from it; RunLayout refuses one that gets past it."""
     return None if value is None else validate_run_id(value)
+
+
+def _key_values(items: list[str], option: str, example: str) -> dict[str, str]:
+    """Repeated ``option KEY=VALUE`` items as a dict."""
+    pairs: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise aws.LaunchError(f"{option} {item!r} is not KEY=VALUE", f"write it as {option} {example}")
+        pairs[key] = value
+    return pairs
 
 
 _RUN_ID_HELP = "Run id: 1-40 letters, digits, '-' or '_', starting with a letter or digit (its S3 prefix)."
@@ -200,7 +211,8 @@ def build(
         settings = _options(ctx).settings()
         print(image.build_with_codebuild(aws.make_session(settings), settings, tag or commit))
         return
-    name = image.build_locally(engine, tag or commit, Path.cwd(), {"ROADSENSE_GIT_COMMIT": commit, **image.parse_build_args(build_arg)})
+    build_args = {"ROADSENSE_GIT_COMMIT": commit, **_key_values(build_arg, "--build-arg", "BASE_IMAGE=python:3.11-slim")}
+    name = image.build_locally(engine, tag or commit, Path.cwd(), build_args)
     display.console.print(f"built {name}")
 
 
@@ -307,23 +319,20 @@ def infra_deploy(
 
     Parameters not given keep their current value on an update.
     """
-    settings = _options(ctx).own_settings()
-    infra.deploy(
-        aws.make_session(settings), settings.stack_name,
-        infra.template_parameters({"SourceRepositoryUrl": source_repo, "BucketName": bucket}, param),
-        infra.template_parameters({"AlertEmail": alert_email, "BudgetAmountUsd": None if budget_usd is None else str(budget_usd)}, []),
-    )
+    settings = _options(ctx).given_settings()
+    infra.deploy(aws.make_session(settings), settings.stack_name, source_repo=source_repo, alert_email=alert_email, budget_usd=budget_usd,
+                 bucket=bucket, parameters=_key_values(param, "--param", "ImagesToKeep=30"))
 
 
 @infra_app.command("status")
 def infra_status(ctx: typer.Context) -> None:
     """Show both stacks' states and the training stack's outputs."""
-    settings = _options(ctx).own_settings()
+    settings = _options(ctx).given_settings()
     infra.status(aws.make_session(settings), settings.stack_name)
 
 
 @infra_app.command("delete")
 def infra_delete(ctx: typer.Context, yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False) -> None:
     """Delete both stacks. The bucket and the repository are kept (they hold results and images)."""
-    settings = _options(ctx).own_settings()
+    settings = _options(ctx).given_settings()
     infra.delete(aws.make_session(settings), settings.stack_name, confirm=lambda question: yes or typer.confirm(question, abort=True))

@@ -55,7 +55,7 @@ class _Metrics(BaseModel):
     overall: _Overall = Field(default_factory=_Overall)  # type: ignore[valid-type]
 
 
-def read_metrics(model_archive: Path, limits: Limits = Limits()) -> dict[str, Any]:
+def read_metrics(model_archive: Path, limits: Limits) -> dict[str, Any]:
     """The ``overall`` section of the trained policy's ``metrics.json`` in a model.tar.gz (read in memory).
 
     It holds the published evaluation metrics (metric_lines.PUBLISHED), ``episodes`` and, if
@@ -70,7 +70,7 @@ def read_metrics(model_archive: Path, limits: Limits = Limits()) -> dict[str, An
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _counted(run: dict[str, Any], rate: str) -> bool:
@@ -96,13 +96,13 @@ def compare_cells(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]
     cells: list[list[str]] = [[] for _ in runs]
     for name in columns:
         if name not in RATES:
-            for run, row in zip(runs, cells):
+            for run, row in zip(runs, cells, strict=True):
                 row.append(f"{run[name]:.4g}" if _number(run.get(name)) else "")
             continue
         counted = [run for run in runs if _counted(run, name)]
         pick = min if name in LOWER_IS_BETTER else max
         best = pick(counted, key=lambda run: run[name]) if counted else None
-        for run, row in zip(runs, cells):
+        for run, row in zip(runs, cells, strict=True):
             if not _number(run.get(name)):
                 row.append("")
                 continue
@@ -136,6 +136,6 @@ def compare(store: RunStore, sagemaker: Callable[[], Any], parent: str) -> Repor
     columns, cells = compare_cells([overall for _, _, overall in rows])
     return Report(
         f"sweep {parent}", ["run id", "settings", *columns],
-        [(child, " ".join(f"{k}={v}" for k, v in point.items()), *row) for (child, point, _), row in zip(rows, cells)],
+        [(child, " ".join(f"{k}={v}" for k, v in point.items()), *row) for (child, point, _), row in zip(rows, cells, strict=True)],
         legend=DIFFERS_LEGEND if has_rates(columns) else "",
     )

@@ -123,17 +123,13 @@ def _member_problem(member: tarfile.TarInfo) -> str | None:
     return None
 
 
-def _unreadable(source: str, exc: BaseException) -> ArchiveError:
-    """One line saying why the archive cannot be read: not gzip, truncated, corrupt, or not a tar."""
+_TRUNCATED = "truncated: it ends before its last member or its gzip trailer"
+_CORRUPT = "corrupt compressed data"
+
+
+def _unreadable(source: str, what: str, exc: BaseException) -> ArchiveError:
+    """One line saying why the archive cannot be read (``what``), with the reader's own first line."""
     detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if isinstance(exc, gzip.BadGzipFile) and "Not a gzipped file" in detail:
-        what = "not a gzip-compressed tar archive"
-    elif isinstance(exc, EOFError) or "unexpected end" in detail:
-        what = "truncated: it ends before its last member or its gzip trailer"
-    elif isinstance(exc, (zlib.error, gzip.BadGzipFile)):
-        what = "corrupt compressed data"
-    else:
-        what = "the gzip stream does not hold a valid tar archive"
     return ArchiveError(f"{source}: {what} ({detail})")
 
 
@@ -164,8 +160,16 @@ def _walk(archive: Path, limits: Limits, visit: Callable[[tarfile.TarFile, tarfi
             # CRC and length, so an archive cut short after its last member is not taken as whole.
             while stream.read(CHUNK):
                 pass
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        raise _unreadable(source, exc) from None
+    # Every way the stream can fail to be an archive, each named by the error that shows it.
+    except gzip.BadGzipFile as exc:  # no gzip magic, or a damaged header or trailer
+        raise _unreadable(source, "not a gzip-compressed tar archive" if "Not a gzipped file" in str(exc) else _CORRUPT, exc) from None
+    except EOFError as exc:  # the gzip stream stops before its end-of-stream marker
+        raise _unreadable(source, _TRUNCATED, exc) from None
+    except zlib.error as exc:
+        raise _unreadable(source, _CORRUPT, exc) from None
+    except tarfile.TarError as exc:  # no tar in the stream, or a tar cut short
+        what = _TRUNCATED if "unexpected end" in str(exc) else "the gzip stream does not hold a valid tar archive"
+        raise _unreadable(source, what, exc) from None
 
 
 def read_member(archive: Path, name: str, limits: Limits) -> bytes | None:

@@ -39,15 +39,6 @@ def _run(argv: list[str], stdin: str | None = None) -> None:
         raise BuildError(f"{' '.join(argv[:2])} failed with exit code {exc.returncode} (its output is above)") from None
 
 
-def parse_build_args(items: list[str]) -> dict[str, str]:
-    """``--build-arg KEY=VALUE`` items as a dict."""
-    pairs = [item.partition("=") for item in items]
-    bad = next((item for item, (key, sep, _) in zip(items, pairs) if not sep or not key), None)
-    if bad is not None:
-        raise LaunchError(f"--build-arg {bad!r} is not KEY=VALUE", "write it as --build-arg BASE_IMAGE=python:3.11-slim")
-    return {key: value for key, _, value in pairs}
-
-
 def build_locally(engine: str, tag: str, repo_root: Path, build_args: dict[str, str] | None = None) -> str:
     """``<engine> build -f container/Dockerfile -t LOCAL_IMAGE:tag`` from the repo root; returns the local name."""
     name = f"{LOCAL_IMAGE}:{tag}"

@@ -66,18 +66,22 @@ def budget_stack_name(stack_name: str) -> str:
     return f"{stack_name}-budget"
 
 
-def deploy(session: boto3.Session, stack_name: str, parameters: dict[str, str], budget_parameters: dict[str, str]) -> None:
+def deploy(session: boto3.Session, stack_name: str, *, source_repo: str | None = None, alert_email: str | None = None,
+           budget_usd: int | None = None, bucket: str | None = None, parameters: dict[str, str] | None = None) -> None:
     """Create or update both stacks, wait for them, and print the training stack's outputs.
 
-    ``parameters`` (of infra/roadsense.yaml) and ``budget_parameters`` (of infra/budget.yaml) hold
-    only the values given: the others keep their current value on an update.
+    The options are template parameters (``parameters``: any other of infra/roadsense.yaml); those
+    not given (None) keep their current value on an update.
     """
-    main = StackSpec(stack_name, MAIN_TEMPLATE, parameters, required={"SourceRepositoryUrl": "--source-repo"})
-    budget = StackSpec(budget_stack_name(stack_name), BUDGET_TEMPLATE, budget_parameters, required={"AlertEmail": "--alert-email"})
+    main = StackSpec(stack_name, MAIN_TEMPLATE, _given({"SourceRepositoryUrl": source_repo, "BucketName": bucket, **(parameters or {})}),
+                     required={"SourceRepositoryUrl": "--source-repo"})
+    budget = StackSpec(budget_stack_name(stack_name), BUDGET_TEMPLATE,
+                       _given({"AlertEmail": alert_email, "BudgetAmountUsd": None if budget_usd is None else str(budget_usd)}),
+                       required={"AlertEmail": "--alert-email"})
     plan = [(session.client("cloudformation"), main), (session.client("cloudformation", region_name=BUDGET_REGION), budget)]
     # Check both stacks before changing either, so a missing option never leaves half a deploy.
     current = [_deployable(client, spec) for client, spec in plan]
-    for (client, spec), stack in zip(plan, current):
+    for (client, spec), stack in zip(plan, current, strict=True):
         _deploy(client, spec, stack)
     _print_outputs(stack_outputs(session, stack_name))
 
@@ -117,15 +121,8 @@ def delete(session: boto3.Session, stack_name: str, confirm: Callable[[str], Non
         console.print(f"Kept (delete them yourself once they are not needed): {escape(' '.join(k for k in kept if k))}")
 
 
-def template_parameters(values: dict[str, str | None], pairs: list[str]) -> dict[str, str]:
-    """Template parameters: the ``values`` given (None = not given) and ``--param KEY=VALUE`` pairs."""
-    given = {k: v for k, v in values.items() if v is not None}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise LaunchError(f"--param {pair!r} is not KEY=VALUE", "write it as --param ImagesToKeep=30")
-        given[key] = value
-    return given
+def _given(values: dict[str, str | None]) -> dict[str, str]:
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def _creating(stack: dict[str, Any] | None) -> bool:

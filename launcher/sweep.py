@@ -132,7 +132,7 @@ def run_sweep(template: LaunchOptions, settings: LaunchSettings, parent: str, se
     """Launch one run of ``template`` per grid point, never more than ``max_parallel`` unfinished at once
     (local runs in threads; SageMaker jobs polled every ``poll_seconds``), and report how each ended."""
     points = grid(seeds, sets)
-    children = dict(zip(child_run_ids(parent, len(points)), points))
+    children = dict(zip(child_run_ids(parent, len(points)), points, strict=True))
     options = [
         dataclasses.replace(template, run_id=child, parent_run_id=parent, wait=False,
                             sets=(*template.sets, *(f"{k}={v}" for k, v in point.items())),

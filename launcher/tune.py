@@ -133,7 +133,7 @@ def parse_range(text: str, preset: str, sets: dict[str, str], source: str = "--r
 def _bound(text: str, kind: type) -> float:
     """A bound as a finite number of the setting's type (true/false, NaN and 1.5 for an int are refused)."""
     value = json.loads(text)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ValueError(text)
     if kind is int:
         if value != int(value):

@@ -387,10 +387,10 @@ def test_compare_refuses_metrics_of_the_wrong_shape(tmp_path: Path, metrics: obj
 def test_metrics_json_and_its_archive_are_bounded(tmp_path: Path) -> None:
     archive = _targz(tmp_path / "model.tar.gz", [_file("metrics.json", b" " * 2_000_000 + b"{}")])
     with pytest.raises(ArchiveError, match="metrics.json is larger than 1048576 bytes"):
-        read_metrics(archive)
+        read_metrics(archive, Limits())
     (tmp_path / "junk.tar.gz").write_bytes(b"junk")
     with pytest.raises(ArchiveError, match="not a gzip-compressed tar archive"):
-        read_metrics(tmp_path / "junk.tar.gz")
+        read_metrics(tmp_path / "junk.tar.gz", Limits())
 
 
 @pytest.mark.parametrize(
