@@ -93,8 +93,10 @@ def with_stack_defaults(settings: LaunchSettings) -> LaunchSettings:
     return settings if outputs is None else with_stack_outputs(settings, outputs)
 
 
-_ACCESS_FIX = ("use credentials allowed by the roadsense policies in infra/ (deploying infra/ needs an identity "
-               "that may manage CloudFormation, IAM, S3, ECR, CodeBuild and Budgets)")
+_ACCESS_FIX = (
+    "use credentials allowed by the roadsense policies in infra/ (deploying infra/ needs an identity "
+    "that may manage CloudFormation, IAM, S3, ECR, CodeBuild and Budgets)"
+)
 _LOGIN_FIX = "log in again (aws sso login, or refresh the credentials)"
 _CLIENT_ERRORS: dict[str, tuple[str, str]] = {
     # code: (problem, fix); "{message}" is AWS's own message.
@@ -106,13 +108,25 @@ _CLIENT_ERRORS: dict[str, tuple[str, str]] = {
     "ExpiredToken": ("the AWS session token has expired", _LOGIN_FIX),
     "ExpiredTokenException": ("the AWS session token has expired", _LOGIN_FIX),
     "InvalidClientTokenId": ("the AWS access key is not valid", "check AWS_ACCESS_KEY_ID / AWS_PROFILE"),
-    "UnrecognizedClientException": ("the AWS credentials are not valid for this region", "check AWS_PROFILE and --region"),
+    "UnrecognizedClientException": (
+        "the AWS credentials are not valid for this region",
+        "check AWS_PROFILE and --region",
+    ),
     "NoSuchEntity": ("the IAM role does not exist: {message}", INFRA_FIX),
     "RepositoryNotFoundException": ("the ECR repository does not exist", INFRA_FIX),
-    "ImageNotFoundException": ("the image is not in ECR: {message}", "build and push it: roadsense-launch build && roadsense-launch push, or drop --image-uri"),
-    "ResourceLimitExceeded": ("an AWS quota is exhausted: {message}", "request a quota increase in Service Quotas (SageMaker, il-central-1), or use another instance type"),
+    "ImageNotFoundException": (
+        "the image is not in ECR: {message}",
+        "build and push it: roadsense-launch build && roadsense-launch push, or drop --image-uri",
+    ),
+    "ResourceLimitExceeded": (
+        "an AWS quota is exhausted: {message}",
+        "request a quota increase in Service Quotas (SageMaker, il-central-1), or use another instance type",
+    ),
     "ResourceInUse": ("the name is taken: {message}", "launch again (each attempt gets a new job name)"),
-    "ValidationException": ("AWS rejected the request: {message}", "correct the value named above; --dry-run shows the request"),
+    "ValidationException": (
+        "AWS rejected the request: {message}",
+        "correct the value named above; --dry-run shows the request",
+    ),
     "ThrottlingException": ("AWS is throttling requests", "wait a minute and retry"),
     "ResourceNotFound": ("not found: {message}", "check the run id: roadsense-launch list"),
 }
@@ -125,7 +139,9 @@ def translate(exc: Exception) -> RoadsenseError:
         return exc
     if isinstance(exc, botocore.exceptions.ProfileNotFound):
         return LaunchError(str(exc), "aws configure --profile NAME, or unset AWS_PROFILE")
-    if isinstance(exc, botocore.exceptions.NoCredentialsError) or isinstance(exc, botocore.exceptions.PartialCredentialsError):
+    if isinstance(exc, botocore.exceptions.NoCredentialsError) or isinstance(
+        exc, botocore.exceptions.PartialCredentialsError
+    ):
         return AwsError("no AWS credentials found", "aws configure (or aws sso login), or set AWS_PROFILE")
     if isinstance(exc, botocore.exceptions.EndpointConnectionError):
         return AwsError(f"cannot reach AWS ({exc})", "check the network, --region and AWS_ENDPOINT_URL")
@@ -152,7 +168,9 @@ class Preflight:
 
 
 # The tag is optional: an image without one means :latest.
-_ECR_IMAGE = re.compile(r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com/(?P<repo>[^:@]+)(?::(?P<tag>[^@]+)|@(?P<digest>sha256:[0-9a-f]+))?$")
+_ECR_IMAGE = re.compile(
+    r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com/(?P<repo>[^:@]+)(?::(?P<tag>[^@]+)|@(?P<digest>sha256:[0-9a-f]+))?$"
+)
 
 
 def preflight(session: boto3.Session, settings: LaunchSettings, check_image: bool) -> Preflight:
@@ -167,7 +185,9 @@ def preflight(session: boto3.Session, settings: LaunchSettings, check_image: boo
 
 def check_region(session: boto3.Session, region: str) -> None:
     if region not in session.get_available_regions("sagemaker"):
-        raise LaunchError(f"region {region!r} has no SageMaker", "use --region il-central-1 (or another SageMaker region)")
+        raise LaunchError(
+            f"region {region!r} has no SageMaker", "use --region il-central-1 (or another SageMaker region)"
+        )
 
 
 def check_bucket(session: boto3.Session, bucket: str, region: str) -> None:
@@ -191,7 +211,11 @@ def resolve_role(session: boto3.Session, settings: LaunchSettings) -> str:
     """The execution role of the settings (the infra stack's output unless given); it must exist in IAM."""
     role_arn = settings.role_arn
     if not role_arn:
-        raise LaunchError(f"no SageMaker execution role (no --role-arn, and stack {settings.stack_name!r} has no {OUTPUT_ROLE_ARN} output)", f"{INFRA_FIX}, or pass --role-arn")
+        raise LaunchError(
+            f"no SageMaker execution role (no --role-arn, and stack {settings.stack_name!r} has no {OUTPUT_ROLE_ARN} "
+            "output)",
+            f"{INFRA_FIX}, or pass --role-arn",
+        )
     try:
         session.client("iam").get_role(RoleName=role_arn.rsplit("/", 1)[-1])
     except botocore.exceptions.ClientError as exc:
@@ -211,7 +235,8 @@ def resolve_image(session: boto3.Session, image_uri: str) -> str:
     if not match:
         if mutable_image(image_uri):
             raise LaunchError(
-                f"image {image_uri} uses the mutable tag 'latest' and is not in ECR, so it cannot be pinned to a digest",
+                f"image {image_uri} uses the mutable tag 'latest' and is not in ECR, so it cannot be pinned to a "
+                "digest",
                 "pass --image-uri with a commit tag or an @sha256:... digest",
             )
         return image_uri
@@ -222,7 +247,10 @@ def resolve_image(session: boto3.Session, image_uri: str) -> str:
         )["imageDetails"][0]
     except botocore.exceptions.ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("ImageNotFoundException", "RepositoryNotFoundException"):
-            raise LaunchError(f"image {image_uri} is not in ECR", "build and push it (roadsense-launch build, then push), or drop --image-uri") from None
+            raise LaunchError(
+                f"image {image_uri} is not in ECR",
+                "build and push it (roadsense-launch build, then push), or drop --image-uri",
+            ) from None
         raise
     if not mutable_image(image_uri):
         return image_uri
@@ -231,4 +259,7 @@ def resolve_image(session: boto3.Session, image_uri: str) -> str:
 
 def s3_reachable(session: boto3.Session, bucket: str) -> bool:
     """True if there are credentials and ``bucket`` answers: decides whether a local run is published."""
-    return session.get_credentials() is not None and probe(lambda: quick_client(session, "s3").head_bucket(Bucket=bucket)) is not None
+    return (
+        session.get_credentials() is not None
+        and probe(lambda: quick_client(session, "s3").head_bucket(Bucket=bucket)) is not None
+    )

@@ -52,9 +52,16 @@ class _OneLineErrors(TyperGroup):
             _exit(aws.translate(exc))
 
 
-app = typer.Typer(cls=_OneLineErrors, help=__doc__, invoke_without_command=True, no_args_is_help=False, add_completion=False)
+app = typer.Typer(
+    cls=_OneLineErrors, help=__doc__, invoke_without_command=True, no_args_is_help=False, add_completion=False
+)
 infra_app = typer.Typer(help="Create, inspect or delete the AWS infrastructure (CloudFormation).", no_args_is_help=True)
-app.add_typer(infra_app, name="infra", help="Deploy, inspect or delete the AWS infrastructure (infra/); --region, --profile and --stack-name go before 'infra'.")
+app.add_typer(
+    infra_app,
+    name="infra",
+    help="Deploy, inspect or delete the AWS infrastructure (infra/); --region, --profile and --stack-name go "
+    "before 'infra'.",
+)
 
 
 @dataclasses.dataclass
@@ -74,7 +81,8 @@ class GlobalOptions:
         return self._settings
 
     def given_settings(self) -> LaunchSettings:
-        """What the flags, environment and config file give: the infra commands, which deploy the stack, read no more."""
+        """What the flags, environment and config file give; the infra commands, which deploy the stack, read
+        no more."""
         return load_settings(self.settings_flags, self.config_file)
 
     def store(self) -> RunStore:
@@ -116,43 +124,83 @@ def main(
     run_id: Annotated[Optional[str], typer.Option(callback=_checked_run_id, help=_RUN_ID_HELP)] = None,
     preset: Annotated[str, typer.Option(help=f"Config preset: {', '.join(PRESETS)}.")] = "production",
     set_: Annotated[list[str], typer.Option("--set", help="Config override key=value (repeatable).")] = [],  # noqa: B006 - typer needs a literal
-    dataset: Annotated[Optional[Path], typer.Option(help="Dataset folder (with manifest.json) for the 'dataset' channel.")] = None,
+    dataset: Annotated[
+        Optional[Path], typer.Option(help="Dataset folder (with manifest.json) for the 'dataset' channel.")
+    ] = None,
     image_uri: Annotated[Optional[str], typer.Option(help="Use this image instead of building one.")] = None,
-    role_arn: Annotated[Optional[str], typer.Option(help="SageMaker execution role (default: the infra stack's).")] = None,
+    role_arn: Annotated[
+        Optional[str], typer.Option(help="SageMaker execution role (default: the infra stack's).")
+    ] = None,
     region: Annotated[Optional[str], typer.Option(help="AWS region (default il-central-1).")] = None,
     profile: Annotated[Optional[str], typer.Option(help="AWS profile.")] = None,
-    bucket: Annotated[Optional[str], typer.Option(help="Results bucket (default: the infra stack's, else saferide-training-results).")] = None,
-    stack_name: Annotated[Optional[str], typer.Option(help="Infra stack whose outputs are the defaults (default roadsense).")] = None,
+    bucket: Annotated[
+        Optional[str], typer.Option(help="Results bucket (default: the infra stack's, else saferide-training-results).")
+    ] = None,
+    stack_name: Annotated[
+        Optional[str], typer.Option(help="Infra stack whose outputs are the defaults (default roadsense).")
+    ] = None,
     instance_type: Annotated[Optional[str], typer.Option(help="Training instance (default ml.c6i.xlarge).")] = None,
     instance_count: Annotated[Optional[int], typer.Option(help="Instances (default 1).")] = None,
     max_runtime_hours: Annotated[Optional[float], typer.Option(help="Max runtime (default 24).")] = None,
     spot: Annotated[bool, typer.Option(help="Managed spot training (checkpoints in S3, a max wait).")] = False,
-    max_wait_hours: Annotated[Optional[float], typer.Option(help="Spot: max runtime + waiting for capacity (default 48).")] = None,
+    max_wait_hours: Annotated[
+        Optional[float], typer.Option(help="Spot: max runtime + waiting for capacity (default 48).")
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Reuse the run id and continue from its checkpoints.")] = False,
     force: Annotated[bool, typer.Option(help="Reuse the run id and start over (deletes its checkpoints).")] = False,
-    allow_overrun: Annotated[bool, typer.Option(help="Launch even if the estimated duration exceeds the max runtime.")] = False,
-    network_isolation: Annotated[bool, typer.Option(help="EnableNetworkIsolation: the container gets no network (it needs none).")] = True,
+    allow_overrun: Annotated[
+        bool, typer.Option(help="Launch even if the estimated duration exceeds the max runtime.")
+    ] = False,
+    network_isolation: Annotated[
+        bool, typer.Option(help="EnableNetworkIsolation: the container gets no network (it needs none).")
+    ] = True,
     wait: Annotated[bool, typer.Option(help="Follow the job to the end, then fetch the results.")] = False,
     local: Annotated[bool, typer.Option(help="Run the job on this machine (results in --runs-dir).")] = False,
-    engine: Annotated[Optional[str], typer.Option(help="With --local: run the built image with docker or podman.")] = None,
-    builder: Annotated[str, typer.Option(help="Where the image is built: codebuild or local (docker/podman + push).")] = "codebuild",
+    engine: Annotated[
+        Optional[str], typer.Option(help="With --local: run the built image with docker or podman.")
+    ] = None,
+    builder: Annotated[
+        str, typer.Option(help="Where the image is built: codebuild or local (docker/podman + push).")
+    ] = "codebuild",
     runs_dir: Annotated[Optional[Path], typer.Option(help="Local runs and fetched results (default ./runs).")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="Launch settings file (default roadsense-launch.toml or pyproject.toml).")] = None,
-    dry_run: Annotated[bool, typer.Option(help="Print the CreateTrainingJob request and the cost; touch nothing.")] = False,
+    config: Annotated[
+        Optional[Path], typer.Option(help="Launch settings file (default roadsense-launch.toml or pyproject.toml).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option(help="Print the CreateTrainingJob request and the cost; touch nothing.")
+    ] = False,
     json_: Annotated[bool, typer.Option("--json", help="With --dry-run: print only the request, as JSON.")] = False,
 ) -> None:
     """Launch a training run (no subcommand), or manage runs (subcommands)."""
     if engine not in (None, "docker", "podman") or builder not in ("codebuild", "local"):
         raise aws.LaunchError("--engine is docker or podman; --builder is codebuild or local")
     flags: dict[str, Any] = {
-        "region": region, "profile": profile, "bucket": bucket, "stack_name": stack_name, "role_arn": role_arn, "image_uri": image_uri,
-        "instance_type": instance_type, "instance_count": instance_count, "runs_dir": runs_dir,
+        "region": region,
+        "profile": profile,
+        "bucket": bucket,
+        "stack_name": stack_name,
+        "role_arn": role_arn,
+        "image_uri": image_uri,
+        "instance_type": instance_type,
+        "instance_count": instance_count,
+        "runs_dir": runs_dir,
         "max_runtime_s": None if max_runtime_hours is None else int(max_runtime_hours * 3600),
         "spot_max_wait_s": None if max_wait_hours is None else int(max_wait_hours * 3600),
     }
     template = LaunchOptions(
-        run_id=run_id or "", preset=preset, sets=tuple(set_), dataset=dataset, spot=spot, resume=resume,
-        force=force, wait=wait, local=local, engine=engine, builder=builder, dry_run=dry_run, allow_overrun=allow_overrun,
+        run_id=run_id or "",
+        preset=preset,
+        sets=tuple(set_),
+        dataset=dataset,
+        spot=spot,
+        resume=resume,
+        force=force,
+        wait=wait,
+        local=local,
+        engine=engine,
+        builder=builder,
+        dry_run=dry_run,
+        allow_overrun=allow_overrun,
         network_isolation=network_isolation,
     )
     ctx.obj = GlobalOptions(flags, config, template)
@@ -176,24 +224,41 @@ def main(
 def tune_command(
     ctx: typer.Context,
     parent: RunIdArgument,
-    range_: Annotated[list[str], typer.Option("--range", help="key=low:high or key=low:high:log: a number setting to search (repeatable).")] = [],  # noqa: B006
-    ranges: Annotated[Optional[Path], typer.Option(help='TOML file of ranges, key = "low:high[:log]" (top level or [ranges]).')] = None,
-    objective: Annotated[str, typer.Option(help="val: validation behavioural success during training; eval: the final evaluation's.")] = "val",
+    range_: Annotated[
+        list[str],
+        typer.Option("--range", help="key=low:high or key=low:high:log: a number setting to search (repeatable)."),
+    ] = [],  # noqa: B006
+    ranges: Annotated[
+        Optional[Path], typer.Option(help='TOML file of ranges, key = "low:high[:log]" (top level or [ranges]).')
+    ] = None,
+    objective: Annotated[
+        str, typer.Option(help="val: validation behavioural success during training; eval: the final evaluation's.")
+    ] = "val",
     max_jobs: Annotated[int, typer.Option(help="Training jobs in all.")] = 10,
     max_parallel_jobs: Annotated[int, typer.Option(help="Training jobs at once.")] = 2,
-    early_stopping: Annotated[bool, typer.Option(help="Let SageMaker stop children whose objective lags (needs --objective val).")] = True,
+    early_stopping: Annotated[
+        bool, typer.Option(help="Let SageMaker stop children whose objective lags (needs --objective val).")
+    ] = True,
 ) -> None:
-    """Start a SageMaker tuning job under PARENT that maximises behavioural success, with the launch flags given before 'tune'."""
+    """Start a SageMaker tuning job under PARENT that maximises behavioural success, with the launch flags given
+    before 'tune'."""
     options = _options(ctx)
-    search = tune.tuning_options(options.template, range_, ranges, objective, max_jobs, max_parallel_jobs, early_stopping)
+    search = tune.tuning_options(
+        options.template, range_, ranges, objective, max_jobs, max_parallel_jobs, early_stopping
+    )
     launch_options = dataclasses.replace(options.template, run_id=parent)
     if launch_options.dry_run:
         print(json.dumps(tune.dry_run_tuning(launch_options, options.settings(), search), indent=2, sort_keys=True))
         return
     request = tune.launch_tuning(launch_options, options.settings(), search)
-    display.console.print(f"[bold]{request['HyperParameterTuningJobName']}[/] created for {parent}: up to {max_jobs} jobs, {max_parallel_jobs} at a time")
+    display.console.print(
+        f"[bold]{request['HyperParameterTuningJobName']}[/] created for {parent}: up to {max_jobs} jobs, "
+        f"{max_parallel_jobs} at a time"
+    )
     display.console.print(f"  follow:  roadsense-launch status {parent}", soft_wrap=True)
-    display.console.print(f"  compare: roadsense-launch compare {parent}   best model: roadsense-launch fetch {parent}", soft_wrap=True)
+    display.console.print(
+        f"  compare: roadsense-launch compare {parent}   best model: roadsense-launch fetch {parent}", soft_wrap=True
+    )
 
 
 @app.command()
@@ -202,7 +267,13 @@ def build(
     engine: Annotated[str, typer.Option(help="docker or podman.")] = "docker",
     tag: Annotated[Optional[str], typer.Option(help="Image tag (default the git commit).")] = None,
     build_arg: Annotated[list[str], typer.Option(help="KEY=VALUE for the Dockerfile (BASE_IMAGE, WHEELHOUSE).")] = [],  # noqa: B006
-    codebuild: Annotated[bool, typer.Option("--codebuild", help="Build and push in the infra stack's CodeBuild project instead (--tag = the commit to build).")] = False,
+    codebuild: Annotated[
+        bool,
+        typer.Option(
+            "--codebuild",
+            help="Build and push in the infra stack's CodeBuild project instead (--tag = the commit to build).",
+        ),
+    ] = False,
 ) -> None:
     """Build the training image here (container/Dockerfile, context = repo root), or in CodeBuild."""
     commit = git_commit()
@@ -211,7 +282,10 @@ def build(
         settings = _options(ctx).settings()
         print(image.build_with_codebuild(aws.make_session(settings), settings, tag or commit))
         return
-    build_args = {"ROADSENSE_GIT_COMMIT": commit, **_key_values(build_arg, "--build-arg", "BASE_IMAGE=python:3.11-slim")}
+    build_args = {
+        "ROADSENSE_GIT_COMMIT": commit,
+        **_key_values(build_arg, "--build-arg", "BASE_IMAGE=python:3.11-slim"),
+    }
     name = image.build_locally(engine, tag or commit, Path.cwd(), build_args)
     display.console.print(f"built {name}")
 
@@ -228,26 +302,41 @@ def push(
 
 
 @app.command()
-def upload(ctx: typer.Context, run_id: RunIdArgument, dataset: Annotated[Path, typer.Option(help="Dataset folder with manifest.json.")]) -> None:
+def upload(
+    ctx: typer.Context,
+    run_id: RunIdArgument,
+    dataset: Annotated[Path, typer.Option(help="Dataset folder with manifest.json.")],
+) -> None:
     """Verify a dataset and upload it to the run's dataset prefix (unchanged files are skipped)."""
     settings = _options(ctx).settings()
     layout = RunLayout(settings.bucket, run_id)
     result = upload_dataset(aws.make_session(settings).client("s3"), dataset, layout)
-    display.console.print(f"dataset verified; {len(result.uploaded)} uploaded, {len(result.skipped)} unchanged -> {layout.dataset_uri}")
+    display.console.print(
+        f"dataset verified; {len(result.uploaded)} uploaded, {len(result.skipped)} unchanged -> {layout.dataset_uri}"
+    )
 
 
 @app.command()
-def status(ctx: typer.Context, run_id: Annotated[Optional[str], typer.Argument(callback=_checked_run_id, help=_RUN_ID_HELP)] = None) -> None:
+def status(
+    ctx: typer.Context,
+    run_id: Annotated[Optional[str], typer.Argument(callback=_checked_run_id, help=_RUN_ID_HELP)] = None,
+) -> None:
     """The status of a run's latest job (a tuning job's children, for its parent), or of SageMaker's newest jobs."""
     options = _options(ctx)
     display.show(runs.status(options.store(), options.sagemaker, run_id))
 
 
 @app.command()
-def logs(ctx: typer.Context, run_id: RunIdArgument, follow: Annotated[bool, typer.Option(help="Keep streaming until the job ends.")] = False) -> None:
+def logs(
+    ctx: typer.Context,
+    run_id: RunIdArgument,
+    follow: Annotated[bool, typer.Option(help="Keep streaming until the job ends.")] = False,
+) -> None:
     """Print a run's job log (CloudWatch); --follow adds a progress bar from its metric lines."""
     options = _options(ctx)
-    job = runs.sagemaker_job(options.store(), run_id, f"roadsense-launch fetch {run_id}: its whole log is then in output-data/training.log")
+    job = runs.sagemaker_job(
+        options.store(), run_id, f"roadsense-launch fetch {run_id}: its whole log is then in output-data/training.log"
+    )
     session = aws.make_session(options.settings())
     if not follow:
         jobs.print_log(session.client("logs"), job)
@@ -270,12 +359,16 @@ def fetch(
     ctx: typer.Context,
     run_id: RunIdArgument,
     to: Annotated[Optional[Path], typer.Option(help="Target folder (default <runs-dir>/<run-id>).")] = None,
-    job: Annotated[Optional[str], typer.Option(help="A tuning job's parent: the child job to fetch (default the best).")] = None,
+    job: Annotated[
+        Optional[str], typer.Option(help="A tuning job's parent: the child job to fetch (default the best).")
+    ] = None,
 ) -> None:
     """Download a run's model.tar.gz (and output.tar.gz) and extract them safely into --to; for a
     tuning job's parent, its best child's (or --job's)."""
     options = _options(ctx)
-    display.console.print(runs.fetch(options.store(), options.sagemaker, run_id, to or options.settings().runs_dir / run_id, job))
+    display.console.print(
+        runs.fetch(options.store(), options.sagemaker, run_id, to or options.settings().runs_dir / run_id, job)
+    )
 
 
 @app.command("list")
@@ -295,7 +388,17 @@ def sweep_command(
 ) -> None:
     """Launch a grid of runs <parent>-001, -002... with the launch flags given before 'sweep'."""
     options = _options(ctx)
-    display.show(sweep.run_sweep(options.template, options.settings(), parent, sweep.parse_seeds(seeds), list(set_), max_parallel, poll_seconds))
+    display.show(
+        sweep.run_sweep(
+            options.template,
+            options.settings(),
+            parent,
+            sweep.parse_seeds(seeds),
+            list(set_),
+            max_parallel,
+            poll_seconds,
+        )
+    )
 
 
 @app.command("compare")
@@ -309,10 +412,18 @@ def compare_command(ctx: typer.Context, parent: RunIdArgument) -> None:
 @infra_app.command("deploy")
 def infra_deploy(
     ctx: typer.Context,
-    source_repo: Annotated[Optional[str], typer.Option(help="GitHub HTTPS URL CodeBuild clones (needed on the first deploy).")] = None,
-    alert_email: Annotated[Optional[str], typer.Option(help="Budget alert address (needed on the first deploy).")] = None,
-    budget_usd: Annotated[Optional[int], typer.Option(min=1, help="Monthly budget in USD (template default: 100).")] = None,
-    bucket: Annotated[Optional[str], typer.Option(help="Results bucket name (template default: saferide-training-results).")] = None,
+    source_repo: Annotated[
+        Optional[str], typer.Option(help="GitHub HTTPS URL CodeBuild clones (needed on the first deploy).")
+    ] = None,
+    alert_email: Annotated[
+        Optional[str], typer.Option(help="Budget alert address (needed on the first deploy).")
+    ] = None,
+    budget_usd: Annotated[
+        Optional[int], typer.Option(min=1, help="Monthly budget in USD (template default: 100).")
+    ] = None,
+    bucket: Annotated[
+        Optional[str], typer.Option(help="Results bucket name (template default: saferide-training-results).")
+    ] = None,
     param: Annotated[list[str], typer.Option(help="Any other template parameter, KEY=VALUE; repeatable.")] = [],  # noqa: B006
 ) -> None:
     """Create or update the stacks, wait for them, and print the training stack's outputs.
@@ -320,8 +431,15 @@ def infra_deploy(
     Parameters not given keep their current value on an update.
     """
     settings = _options(ctx).given_settings()
-    infra.deploy(aws.make_session(settings), settings.stack_name, source_repo=source_repo, alert_email=alert_email, budget_usd=budget_usd,
-                 bucket=bucket, parameters=_key_values(param, "--param", "ImagesToKeep=30"))
+    infra.deploy(
+        aws.make_session(settings),
+        settings.stack_name,
+        source_repo=source_repo,
+        alert_email=alert_email,
+        budget_usd=budget_usd,
+        bucket=bucket,
+        parameters=_key_values(param, "--param", "ImagesToKeep=30"),
+    )
 
 
 @infra_app.command("status")
@@ -332,7 +450,13 @@ def infra_status(ctx: typer.Context) -> None:
 
 
 @infra_app.command("delete")
-def infra_delete(ctx: typer.Context, yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False) -> None:
+def infra_delete(
+    ctx: typer.Context, yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False
+) -> None:
     """Delete both stacks. The bucket and the repository are kept (they hold results and images)."""
     settings = _options(ctx).given_settings()
-    infra.delete(aws.make_session(settings), settings.stack_name, confirm=lambda question: yes or typer.confirm(question, abort=True))
+    infra.delete(
+        aws.make_session(settings),
+        settings.stack_name,
+        confirm=lambda question: yes or typer.confirm(question, abort=True),
+    )

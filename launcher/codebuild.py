@@ -50,7 +50,9 @@ def follow_build(session: boto3.Session, build_id: str, poll_s: float = 10.0) ->
 def _image_uri(build: dict[str, Any]) -> str:
     exported = {v["name"]: v["value"] for v in build.get("exportedEnvironmentVariables", [])}
     if not exported.get(IMAGE_URI_VARIABLE):
-        raise BuildError(f"build {build['id']} succeeded but exported no {IMAGE_URI_VARIABLE} (is buildspec.yml the project's?)")
+        raise BuildError(
+            f"build {build['id']} succeeded but exported no {IMAGE_URI_VARIABLE} (is buildspec.yml the project's?)"
+        )
     return exported[IMAGE_URI_VARIABLE]
 
 

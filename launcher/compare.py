@@ -42,7 +42,8 @@ DIFFERS_LEGEND = (
 # NaN or an infinity is refused, so nothing downstream meets them.
 _Number = Annotated[StrictFloat, Field(allow_inf_nan=False)]
 _Overall = create_model(  # type: ignore[call-overload]
-    "_Overall", __config__=ConfigDict(extra="ignore"),
+    "_Overall",
+    __config__=ConfigDict(extra="ignore"),
     episodes=(Annotated[StrictInt, Field(ge=0)] | None, None),
     **{name: (_Number | None, None) for name in EVAL_METRICS},
     **{rate + CI_SUFFIX: (tuple[_Number, _Number] | None, None) for rate in RATES},
@@ -106,7 +107,11 @@ def compare_cells(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]
             if not _number(run.get(name)):
                 row.append("")
                 continue
-            marked = best is not None and _counted(run, name) and differs(run[name], run["episodes"], best[name], best["episodes"])
+            marked = (
+                best is not None
+                and _counted(run, name)
+                and differs(run[name], run["episodes"], best[name], best["episodes"])
+            )
             row.append(format_rate(run, name) + (f" {DIFFERS_MARK}" if marked else ""))
     return columns, cells
 
@@ -118,6 +123,7 @@ def compare(store: RunStore, sagemaker: Callable[[], Any], parent: str) -> Repor
     found = store.document(layout.sweep_key, parse_sweep)
     tuning_job = None if found is not None else read_tuning(store, parent)
     with tempfile.TemporaryDirectory() as scratch:
+
         def metrics(run_id: str, job: str) -> dict[str, Any]:
             key = store.layout(run_id).model_key(job)
             archive = store.file(key, Path(scratch) / key.replace("/", "_"))
@@ -125,17 +131,28 @@ def compare(store: RunStore, sagemaker: Callable[[], Any], parent: str) -> Repor
 
         if found is not None:
             records = {child: read_record(store, child) for child in found["children"]}
-            rows = [(child, point, metrics(child, latest_job(records[child])) if records[child] else {})
-                    for child, point in found["children"].items()]
+            rows = [
+                (child, point, metrics(child, latest_job(records[child])) if records[child] else {})
+                for child, point in found["children"].items()
+            ]
         elif tuning_job is not None:
             # A tuning job's children write under the parent's prefix: <parent>/output/<child>/output/.
-            rows = [(child.job_name, child.tuned, metrics(parent, child.job_name) if child.status == "Completed" else {})
-                    for child in list_children(sagemaker(), tuning_job)]
+            rows = [
+                (child.job_name, child.tuned, metrics(parent, child.job_name) if child.status == "Completed" else {})
+                for child in list_children(sagemaker(), tuning_job)
+            ]
         else:
-            raise RunNotFoundError(f"{parent!r} is neither a sweep nor a tuning job: no {layout.sweep_key} or {layout.tuning_key} in {store.where}")
+            raise RunNotFoundError(
+                f"{parent!r} is neither a sweep nor a tuning job: no {layout.sweep_key} or {layout.tuning_key} in "
+                f"{store.where}"
+            )
     columns, cells = compare_cells([overall for _, _, overall in rows])
     return Report(
-        f"sweep {parent}", ["run id", "settings", *columns],
-        [(child, " ".join(f"{k}={v}" for k, v in point.items()), *row) for (child, point, _), row in zip(rows, cells, strict=True)],
+        f"sweep {parent}",
+        ["run id", "settings", *columns],
+        [
+            (child, " ".join(f"{k}={v}" for k, v in point.items()), *row)
+            for (child, point, _), row in zip(rows, cells, strict=True)
+        ],
         legend=DIFFERS_LEGEND if has_rates(columns) else "",
     )

@@ -47,8 +47,13 @@ class MetricProgress:
         # Disabled for parallel local sweeps: rich can show one live display at a time.
         self._show_lines = enabled
         self._progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[fps]}"),
-            TimeRemainingColumn(), console=console, disable=not enabled,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[fps]}"),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not enabled,
         )
         self._task = self._progress.add_task(description, total=None, fps="")
 

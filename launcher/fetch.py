@@ -100,14 +100,18 @@ class _BoundedReader:
         data = self._raw.read(size)
         self.consumed += len(data)
         if self.consumed > self._limit:
-            raise ArchiveError(f"{self._source}: more than {self._limit} bytes once decompressed; refused (raise {self._setting} if it is genuine)")
+            raise ArchiveError(
+                f"{self._source}: more than {self._limit} bytes once decompressed; refused (raise {self._setting} if "
+                "it is genuine)"
+            )
         return data
 
 
 def _member_problem(member: tarfile.TarInfo) -> str | None:
     """Why ``member`` may not be extracted, or None."""
     if not (member.isreg() or member.isdir()):
-        kind = "symlink" if member.issym() else "hard link" if member.islnk() else "device or FIFO" if member.isdev() else "special entry"
+        kinds = {"symlink": member.issym(), "hard link": member.islnk(), "device or FIFO": member.isdev()}
+        kind = next((name for name, found in kinds.items() if found), "special entry")
         return f"{kind}: only regular files and folders are allowed"
     name = member.name
     if name.startswith(("/", "\\")):
@@ -133,7 +137,9 @@ def _unreadable(source: str, what: str, exc: BaseException) -> ArchiveError:
     return ArchiveError(f"{source}: {what} ({detail})")
 
 
-def _walk(archive: Path, limits: Limits, visit: Callable[[tarfile.TarFile, tarfile.TarInfo], bool], source: str) -> None:
+def _walk(
+    archive: Path, limits: Limits, visit: Callable[[tarfile.TarFile, tarfile.TarInfo], bool], source: str
+) -> None:
     """Call ``visit(tar, member)`` for each member of ``archive`` in order, after checking it (kind,
     name, count, running size), until ``visit`` returns False. Reading the whole archive also
     checks its gzip trailer. Every way of not being a readable archive is an :class:`ArchiveError`
@@ -141,19 +147,27 @@ def _walk(archive: Path, limits: Limits, visit: Callable[[tarfile.TarFile, tarfi
     count = total = 0
     try:
         with gzip.open(archive, "rb") as raw:
-            stream = _BoundedReader(raw, limits.extract_bytes + limits.members * _HEADER_ALLOWANCE, source, "max_extract_bytes")
+            stream = _BoundedReader(
+                raw, limits.extract_bytes + limits.members * _HEADER_ALLOWANCE, source, "max_extract_bytes"
+            )
             # Stream mode ("r|"): one pass, members are never revisited, nothing is seeked past unread.
             with tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
                 for member in tar:
                     count += 1
                     if count > limits.members:
-                        raise ArchiveError(f"{source}: more than {limits.members} members; refused (raise max_archive_members if it is genuine)")
+                        raise ArchiveError(
+                            f"{source}: more than {limits.members} members; refused (raise max_archive_members if it "
+                            "is genuine)"
+                        )
                     problem = _member_problem(member)
                     if problem:
                         raise ArchiveError(f"{source}: refusing member {member.name!r}: {problem}")
                     total += member.size if member.isreg() else 0
                     if total > limits.extract_bytes:
-                        raise ArchiveError(f"{source}: its files hold more than {limits.extract_bytes} bytes; refused (raise max_extract_bytes if it is genuine)")
+                        raise ArchiveError(
+                            f"{source}: its files hold more than {limits.extract_bytes} bytes; refused (raise "
+                            "max_extract_bytes if it is genuine)"
+                        )
                     if not visit(tar, member):
                         return
             # tarfile stops at the end-of-archive block; reading on to the gzip trailer checks its
@@ -162,7 +176,9 @@ def _walk(archive: Path, limits: Limits, visit: Callable[[tarfile.TarFile, tarfi
                 pass
     # Every way the stream can fail to be an archive, each named by the error that shows it.
     except gzip.BadGzipFile as exc:  # no gzip magic, or a damaged header or trailer
-        raise _unreadable(source, "not a gzip-compressed tar archive" if "Not a gzipped file" in str(exc) else _CORRUPT, exc) from None
+        raise _unreadable(
+            source, "not a gzip-compressed tar archive" if "Not a gzipped file" in str(exc) else _CORRUPT, exc
+        ) from None
     except EOFError as exc:  # the gzip stream stops before its end-of-stream marker
         raise _unreadable(source, _TRUNCATED, exc) from None
     except zlib.error as exc:
@@ -173,14 +189,18 @@ def _walk(archive: Path, limits: Limits, visit: Callable[[tarfile.TarFile, tarfi
 
 
 def read_member(archive: Path, name: str, limits: Limits) -> bytes | None:
-    """The content of the regular file ``name`` in ``archive`` (at most ``limits.json_bytes``), read in memory; None if absent."""
+    """The content of the regular file ``name`` in ``archive`` (at most ``limits.json_bytes``), read in memory;
+    None if absent."""
     found: list[bytes] = []
 
     def visit(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bool:
         if not member.isreg() or PurePosixPath(member.name) != PurePosixPath(name):
             return True
         if member.size > limits.json_bytes:
-            raise ArchiveError(f"{archive}: {name} is larger than {limits.json_bytes} bytes; refused (raise max_json_bytes if it is genuine)")
+            raise ArchiveError(
+                f"{archive}: {name} is larger than {limits.json_bytes} bytes; refused (raise max_json_bytes if it is "
+                "genuine)"
+            )
         handle = tar.extractfile(member)
         found.append(handle.read() if handle else b"")
         return False
@@ -227,12 +247,16 @@ def fetch_job(store: RunStore, run_id: str, job: str, dest: Path) -> Path:
     """
     layout = store.layout(run_id)
     with staged(dest) as stage:
-        for key, folder, required in ((layout.model_key(job), "model", True), (layout.output_data_key(job), "output-data", False)):
+        for key, folder, required in (
+            (layout.model_key(job), "model", True),
+            (layout.output_data_key(job), "output-data", False),
+        ):
             archive = store.file(key, stage / PurePosixPath(key).relative_to(layout.run_id))
             if archive is not None:
                 safe_extract(archive, stage / folder, store.limits, store.source(key))
             elif required:
                 raise RunNotFoundError(
-                    f"job {job} has no results at {store.source(key)} (still running, or failed: roadsense-launch status {run_id})"
+                    f"job {job} has no results at {store.source(key)} (still running, or failed: roadsense-launch "
+                    f"status {run_id})"
                 )
     return dest / "model"

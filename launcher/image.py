@@ -34,7 +34,10 @@ def _run(argv: list[str], stdin: str | None = None) -> None:
     try:
         subprocess.run(argv, input=stdin, text=True, check=True)
     except FileNotFoundError:
-        raise LaunchError(f"{argv[0]} is not installed", "install docker or podman, or build in CodeBuild (roadsense-launch without --builder local)") from None
+        raise LaunchError(
+            f"{argv[0]} is not installed",
+            "install docker or podman, or build in CodeBuild (roadsense-launch without --builder local)",
+        ) from None
     except subprocess.CalledProcessError as exc:
         raise BuildError(f"{' '.join(argv[:2])} failed with exit code {exc.returncode} (its output is above)") from None
 

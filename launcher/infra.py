@@ -42,10 +42,19 @@ BUDGET_TEMPLATE = INFRA_DIR / "budget.yaml"
 
 # Stack states from which a change set cannot proceed, with the fix for each.
 _BLOCKED_STATES = {
-    "ROLLBACK_COMPLETE": "its first create failed and rolled back; run `roadsense-launch infra delete`, then deploy again",
-    "ROLLBACK_FAILED": "its first create failed and could not roll back; run `roadsense-launch infra delete`, then deploy again",
-    "DELETE_FAILED": "a delete failed; see the stack events in the CloudFormation console, then run `roadsense-launch infra delete` again",
-    "UPDATE_ROLLBACK_FAILED": "an update could not roll back; run `aws cloudformation continue-update-rollback --stack-name {stack}`",
+    "ROLLBACK_COMPLETE": (
+        "its first create failed and rolled back; run `roadsense-launch infra delete`, then deploy again"
+    ),
+    "ROLLBACK_FAILED": (
+        "its first create failed and could not roll back; run `roadsense-launch infra delete`, then deploy again"
+    ),
+    "DELETE_FAILED": (
+        "a delete failed; see the stack events in the CloudFormation console, then run `roadsense-launch infra delete` "
+        "again"
+    ),
+    "UPDATE_ROLLBACK_FAILED": (
+        "an update could not roll back; run `aws cloudformation continue-update-rollback --stack-name {stack}`"
+    ),
 }
 _NO_CHANGES = ("didn't contain changes", "No updates are to be performed")
 _WAIT = {"Delay": 5, "MaxAttempts": 720}  # poll every 5 s for up to an hour
@@ -66,19 +75,37 @@ def budget_stack_name(stack_name: str) -> str:
     return f"{stack_name}-budget"
 
 
-def deploy(session: boto3.Session, stack_name: str, *, source_repo: str | None = None, alert_email: str | None = None,
-           budget_usd: int | None = None, bucket: str | None = None, parameters: dict[str, str] | None = None) -> None:
+def deploy(
+    session: boto3.Session,
+    stack_name: str,
+    *,
+    source_repo: str | None = None,
+    alert_email: str | None = None,
+    budget_usd: int | None = None,
+    bucket: str | None = None,
+    parameters: dict[str, str] | None = None,
+) -> None:
     """Create or update both stacks, wait for them, and print the training stack's outputs.
 
     The options are template parameters (``parameters``: any other of infra/roadsense.yaml); those
     not given (None) keep their current value on an update.
     """
-    main = StackSpec(stack_name, MAIN_TEMPLATE, _given({"SourceRepositoryUrl": source_repo, "BucketName": bucket, **(parameters or {})}),
-                     required={"SourceRepositoryUrl": "--source-repo"})
-    budget = StackSpec(budget_stack_name(stack_name), BUDGET_TEMPLATE,
-                       _given({"AlertEmail": alert_email, "BudgetAmountUsd": None if budget_usd is None else str(budget_usd)}),
-                       required={"AlertEmail": "--alert-email"})
-    plan = [(session.client("cloudformation"), main), (session.client("cloudformation", region_name=BUDGET_REGION), budget)]
+    main = StackSpec(
+        stack_name,
+        MAIN_TEMPLATE,
+        _given({"SourceRepositoryUrl": source_repo, "BucketName": bucket, **(parameters or {})}),
+        required={"SourceRepositoryUrl": "--source-repo"},
+    )
+    budget = StackSpec(
+        budget_stack_name(stack_name),
+        BUDGET_TEMPLATE,
+        _given({"AlertEmail": alert_email, "BudgetAmountUsd": None if budget_usd is None else str(budget_usd)}),
+        required={"AlertEmail": "--alert-email"},
+    )
+    plan = [
+        (session.client("cloudformation"), main),
+        (session.client("cloudformation", region_name=BUDGET_REGION), budget),
+    ]
     # Check both stacks before changing either, so a missing option never leaves half a deploy.
     current = [_deployable(client, spec) for client, spec in plan]
     for (client, spec), stack in zip(plan, current, strict=True):
@@ -90,11 +117,15 @@ def status(session: boto3.Session, stack_name: str) -> None:
     """Print both stacks' states and the training stack's outputs."""
     stack = describe_stack(session.client("cloudformation"), stack_name)
     if stack is None:
-        raise LaunchError(f"stack {stack_name!r} does not exist in {session.region_name}",
-                          "roadsense-launch infra deploy --source-repo URL --alert-email ADDRESS")
+        raise LaunchError(
+            f"stack {stack_name!r} does not exist in {session.region_name}",
+            "roadsense-launch infra deploy --source-repo URL --alert-email ADDRESS",
+        )
     budget = describe_stack(session.client("cloudformation", region_name=BUDGET_REGION), budget_stack_name(stack_name))
     console.print(f"{stack_name} ({session.region_name}): {stack['StackStatus']}")
-    console.print(f"{budget_stack_name(stack_name)} ({BUDGET_REGION}): {budget['StackStatus'] if budget else 'not deployed'}")
+    console.print(
+        f"{budget_stack_name(stack_name)} ({BUDGET_REGION}): {budget['StackStatus'] if budget else 'not deployed'}"
+    )
     _print_outputs(outputs_of(stack))
 
 
@@ -116,7 +147,10 @@ def delete(session: boto3.Session, stack_name: str, confirm: Callable[[str], Non
         client.delete_stack(StackName=name)
         _wait(client, "stack_delete_complete", name)
         console.print(f"{name}: deleted")
-    kept = [f"s3://{outputs[OUTPUT_BUCKET]}" if OUTPUT_BUCKET in outputs else "", outputs.get(OUTPUT_REPOSITORY_URI, "")]
+    kept = [
+        f"s3://{outputs[OUTPUT_BUCKET]}" if OUTPUT_BUCKET in outputs else "",
+        outputs.get(OUTPUT_REPOSITORY_URI, ""),
+    ]
     if any(kept):
         console.print(f"Kept (delete them yourself once they are not needed): {escape(' '.join(k for k in kept if k))}")
 
@@ -137,11 +171,16 @@ def _deployable(client: Any, spec: StackSpec) -> dict[str, Any] | None:
     if state in _BLOCKED_STATES:
         raise AwsError(f"stack {spec.name!r} is {state}", _BLOCKED_STATES[state].format(stack=spec.name))
     if state.endswith("_IN_PROGRESS") and not _creating(stack):
-        raise AwsError(f"stack {spec.name!r} is busy ({state})", "wait for it to finish (roadsense-launch infra status), then deploy again")
+        raise AwsError(
+            f"stack {spec.name!r} is busy ({state})",
+            "wait for it to finish (roadsense-launch infra status), then deploy again",
+        )
     missing = [key for key in spec.required if _creating(stack) and key not in spec.parameters]
     if missing:
         options = " ".join(f"{spec.required[key]} ..." for key in missing)
-        raise LaunchError(f"creating stack {spec.name!r} needs {', '.join(missing)}", f"roadsense-launch infra deploy {options}")
+        raise LaunchError(
+            f"creating stack {spec.name!r} needs {', '.join(missing)}", f"roadsense-launch infra deploy {options}"
+        )
     return stack
 
 
@@ -178,7 +217,10 @@ def _deploy(client: Any, spec: StackSpec, stack: dict[str, Any] | None) -> None:
             client.delete_change_set(ChangeSetName=change_set)
             console.print(f"{spec.name}: no changes")
             return
-        raise AwsError(f"CloudFormation rejected the change set for {spec.name!r}: {reason}", "correct the template or parameters named above") from None
+        raise AwsError(
+            f"CloudFormation rejected the change set for {spec.name!r}: {reason}",
+            "correct the template or parameters named above",
+        ) from None
 
     console.print(f"{spec.name}: {'creating' if creating else 'updating'} ...")
     client.execute_change_set(ChangeSetName=change_set)
@@ -191,7 +233,10 @@ def _wait(client: Any, waiter: str, stack_name: str) -> None:
     try:
         client.get_waiter(waiter).wait(StackName=stack_name, WaiterConfig=_WAIT)
     except botocore.exceptions.WaiterError:
-        raise AwsError(f"stack {stack_name!r} failed: {_first_failure(client, stack_name)}", "fix the cause above; `roadsense-launch infra status` shows the state") from None
+        raise AwsError(
+            f"stack {stack_name!r} failed: {_first_failure(client, stack_name)}",
+            "fix the cause above; `roadsense-launch infra status` shows the state",
+        ) from None
 
 
 def _first_failure(client: Any, stack_name: str) -> str:

@@ -111,7 +111,9 @@ class LogReader:
     def read_new(self) -> list[str]:
         """Lines written since the last call; [] while the job has not started logging."""
         try:
-            streams = self._logs.describe_log_streams(logGroupName=LOG_GROUP, logStreamNamePrefix=f"{self._job}/")["logStreams"]
+            streams = self._logs.describe_log_streams(logGroupName=LOG_GROUP, logStreamNamePrefix=f"{self._job}/")[
+                "logStreams"
+            ]
         except botocore.exceptions.ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
                 return []
@@ -163,8 +165,13 @@ def follow_job(
 def follow_with_progress(session: boto3.Session, name: str, show_progress: bool = True) -> JobStatus:
     """:func:`follow_job` with every log line printed above a progress bar of the training timesteps."""
     with display.MetricProgress(name, enabled=show_progress) as bar:
-        return follow_job(session.client("sagemaker"), session.client("logs"), name, bar.on_line,
-                          on_status=lambda s: bar.on_status(f"{s.status} / {s.secondary_status}"))
+        return follow_job(
+            session.client("sagemaker"),
+            session.client("logs"),
+            name,
+            bar.on_line,
+            on_status=lambda s: bar.on_status(f"{s.status} / {s.secondary_status}"),
+        )
 
 
 def print_log(logs: Any, name: str) -> None:
@@ -173,4 +180,9 @@ def print_log(logs: Any, name: str) -> None:
     for line in lines:
         print(display.printable(line))
     if not lines:
-        display.errors.print(f"{name} has no log lines yet (it writes them once its instance has started)", markup=False, highlight=False, soft_wrap=True)
+        display.errors.print(
+            f"{name} has no log lines yet (it writes them once its instance has started)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )

@@ -71,10 +71,14 @@ def training_config(preset: str, sets: dict[str, str], instance_type: str) -> Pi
     """The pipeline config of the job, priced at the instance it runs on (for provenance and cost)."""
     overrides = {**sets, "instance_type": sets.get("instance_type", instance_type)}
     if overrides["instance_type"] != instance_type:
-        raise ConfigError(f"--set instance_type={overrides['instance_type']} differs from the launch instance {instance_type}; drop it")
+        raise ConfigError(
+            f"--set instance_type={overrides['instance_type']} differs from the launch instance {instance_type}; "
+            "drop it"
+        )
     if instance_type != CostConfig().instance_type and "instance_price_per_hour" not in sets:
         raise ConfigError(
-            f"the price of {instance_type} is not known; add --set instance_price_per_hour=<on-demand USD/h in the region>"
+            f"the price of {instance_type} is not known; add --set instance_price_per_hour=<on-demand USD/h in the "
+            "region>"
         )
     return PipelineConfig.from_overrides(preset, overrides)
 
@@ -89,7 +93,9 @@ def check_launch(options: LaunchOptions, settings: LaunchSettings) -> tuple[Pipe
     return config, cost
 
 
-def plan(options: LaunchOptions, settings: LaunchSettings, role_arn: str, image_uri: str, commit: str) -> tuple[dict[str, Any], CostEstimate | None]:
+def plan(
+    options: LaunchOptions, settings: LaunchSettings, role_arn: str, image_uri: str, commit: str
+) -> tuple[dict[str, Any], CostEstimate | None]:
     """The validated CreateTrainingJob request and the cost estimate; touches nothing."""
     config, cost = check_launch(options, settings)
     spec = JobSpec(
@@ -117,7 +123,8 @@ def refuse_overrun(options: LaunchOptions, cost: CostEstimate | None, max_runtim
     needed = math.ceil(cost.hours * 10) / 10
     raise aws.LaunchError(
         f"the run is estimated to take ~{cost.hours:.1f} h on {cost.instance_type} "
-        f"(~{cost.steps_per_second:.0f} steps/s, roadsense/estimate.py), more than the max runtime of {max_runtime_s / 3600:.1f} h",
+        f"(~{cost.steps_per_second:.0f} steps/s, roadsense/estimate.py), more than the max runtime of "
+        f"{max_runtime_s / 3600:.1f} h",
         f"raise --max-runtime-hours to at least {needed:.1f}, or lower total_timesteps (--set total_timesteps=N), "
         "or pass --allow-overrun to launch anyway",
     )
@@ -174,7 +181,13 @@ def plan_cloud(options: LaunchOptions, settings: LaunchSettings, session: boto3.
         verify_or_raise(options.dataset)
     checked = aws.preflight(session, settings, check_image=True)
     commit = git_commit()
-    request, cost = plan(options, settings, checked.role_arn, checked.image_uri or _built_image_uri(settings, checked.account, commit), commit)
+    request, cost = plan(
+        options,
+        settings,
+        checked.role_arn,
+        checked.image_uri or _built_image_uri(settings, checked.account, commit),
+        commit,
+    )
     return CloudPlan(request, cost, build_image=checked.image_uri is None)
 
 
@@ -189,7 +202,11 @@ def prepare_cloud(planned: CloudPlan, options: LaunchOptions, settings: LaunchSe
         # Starting over: old checkpoints would otherwise be resumed by the container. Every key is
         # checked before the first is deleted, so a crafted one stops the launch with nothing deleted.
         pages = s3.get_paginator("list_objects_v2").paginate(Bucket=layout.bucket, Prefix=layout.checkpoints_key)
-        keys = [check_listed_key(layout.bucket, item["Key"], layout.checkpoints_key) for page in pages for item in page.get("Contents", [])]
+        keys = [
+            check_listed_key(layout.bucket, item["Key"], layout.checkpoints_key)
+            for page in pages
+            for item in page.get("Contents", [])
+        ]
         for key in keys:
             s3.delete_object(Bucket=layout.bucket, Key=key)
     if planned.build_image:
@@ -202,15 +219,19 @@ def _build_image(options: LaunchOptions, settings: LaunchSettings, session: boto
     """Build and push the image the planned request names (the commit's), with CodeBuild or here."""
     commit = planned.request["Environment"]["ROADSENSE_GIT_COMMIT"]
     if options.builder == "local":
-        local_name = image.build_locally(options.engine or "docker", commit, Path.cwd(), {"ROADSENSE_GIT_COMMIT": commit})
+        local_name = image.build_locally(
+            options.engine or "docker", commit, Path.cwd(), {"ROADSENSE_GIT_COMMIT": commit}
+        )
         pushed = image.push(session, options.engine or "docker", local_name, settings)
     else:
         pushed = image.build_with_codebuild(session, settings, commit)
     expected = planned.request["AlgorithmSpecification"]["TrainingImage"]
     if pushed != expected:
         # CodeBuild pushes to the stack's repository; the request names settings.ecr_repository.
-        raise BuildError(f"the build pushed {pushed}, but the job would run {expected}; set ecr_repository to the "
-                         "infra stack's repository (or pass --image-uri)")
+        raise BuildError(
+            f"the build pushed {pushed}, but the job would run {expected}; set ecr_repository to the "
+            "infra stack's repository (or pass --image-uri)"
+        )
 
 
 def _launch_cloud(options: LaunchOptions, settings: LaunchSettings) -> Launched:
@@ -221,13 +242,23 @@ def _launch_cloud(options: LaunchOptions, settings: LaunchSettings) -> Launched:
     jobs.create_job(session.client("sagemaker"), request)
     store = S3RunStore(session.client("s3"), settings.bucket, settings.limits)
     commit = request["Environment"]["ROADSENSE_GIT_COMMIT"]
-    record.write_record(store, options.run_id, record.add_attempt(
-        record.read_record(store, options.run_id), options.run_id, record.new_attempt(request, commit, "sagemaker")))
+    record.write_record(
+        store,
+        options.run_id,
+        record.add_attempt(
+            record.read_record(store, options.run_id), options.run_id, record.new_attempt(request, commit, "sagemaker")
+        ),
+    )
     cost = planned.cost
-    display.console.print(f"[bold]{name}[/] created for run {options.run_id}" + (f"; {cost.describe()}" if cost else ""))
+    display.console.print(
+        f"[bold]{name}[/] created for run {options.run_id}" + (f"; {cost.describe()}" if cost else "")
+    )
     # Never wrapped: a command and a URL to copy.
     display.console.print(f"  follow:  roadsense-launch logs {options.run_id} --follow", soft_wrap=True)
-    display.console.print(f"  console: https://{settings.region}.console.aws.amazon.com/sagemaker/home?region={settings.region}#/jobs/{name}", soft_wrap=True)
+    display.console.print(
+        f"  console: https://{settings.region}.console.aws.amazon.com/sagemaker/home?region={settings.region}#/jobs/{name}",
+        soft_wrap=True,
+    )
     if not options.wait:
         return Launched(options.run_id, name, request)
     final = jobs.follow_with_progress(session, name, options.show_progress)
@@ -249,13 +280,22 @@ def _launch_local(options: LaunchOptions, settings: LaunchSettings) -> Launched:
         _refuse_reuse(str(run_dir), options)
     if options.force:
         shutil.rmtree(run_dir / LOCAL_CHECKPOINTS, ignore_errors=True)
-    record.write_record(store, options.run_id, record.add_attempt(previous, options.run_id, record.new_attempt(request, commit, "local")))
+    record.write_record(
+        store,
+        options.run_id,
+        record.add_attempt(previous, options.run_id, record.new_attempt(request, commit, "local")),
+    )
     if cost:
         display.console.print(f"on SageMaker this would take {cost.describe()}")
     with display.MetricProgress(request["TrainingJobName"], enabled=options.show_progress) as bar:
         result = run_local(
-            run_dir, request, settings.container_command, options.dataset,
-            engine=options.engine, image=request["AlgorithmSpecification"]["TrainingImage"], on_line=bar.on_line,
+            run_dir,
+            request,
+            settings.container_command,
+            options.dataset,
+            engine=options.engine,
+            image=request["AlgorithmSpecification"]["TrainingImage"],
+            on_line=bar.on_line,
         )
     if result.status == "Completed":
         fetch_job(store, options.run_id, result.job_name, run_dir)
@@ -272,7 +312,9 @@ def publish_local_run(settings: LaunchSettings, run_id: str) -> bool:
     s3, run_dir = session.client("s3"), settings.runs_dir / run_id
     # Only what SageMaker would have put in S3: not the job's working folder, not the extracted results;
     # the checkpoints go where a cloud run's live, so a cloud --resume continues a local run.
-    upload_tree(s3, run_dir, layout.bucket, layout.prefix, exclude=(SAGEMAKER_ROOT, "model", "output-data", LOCAL_CHECKPOINTS))
+    upload_tree(
+        s3, run_dir, layout.bucket, layout.prefix, exclude=(SAGEMAKER_ROOT, "model", "output-data", LOCAL_CHECKPOINTS)
+    )
     if (run_dir / LOCAL_CHECKPOINTS).is_dir():
         upload_tree(s3, run_dir / LOCAL_CHECKPOINTS, layout.bucket, layout.checkpoints_key)
     display.console.print(f"published to {layout.uri()} and {layout.checkpoints_uri}")

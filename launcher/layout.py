@@ -59,7 +59,9 @@ def validate_run_id(run_id: str, max_length: int = RUN_ID_MAX) -> str:
     and not one of the bucket's :data:`RESERVED_PREFIXES`."""
     check_name(run_id, _RUN_ID, max_length, "run id", _RUN_ID_RULE)
     if run_id in RESERVED_PREFIXES:
-        raise RunIdError(f"run id {run_id!r} is reserved (the bucket keeps {run_id}/ for itself); choose another run id")
+        raise RunIdError(
+            f"run id {run_id!r} is reserved (the bucket keeps {run_id}/ for itself); choose another run id"
+        )
     return run_id
 
 

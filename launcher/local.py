@@ -51,7 +51,10 @@ def prepare(run_dir: Path, request: dict[str, Any], dataset: Path | None) -> Pat
     shutil.rmtree(root, ignore_errors=True)
     config = root / "input" / "config"
     _write_json(config / "hyperparameters.json", request["HyperParameters"])
-    _write_json(config / "resourceconfig.json", {"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "eth0"})
+    _write_json(
+        config / "resourceconfig.json",
+        {"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "eth0"},
+    )
     channels = {CHANNEL: {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated"}} if dataset else {}
     _write_json(config / "inputdataconfig.json", channels)
     if dataset:
@@ -75,7 +78,11 @@ def container_command(
         argv = [engine, "run", "--rm", "-v", f"{root.resolve()}:/opt/ml", *env_flags, str(image), "train"]
         return argv, dict(os.environ)
     program, *args = shlex.split(command)
-    return [_find_program(program), *args, "train"], {**os.environ, **environment, "ROADSENSE_SM_ROOT": str(root.resolve())}
+    return [_find_program(program), *args, "train"], {
+        **os.environ,
+        **environment,
+        "ROADSENSE_SM_ROOT": str(root.resolve()),
+    }
 
 
 def _find_program(program: str) -> str:
@@ -115,7 +122,9 @@ def run_local(
     argv, env = container_command(command, root, environment, engine, image)
     status, reason = "Failed", ""
     try:
-        process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        process = subprocess.Popen(
+            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
         assert process.stdout is not None
         for line in process.stdout:
             on_line(line.rstrip("\n"))

@@ -66,15 +66,18 @@ def check_listed_key(bucket: str, key: str, prefix: str) -> str:
     """``key`` if it lies under ``prefix`` with no '.' or '..' segment. Keys from a listing that the
     launcher acts on (deletes) must address exactly that object: AWS rejects dot segments in a
     request path and other clients or proxies may resolve them to another key."""
-    if not key.startswith(prefix) or any(part in (".", "..") for part in key[len(prefix):].split("/")):
+    if not key.startswith(prefix) or any(part in (".", "..") for part in key[len(prefix) :].split("/")):
         raise RemoteDataError(
-            f"s3://{bucket}/{key}: a '.' or '..' segment under {prefix}; refusing to act on it (remove it in the S3 console, then retry)"
+            f"s3://{bucket}/{key}: a '.' or '..' segment under {prefix}; refusing to act on it (remove it in the S3 "
+            "console, then retry)"
         )
     return key
 
 
 def _too_big(source: str, limit: int, setting: str) -> RemoteDataError:
-    return RemoteDataError(f"{source} is larger than {limit} bytes; refused (raise the {setting} setting if it is genuine)")
+    return RemoteDataError(
+        f"{source} is larger than {limit} bytes; refused (raise the {setting} setting if it is genuine)"
+    )
 
 
 def _copy(s3: Any, bucket: str, key: str, out: IO[bytes], max_bytes: int, setting: str) -> bool:
@@ -108,7 +111,8 @@ def _copy(s3: Any, bucket: str, key: str, out: IO[bytes], max_bytes: int, settin
 
 
 def download_file(s3: Any, bucket: str, key: str, path: Path, max_bytes: int, setting: str) -> bool:
-    """Download ``s3://bucket/key`` to ``path`` if it is at most ``max_bytes``; False (and no file) if there is no such object."""
+    """Download ``s3://bucket/key`` to ``path`` if it is at most ``max_bytes``; False (and no file) if there is no
+    such object."""
     with path.open("wb") as out:
         found = _copy(s3, bucket, key, out, max_bytes, setting)
     if not found:

@@ -46,9 +46,17 @@ def list_runs(store: RunStore) -> Report:
     """The runs in the store with their latest job, at most ``max_listed_runs`` of them."""
     names = store.top_level()
     limit = store.limits.listed_runs
-    warning = f"only the first {limit} runs are shown; raise the max_listed_runs setting to see more" if len(names) > limit else ""
-    return Report(f"runs in {store.where}", ["run id", "latest job", "mode", "launched", "attempts"],
-                  [_list_row(store, name) for name in names[:limit]], warning=warning)
+    warning = (
+        f"only the first {limit} runs are shown; raise the max_listed_runs setting to see more"
+        if len(names) > limit
+        else ""
+    )
+    return Report(
+        f"runs in {store.where}",
+        ["run id", "latest job", "mode", "launched", "attempts"],
+        [_list_row(store, name) for name in names[:limit]],
+        warning=warning,
+    )
 
 
 def _list_row(store: RunStore, name: str) -> tuple[str, str, str, str, int | str]:
@@ -71,7 +79,10 @@ def status(store: RunStore, sagemaker: SageMaker, run_id: str | None) -> Report:
     SageMaker's newest jobs."""
     if run_id is None:
         if isinstance(store, LocalRunStore):
-            raise LaunchError("status without a run id lists SageMaker's newest jobs", "give the local run's id; roadsense-launch --local list shows them")
+            raise LaunchError(
+                "status without a run id lists SageMaker's newest jobs",
+                "give the local run's id; roadsense-launch --local list shows them",
+            )
         return _jobs_report(jobs.list_jobs(sagemaker()))
     tuning_job = read_tuning(store, run_id)
     if tuning_job:
@@ -82,13 +93,18 @@ def status(store: RunStore, sagemaker: SageMaker, run_id: str | None) -> Report:
         # No job to ask: a local run completed if it left a model.tar.gz.
         if store.has(store.layout(run_id).model_key(name)):
             return _jobs_report([jobs.JobStatus(name, "Completed", "ran locally (--local)")])
-        return _jobs_report([jobs.JobStatus(name, "Failed", "ran locally (--local); no model.tar.gz: failed, stopped or still running")])
+        return _jobs_report(
+            [jobs.JobStatus(name, "Failed", "ran locally (--local); no model.tar.gz: failed, stopped or still running")]
+        )
     return _jobs_report([jobs.describe_job(sagemaker(), name)])
 
 
 def _jobs_report(statuses: list[jobs.JobStatus]) -> Report:
-    return Report("training jobs", _JOB_COLUMNS,
-                  [(s.name, s.status, s.secondary_status, s.failure_reason, s.created, s.billable_seconds) for s in statuses])
+    return Report(
+        "training jobs",
+        _JOB_COLUMNS,
+        [(s.name, s.status, s.secondary_status, s.failure_reason, s.created, s.billable_seconds) for s in statuses],
+    )
 
 
 def fetch(store: RunStore, sagemaker: SageMaker, run_id: str, dest: Path, job: str | None) -> str:
@@ -96,7 +112,9 @@ def fetch(store: RunStore, sagemaker: SageMaker, run_id: str, dest: Path, job: s
     best child (or of ``job``, one of its children); returns what was fetched, to show."""
     tuning_job = read_tuning(store, run_id)
     if tuning_job is None and job is not None:
-        raise LaunchError(f"run {run_id!r} is not a tuning job's parent, so --job does not apply", f"roadsense-launch fetch {run_id}")
+        raise LaunchError(
+            f"run {run_id!r} is not a tuning job's parent, so --job does not apply", f"roadsense-launch fetch {run_id}"
+        )
     if tuning_job is None:
         return f"results in {fetch_job(store, run_id, latest_attempt(store, run_id)['job_name'], dest)}"
     child = chosen_child(sagemaker(), tuning_job, job)

@@ -58,8 +58,16 @@ def model_trainer(
     """
     require_sdk()  # before any AWS call: a missing extra is the first thing to fix
     settings = settings or aws.with_stack_defaults(load_settings())
-    options = LaunchOptions(run_id=validate_run_id(run_id), preset=preset, sets=tuple(sets), dataset=dataset, spot=spot,
-                            resume=resume, force=force, network_isolation=network_isolation)
+    options = LaunchOptions(
+        run_id=validate_run_id(run_id),
+        preset=preset,
+        sets=tuple(sets),
+        dataset=dataset,
+        spot=spot,
+        resume=resume,
+        force=force,
+        network_isolation=network_isolation,
+    )
     session = aws.make_session(settings)
     try:
         planned = plan_cloud(options, settings, session)
@@ -82,13 +90,14 @@ def require_sdk() -> None:
 
 
 def trainer_for_request(request: dict[str, Any], sagemaker_session: Any) -> "ModelTrainer":
-    """``request`` (a validated CreateTrainingJob request from :func:`launcher.request.build_request`) as a ModelTrainer.
+    """``request`` (a validated CreateTrainingJob request, :func:`launcher.request.build_request`) as a ModelTrainer.
 
     Every field of the request is carried over; none is made up here. The job name becomes the
     trainer's base name (the run id's part), since the SDK names every job it creates.
     """
     require_sdk()
-    # The shapes, not training.configs' subclasses: those add defaults (CompressionType GZIP) the launcher does not send.
+    # The shapes, not training.configs' subclasses: those add defaults (CompressionType GZIP) the launcher does not
+    # send.
     from sagemaker.core.shapes import CheckpointConfig, OutputDataConfig
     from sagemaker.core.training.configs import (
         Channel,
@@ -102,16 +111,22 @@ def trainer_for_request(request: dict[str, Any], sagemaker_session: Any) -> "Mod
     )
     from sagemaker.train import ModelTrainer
 
-    algorithm, resources, stopping = request["AlgorithmSpecification"], request["ResourceConfig"], request["StoppingCondition"]
+    algorithm, resources, stopping = (
+        request["AlgorithmSpecification"],
+        request["ResourceConfig"],
+        request["StoppingCondition"],
+    )
     channels = [
         Channel(
             channel_name=channel["ChannelName"],
             input_mode=channel["InputMode"],
-            data_source=DataSource(s3_data_source=S3DataSource(
-                s3_data_type=channel["DataSource"]["S3DataSource"]["S3DataType"],
-                s3_uri=channel["DataSource"]["S3DataSource"]["S3Uri"],
-                s3_data_distribution_type=channel["DataSource"]["S3DataSource"]["S3DataDistributionType"],
-            )),
+            data_source=DataSource(
+                s3_data_source=S3DataSource(
+                    s3_data_type=channel["DataSource"]["S3DataSource"]["S3DataType"],
+                    s3_uri=channel["DataSource"]["S3DataSource"]["S3Uri"],
+                    s3_data_distribution_type=channel["DataSource"]["S3DataSource"]["S3DataDistributionType"],
+                )
+            ),
         )
         for channel in request.get("InputDataConfig", [])
     ]
@@ -122,19 +137,25 @@ def trainer_for_request(request: dict[str, Any], sagemaker_session: Any) -> "Mod
         training_image=algorithm["TrainingImage"],
         training_input_mode=algorithm["TrainingInputMode"],
         compute=Compute(
-            instance_type=resources["InstanceType"], instance_count=resources["InstanceCount"],
-            volume_size_in_gb=resources["VolumeSizeInGB"], enable_managed_spot_training=request["EnableManagedSpotTraining"],
+            instance_type=resources["InstanceType"],
+            instance_count=resources["InstanceCount"],
+            volume_size_in_gb=resources["VolumeSizeInGB"],
+            enable_managed_spot_training=request["EnableManagedSpotTraining"],
         ),
         stopping_condition=StoppingCondition(
-            max_runtime_in_seconds=stopping["MaxRuntimeInSeconds"], max_wait_time_in_seconds=stopping.get("MaxWaitTimeInSeconds"),
+            max_runtime_in_seconds=stopping["MaxRuntimeInSeconds"],
+            max_wait_time_in_seconds=stopping.get("MaxWaitTimeInSeconds"),
         ),
         networking=Networking(enable_network_isolation=request["EnableNetworkIsolation"]),
         output_data_config=OutputDataConfig(s3_output_path=request["OutputDataConfig"]["S3OutputPath"]),
-        checkpoint_config=CheckpointConfig(s3_uri=request["CheckpointConfig"]["S3Uri"], local_path=request["CheckpointConfig"]["LocalPath"]),
+        checkpoint_config=CheckpointConfig(
+            s3_uri=request["CheckpointConfig"]["S3Uri"], local_path=request["CheckpointConfig"]["LocalPath"]
+        ),
         environment=dict(request["Environment"]),
         hyperparameters=dict(request["HyperParameters"]),  # strings, which the SDK's safe_serialize sends as they are
         tags=[Tag(key=tag["Key"], value=tag["Value"]) for tag in request["Tags"]],
         input_data_config=channels or None,
     )
     return trainer.with_metric_definitions(
-        [MetricDefinition(name=m["Name"], regex=m["Regex"]) for m in algorithm["MetricDefinitions"]])
+        [MetricDefinition(name=m["Name"], regex=m["Regex"]) for m in algorithm["MetricDefinitions"]]
+    )

@@ -40,7 +40,9 @@ def outputs_of(stack: dict[str, Any]) -> dict[str, str]:
     return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
 
 
-def stack_outputs(session: boto3.Session, stack_name: str = DEFAULT_STACK, client_config: Config | None = None) -> dict[str, str]:
+def stack_outputs(
+    session: boto3.Session, stack_name: str = DEFAULT_STACK, client_config: Config | None = None
+) -> dict[str, str]:
     """The stack's outputs as ``{key: value}``; ``{}`` if the stack does not exist.
 
     ``client_config`` lets a caller that can do without the stack give up fast.

@@ -160,7 +160,10 @@ class LocalRunStore(RunStore):
             return []
         # Hidden folders are never runs (a fetch stages its files in one beside its destination). In the
         # order S3 lists prefixes (by key, "<name>/"), so both stores show and cut a listing alike.
-        names = sorted((p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda name: f"{name}/")
+        names = sorted(
+            (p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+            key=lambda name: f"{name}/",
+        )
         return [name for name in names if name not in RESERVED_PREFIXES][: self.limits.listed_runs + 1]
 
 

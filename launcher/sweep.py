@@ -100,7 +100,9 @@ def schedule(
 
 
 def sweep_record(parent: str, children: dict[str, dict[str, str]], preset: str) -> str:
-    return json.dumps({"parent_run_id": parent, "preset": preset, "children": children}, indent=2, sort_keys=True) + "\n"
+    return (
+        json.dumps({"parent_run_id": parent, "preset": preset, "children": children}, indent=2, sort_keys=True) + "\n"
+    )
 
 
 class _SweepRecord(BaseModel):
@@ -114,7 +116,9 @@ class _SweepRecord(BaseModel):
 
     @field_validator("children")
     @classmethod
-    def _children_of_the_parent(cls, children: dict[str, dict[str, str]], info: ValidationInfo) -> dict[str, dict[str, str]]:
+    def _children_of_the_parent(
+        cls, children: dict[str, dict[str, str]], info: ValidationInfo
+    ) -> dict[str, dict[str, str]]:
         parent = info.data.get("parent_run_id", "")
         stray = next((child for child in children if not re.fullmatch(re.escape(parent) + r"-\d{3}", child)), None)
         if stray is not None:
@@ -127,16 +131,28 @@ def parse_sweep(data: bytes, source: str) -> dict[str, Any]:
     return parse(_SweepRecord, data, source).model_dump()
 
 
-def run_sweep(template: LaunchOptions, settings: LaunchSettings, parent: str, seeds: list[int], sets: list[str],
-              max_parallel: int, poll_seconds: float) -> Report:
+def run_sweep(
+    template: LaunchOptions,
+    settings: LaunchSettings,
+    parent: str,
+    seeds: list[int],
+    sets: list[str],
+    max_parallel: int,
+    poll_seconds: float,
+) -> Report:
     """Launch one run of ``template`` per grid point, never more than ``max_parallel`` unfinished at once
     (local runs in threads; SageMaker jobs polled every ``poll_seconds``), and report how each ended."""
     points = grid(seeds, sets)
     children = dict(zip(child_run_ids(parent, len(points)), points, strict=True))
     options = [
-        dataclasses.replace(template, run_id=child, parent_run_id=parent, wait=False,
-                            sets=(*template.sets, *(f"{k}={v}" for k, v in point.items())),
-                            show_progress=template.local and max_parallel == 1)  # rich shows one live display at a time
+        dataclasses.replace(
+            template,
+            run_id=child,
+            parent_run_id=parent,
+            wait=False,
+            sets=(*template.sets, *(f"{k}={v}" for k, v in point.items())),
+            show_progress=template.local and max_parallel == 1,
+        )  # rich shows one live display at a time
         for child, point in children.items()
     ]
     for child_options in options:  # every child's config (and runtime) is valid before the first one starts
@@ -145,13 +161,24 @@ def run_sweep(template: LaunchOptions, settings: LaunchSettings, parent: str, se
     results: list[Launched]
     if template.local:
         with ThreadPoolExecutor(max_parallel) as pool:
-            handles: list[Future[Launched]] = schedule(options, lambda o: pool.submit(launch, o, settings), Future.done, max_parallel, 1.0)
+            handles: list[Future[Launched]] = schedule(
+                options, lambda o: pool.submit(launch, o, settings), Future.done, max_parallel, 1.0
+            )
         results = [handle.result() for handle in handles]
     else:
         sagemaker = aws.make_session(settings).client("sagemaker")
-        results = schedule(options, lambda o: launch(o, settings), lambda r: jobs.describe_job(sagemaker, r.job_name).terminal,
-                           max_parallel, poll_seconds)
-    return Report(f"sweep {parent}", ["run id", "job", "status", "failure"], [(r.run_id, r.job_name, r.status, r.failure_reason) for r in results])
+        results = schedule(
+            options,
+            lambda o: launch(o, settings),
+            lambda r: jobs.describe_job(sagemaker, r.job_name).terminal,
+            max_parallel,
+            poll_seconds,
+        )
+    return Report(
+        f"sweep {parent}",
+        ["run id", "job", "status", "failure"],
+        [(r.run_id, r.job_name, r.status, r.failure_reason) for r in results],
+    )
 
 
 def _write_sweep(settings: LaunchSettings, parent: str, text: str, local: bool) -> None:

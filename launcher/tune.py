@@ -61,7 +61,13 @@ _NOT_IN_DEFINITION = frozenset({"TrainingJobName", "HyperParameters", "Tags"})
 
 def validate_tuning_job_name(name: str) -> str:
     """``name`` if it is a legal tuning job name (read back from tuning.json, it names AWS resources)."""
-    return check_name(name, _TUNING_JOB_NAME, 32, "tuning job name", "letters, digits or '-', starting and ending with a letter or digit")
+    return check_name(
+        name,
+        _TUNING_JOB_NAME,
+        32,
+        "tuning job name",
+        "letters, digits or '-', starting and ending with a letter or digit",
+    )
 
 
 TuningJobName = Annotated[str, AfterValidator(validate_tuning_job_name)]
@@ -85,8 +91,12 @@ class ParamRange:
 
     def to_api(self) -> dict[str, str]:
         spell = (lambda v: str(int(v))) if self.integer else repr
-        return {"Name": self.key, "MinValue": spell(self.low), "MaxValue": spell(self.high),
-                "ScalingType": "Logarithmic" if self.log else "Linear"}
+        return {
+            "Name": self.key,
+            "MinValue": spell(self.low),
+            "MaxValue": spell(self.high),
+            "ScalingType": "Logarithmic" if self.log else "Linear",
+        }
 
 
 def _number_type(key: str) -> type | None:
@@ -105,14 +115,20 @@ def parse_range(text: str, preset: str, sets: dict[str, str], source: str = "--r
     key, sep, bounds = text.partition("=")
     parts = bounds.split(":")
     if not sep or len(parts) not in (2, 3) or (len(parts) == 3 and parts[2].strip() != "log"):
-        raise ConfigError(f"{where}: expected key=low:high or key=low:high:log, e.g. --range learning_rate=1e-5:1e-3:log")
+        raise ConfigError(
+            f"{where}: expected key=low:high or key=low:high:log, e.g. --range learning_rate=1e-5:1e-3:log"
+        )
     try:
-        key = next(iter(parse_set_options([f"{key.strip()}=0"])))  # the config's check: unknown keys get a "did you mean"
+        key = next(
+            iter(parse_set_options([f"{key.strip()}=0"]))
+        )  # the config's check: unknown keys get a "did you mean"
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     kind = _number_type(key)
     if kind is None:
-        raise ConfigError(f"{where}: {key} is not a number setting; tune int or float settings and give the others with --set")
+        raise ConfigError(
+            f"{where}: {key} is not a number setting; tune int or float settings and give the others with --set"
+        )
     try:
         low, high = (_bound(part, kind) for part in parts[:2])
     except ValueError:  # json.JSONDecodeError is one
@@ -183,8 +199,14 @@ def tuning_request(training: dict[str, Any], options: TuningOptions, name: str) 
         "HyperParameterTuningJobName": name,
         "HyperParameterTuningJobConfig": {
             "Strategy": "Bayesian",
-            "HyperParameterTuningJobObjective": {"Type": "Maximize", "MetricName": OBJECTIVES.get(options.objective, options.objective)},
-            "ResourceLimits": {"MaxNumberOfTrainingJobs": options.max_jobs, "MaxParallelTrainingJobs": options.max_parallel_jobs},
+            "HyperParameterTuningJobObjective": {
+                "Type": "Maximize",
+                "MetricName": OBJECTIVES.get(options.objective, options.objective),
+            },
+            "ResourceLimits": {
+                "MaxNumberOfTrainingJobs": options.max_jobs,
+                "MaxParallelTrainingJobs": options.max_parallel_jobs,
+            },
             "ParameterRanges": {
                 "IntegerParameterRanges": [r.to_api() for r in options.ranges if r.integer],
                 "ContinuousParameterRanges": [r.to_api() for r in options.ranges if not r.integer],
@@ -224,10 +246,14 @@ def tuning_problems(request: dict[str, Any], options: TuningOptions) -> list[str
         problems.append(f"--max-parallel-jobs {options.max_parallel_jobs}: 1..--max-jobs ({options.max_jobs})")
     static = request["TrainingJobDefinition"]["StaticHyperParameters"]
     if options.objective == VAL_TAG and "val_every" not in keys and static.get("val_every") == "0":
-        problems.append("objective val: val_every is 0, so no [val] line is printed; drop --set val_every=0 or use --objective eval")
+        problems.append(
+            "objective val: val_every is 0, so no [val] line is printed; drop --set val_every=0 or use --objective eval"
+        )
     if options.early_stopping and options.objective == EVAL_TAG:
         # Early stopping compares a child's objective during training with the others'; eval is printed only at the end.
-        problems.append("early stopping needs an objective reported during training: use --objective val, or --no-early-stopping")
+        problems.append(
+            "early stopping needs an objective reported during training: use --objective val, or --no-early-stopping"
+        )
     return problems
 
 
@@ -242,13 +268,20 @@ class _TuningRecord(BaseModel):
 
 
 def tuning_record(parent: str, request: dict[str, Any]) -> str:
-    return json.dumps({
-        "parent_run_id": parent,
-        "tuning_job_name": request["HyperParameterTuningJobName"],
-        "git_commit": request["TrainingJobDefinition"]["Environment"]["ROADSENSE_GIT_COMMIT"],
-        "launched_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "request": request,
-    }, indent=2, sort_keys=True) + "\n"
+    return (
+        json.dumps(
+            {
+                "parent_run_id": parent,
+                "tuning_job_name": request["HyperParameterTuningJobName"],
+                "git_commit": request["TrainingJobDefinition"]["Environment"]["ROADSENSE_GIT_COMMIT"],
+                "launched_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "request": request,
+            },
+            indent=2,
+            sort_keys=True,
+        )
+        + "\n"
+    )
 
 
 def parse_tuning(data: bytes, source: str) -> dict[str, Any]:
@@ -278,7 +311,8 @@ def list_children(sagemaker: Any, tuning_job: str) -> list[Child]:
     """The tuning job's training jobs, best objective first (jobs without one last). Their names become
     S3 keys and paths, so each passes the job-name check."""
     pages = sagemaker.get_paginator("list_training_jobs_for_hyper_parameter_tuning_job").paginate(
-        HyperParameterTuningJobName=tuning_job, SortBy="FinalObjectiveMetricValue", SortOrder="Descending")
+        HyperParameterTuningJobName=tuning_job, SortBy="FinalObjectiveMetricValue", SortOrder="Descending"
+    )
     children = [
         Child(
             job_name=validate_job_name(summary["TrainingJobName"]),
@@ -300,7 +334,8 @@ def best_child(sagemaker: Any, tuning_job: str) -> str | None:
 
 
 def dry_run_tuning(options: LaunchOptions, settings: LaunchSettings, tuning: TuningOptions) -> dict[str, Any]:
-    """The request ``tune`` would send; AWS is read (never written) only for what was not given, as in a dry-run launch."""
+    """The request ``tune`` would send; AWS is read (never written) only for what was not given, as in a dry-run
+    launch."""
     training, _ = dry_run_request(options, settings)
     return tuning_request(training, tuning, tuning_job_name(options.run_id))
 
@@ -318,16 +353,31 @@ def launch_tuning(options: LaunchOptions, settings: LaunchSettings, tuning: Tuni
     return request
 
 
-def tuning_options(template: LaunchOptions, ranges: list[str], ranges_file: Path | None, objective: str,
-                   max_jobs: int, max_parallel_jobs: int, early_stopping: bool) -> TuningOptions:
+def tuning_options(
+    template: LaunchOptions,
+    ranges: list[str],
+    ranges_file: Path | None,
+    objective: str,
+    max_jobs: int,
+    max_parallel_jobs: int,
+    early_stopping: bool,
+) -> TuningOptions:
     """The search ``tune`` asks for: each ``--range`` (and each of ``ranges_file``) checked against the config
     of the launch flags, which must start a new SageMaker job."""
     if template.local or template.resume or template.wait:
-        raise aws.LaunchError("tune runs on SageMaker and starts a new search",
-                              "drop --local, --resume and --wait; follow it with roadsense-launch status PARENT")
+        raise aws.LaunchError(
+            "tune runs on SageMaker and starts a new search",
+            "drop --local, --resume and --wait; follow it with roadsense-launch status PARENT",
+        )
     sets = parse_set_options(list(template.sets))
     texts = [*ranges, *(ranges_from_file(ranges_file) if ranges_file else [])]
-    return TuningOptions(tuple(parse_range(text, template.preset, sets) for text in texts), objective, max_jobs, max_parallel_jobs, early_stopping)
+    return TuningOptions(
+        tuple(parse_range(text, template.preset, sets) for text in texts),
+        objective,
+        max_jobs,
+        max_parallel_jobs,
+        early_stopping,
+    )
 
 
 def chosen_child(sagemaker: Any, tuning_job: str, job: str | None) -> str:
@@ -339,7 +389,9 @@ def chosen_child(sagemaker: Any, tuning_job: str, job: str | None) -> str:
         return best
     names = [child.job_name for child in list_children(sagemaker, tuning_job)]
     if job not in names:
-        raise RunNotFoundError(f"--job {job!r} is not a child of tuning job {tuning_job}; its children: {', '.join(names) or 'none yet'}")
+        raise RunNotFoundError(
+            f"--job {job!r} is not a child of tuning job {tuning_job}; its children: {', '.join(names) or 'none yet'}"
+        )
     return job
 
 
@@ -347,8 +399,20 @@ def tuning_report(sagemaker: Any, tuning_job: str) -> Report:
     """The tuning job's state and its children, best objective first."""
     described = sagemaker.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=tuning_job)
     objective = described["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"]["MetricName"]
-    rows = [(c.job_name, c.status, "" if c.objective is None else f"{c.objective:.4g}", " ".join(f"{k}={v}" for k, v in c.tuned.items()), c.failure_reason)
-            for c in list_children(sagemaker, tuning_job)]
+    rows = [
+        (
+            c.job_name,
+            c.status,
+            "" if c.objective is None else f"{c.objective:.4g}",
+            " ".join(f"{k}={v}" for k, v in c.tuned.items()),
+            c.failure_reason,
+        )
+        for c in list_children(sagemaker, tuning_job)
+    ]
     reason = described.get("FailureReason")
-    return Report(f"tuning job {tuning_job}: {described['HyperParameterTuningJobStatus']}", ["job", "status", objective, "settings", "failure"],
-                  rows, warning=f"{tuning_job}: {reason}" if reason else "")
+    return Report(
+        f"tuning job {tuning_job}: {described['HyperParameterTuningJobStatus']}",
+        ["job", "status", objective, "settings", "failure"],
+        rows,
+        warning=f"{tuning_job}: {reason}" if reason else "",
+    )

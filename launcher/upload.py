@@ -59,7 +59,9 @@ def upload_tree(
     ``exclude`` names top-level entries of ``folder`` to leave out.
     """
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).parts[0] not in exclude)
-    transfer = TransferConfig(multipart_threshold=multipart_threshold, multipart_chunksize=max(multipart_threshold, 5 * 1024 * 1024))
+    transfer = TransferConfig(
+        multipart_threshold=multipart_threshold, multipart_chunksize=max(multipart_threshold, 5 * 1024 * 1024)
+    )
     result = UploadResult()
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
     with Progress(*columns, disable=not show_progress, transient=True) as progress:
@@ -72,7 +74,9 @@ def upload_tree(
                 progress.advance(task, path.stat().st_size)
                 continue
             s3.upload_file(
-                str(path), bucket, key,
+                str(path),
+                bucket,
+                key,
                 ExtraArgs={"Metadata": {SHA256_METADATA: digest}},
                 Config=transfer,
                 Callback=lambda sent: progress.advance(task, sent),

@@ -30,13 +30,24 @@ from roadsense.scenarios.dataset import DatasetError
 @pytest.mark.parametrize(
     ("error", "kind"),
     [
-        (aws.LaunchError, UserError), (RunIdError, UserError), (RemoteDataError, UserError), (ArchiveError, UserError),
-        (DestinationError, UserError), (RunNotFoundError, UserError), (SettingsError, UserError), (RequestError, UserError),
-        (ConfigError, UserError), (DatasetError, UserError),
-        (aws.AwsError, RunFailed), (BuildError, RunFailed), (JobFailed, RunFailed),
+        (aws.LaunchError, UserError),
+        (RunIdError, UserError),
+        (RemoteDataError, UserError),
+        (ArchiveError, UserError),
+        (DestinationError, UserError),
+        (RunNotFoundError, UserError),
+        (SettingsError, UserError),
+        (RequestError, UserError),
+        (ConfigError, UserError),
+        (DatasetError, UserError),
+        (aws.AwsError, RunFailed),
+        (BuildError, RunFailed),
+        (JobFailed, RunFailed),
     ],
 )
-def test_every_launcher_error_is_a_user_error_or_a_failed_run(error: type[RoadsenseError], kind: type[RoadsenseError]) -> None:
+def test_every_launcher_error_is_a_user_error_or_a_failed_run(
+    error: type[RoadsenseError], kind: type[RoadsenseError]
+) -> None:
     assert issubclass(error, kind) and error.exit_code == (2 if kind is UserError else 1)
 
 
@@ -46,8 +57,12 @@ def test_builtin_bases_stay_for_callers_that_catch_them(error: type[Exception]) 
 
 
 def test_botocore_errors_become_aws_errors_or_a_fix_for_a_profile() -> None:
-    refused = botocore.exceptions.ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no."}}, "CreateChangeSet")
-    assert isinstance(aws.translate(refused), aws.AwsError) and str(aws.translate(refused)).startswith("AWS denied access: no. Fix:")
+    refused = botocore.exceptions.ClientError(
+        {"Error": {"Code": "AccessDeniedException", "Message": "no."}}, "CreateChangeSet"
+    )
+    assert isinstance(aws.translate(refused), aws.AwsError) and str(aws.translate(refused)).startswith(
+        "AWS denied access: no. Fix:"
+    )
     assert isinstance(aws.translate(botocore.exceptions.EndpointConnectionError(endpoint_url="http://x")), aws.AwsError)
     assert isinstance(aws.translate(botocore.exceptions.ProfileNotFound(profile="p")), aws.LaunchError)
     mine = RunNotFoundError("gone")
@@ -69,12 +84,18 @@ def local_app(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[str]:
         (RunNotFoundError("run 'x' has no launch record"), 2, "error: run 'x' has no launch record\n"),
         (aws.LaunchError("a problem", "the fix"), 2, "error: a problem. Fix: the fix\n"),
         (JobFailed("job-1 Failed: boom"), 1, "error: job-1 Failed: boom\n"),
-        (botocore.exceptions.ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "ListObjectsV2"),
-         1, "error: AWS is throttling requests. Fix: wait a minute and retry\n"),
+        (
+            botocore.exceptions.ClientError(
+                {"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "ListObjectsV2"
+            ),
+            1,
+            "error: AWS is throttling requests. Fix: wait a minute and retry\n",
+        ),
     ],
 )
 def test_the_app_prints_one_line_and_exits_with_the_errors_code(
-        local_app: list[str], monkeypatch: pytest.MonkeyPatch, raised: Exception, code: int, line: str) -> None:
+    local_app: list[str], monkeypatch: pytest.MonkeyPatch, raised: Exception, code: int, line: str
+) -> None:
     def fail(store: object) -> None:
         raise raised
 
@@ -94,4 +115,8 @@ def test_a_bug_keeps_its_traceback(local_app: list[str], monkeypatch: pytest.Mon
 
 def test_a_bad_run_id_is_refused_while_the_command_line_is_parsed(local_app: list[str]) -> None:
     result = CliRunner().invoke(app, [*local_app, "status", "a/b"])
-    assert result.exit_code == 2 and result.stderr.startswith("error: run id 'a/b': use 1-40 letters") and result.stderr.count("\n") == 1
+    assert (
+        result.exit_code == 2
+        and result.stderr.startswith("error: run id 'a/b': use 1-40 letters")
+        and result.stderr.count("\n") == 1
+    )

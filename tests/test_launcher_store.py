@@ -52,8 +52,11 @@ def _output_archive() -> bytes:
 def _completed(run_id: str, overall: dict[str, Any], attempts: int = 1) -> dict[str, bytes]:
     """The keys a finished local run leaves: its record and its job's two archives."""
     output = f"{run_id}/output/{_job(run_id)}/output"
-    return {f"{run_id}/launch.json": _record(run_id, attempts), f"{output}/model.tar.gz": metrics_archive(overall),
-            f"{output}/output.tar.gz": _output_archive()}
+    return {
+        f"{run_id}/launch.json": _record(run_id, attempts),
+        f"{output}/model.tar.gz": metrics_archive(overall),
+        f"{output}/output.tar.gz": _output_archive(),
+    }
 
 
 # Two runs (one completed on its second attempt, one without results), a sweep with a finished and a
@@ -94,7 +97,9 @@ def test_list_shows_the_same_runs(stores: list[RunStore]) -> None:
     rows = {row[0]: row[1:] for row in _rows(s3_report)}
     assert _rows(local_report) == _rows(s3_report)
     assert rows["r1"] == (_job("r1"), "local", LAUNCHED, "2") and rows["r2"][3] == "1"
-    assert rows["grid"][0] == "(sweep: compare grid)" and rows["not a run"][0].startswith("(ignored: run id 'not a run'")
+    assert rows["grid"][0] == "(sweep: compare grid)" and rows["not a run"][0].startswith(
+        "(ignored: run id 'not a run'"
+    )
     assert "checkpoints" not in rows  # the bucket's own prefix, never a run
 
 
