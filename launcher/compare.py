@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, create_model
 
 from launcher.display import Report
 from launcher.fetch import RunNotFoundError, read_member
+from launcher.jobs import SageMaker
 from launcher.record import latest_job, read_record
 from launcher.remote import Limits, parse
 from launcher.store import RunStore
@@ -116,7 +117,7 @@ def compare_cells(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]
     return columns, cells
 
 
-def compare(store: RunStore, sagemaker: Callable[[], Any], parent: str) -> Report:
+def compare(store: RunStore, sagemaker: SageMaker, parent: str) -> Report:
     """The table of ``parent``'s children: a sweep's runs, else a tuning job's training jobs (listed by the
     client ``sagemaker()`` makes); a child without results yet has empty cells."""
     layout = store.layout(parent)

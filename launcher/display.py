@@ -103,6 +103,7 @@ class Report:
 
 
 def show(report: Report) -> None:
+    """The table on stdout, the legend under it, the warning as one line on stderr."""
     console.print(table(report.title, report.columns, report.rows))
     if report.legend:
         console.print(report.legend)

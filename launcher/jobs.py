@@ -15,6 +15,8 @@ from roadsense.errors import RunFailed
 
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 TERMINAL = ("Completed", "Failed", "Stopped")
+# Makes a SageMaker client when called: commands that may not need one (a local run) connect only if they do.
+SageMaker = Callable[[], Any]
 UNSUCCESSFUL = ("Failed", "Stopped")
 
 

@@ -11,7 +11,7 @@ ran there.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from launcher import jobs
 from launcher.aws import LaunchError
@@ -22,7 +22,6 @@ from launcher.store import LocalRunStore, RunStore
 from launcher.tune import chosen_child, read_tuning, tuning_report
 from roadsense.errors import UserError
 
-SageMaker = Callable[[], Any]  # makes a SageMaker client: only a command that needs one connects
 _JOB_COLUMNS = ["job", "status", "detail", "failure", "created", "billable s"]
 
 
@@ -74,7 +73,7 @@ def _list_row(store: RunStore, name: str) -> tuple[str, str, str, str, int | str
     return (name, last["job_name"], last["mode"], last["launched_at"], len(found["attempts"]))
 
 
-def status(store: RunStore, sagemaker: SageMaker, run_id: str | None) -> Report:
+def status(store: RunStore, sagemaker: jobs.SageMaker, run_id: str | None) -> Report:
     """The status of ``run_id``'s latest job (of each child, for a tuning job's parent), or, without a run id,
     SageMaker's newest jobs."""
     if run_id is None:
@@ -107,7 +106,7 @@ def _jobs_report(statuses: list[jobs.JobStatus]) -> Report:
     )
 
 
-def fetch(store: RunStore, sagemaker: SageMaker, run_id: str, dest: Path, job: str | None) -> str:
+def fetch(store: RunStore, sagemaker: jobs.SageMaker, run_id: str, dest: Path, job: str | None) -> str:
     """Extract the results of ``run_id``'s latest job into ``dest``, or, for a tuning job's parent, those of its
     best child (or of ``job``, one of its children); returns what was fetched, to show."""
     tuning_job = read_tuning(store, run_id)

@@ -151,8 +151,9 @@ def run_sweep(
             parent_run_id=parent,
             wait=False,
             sets=(*template.sets, *(f"{k}={v}" for k, v in point.items())),
+            # rich shows one live display at a time: a progress bar only for local runs one after another.
             show_progress=template.local and max_parallel == 1,
-        )  # rich shows one live display at a time
+        )
         for child, point in children.items()
     ]
     for child_options in options:  # every child's config (and runtime) is valid before the first one starts

@@ -119,9 +119,8 @@ def parse_range(text: str, preset: str, sets: dict[str, str], source: str = "--r
             f"{where}: expected key=low:high or key=low:high:log, e.g. --range learning_rate=1e-5:1e-3:log"
         )
     try:
-        key = next(
-            iter(parse_set_options([f"{key.strip()}=0"]))
-        )  # the config's check: unknown keys get a "did you mean"
+        # The config's check: unknown keys get a "did you mean".
+        key = next(iter(parse_set_options([f"{key.strip()}=0"])))
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     kind = _number_type(key)

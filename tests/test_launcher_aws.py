@@ -116,9 +116,8 @@ def test_launch_creates_job_and_record_and_refuses_a_duplicate(moto_env, tmp_pat
     with pytest.raises(aws.LaunchError, match="already holds a run"):
         launch(options, settings)
     s3.put_object(Bucket=BUCKET, Key="checkpoints/cloud_prod_001/ckpt_1.zip", Body=b"x")
-    s3.put_object(
-        Bucket=BUCKET, Key="checkpoints/cloud_prod_0010/ckpt_1.zip", Body=b"x"
-    )  # another run, same leading characters
+    # Another run, with the same leading characters.
+    s3.put_object(Bucket=BUCKET, Key="checkpoints/cloud_prod_0010/ckpt_1.zip", Body=b"x")
     resumed = launch(LaunchOptions(run_id="cloud_prod_001", preset="smoke", resume=True), settings)
     assert resumed.job_name != first.job_name
     # --resume sends the prefix the checkpoints are under, with its slash (not also cloud_prod_0010's).
@@ -204,9 +203,8 @@ def test_a_dataset_that_fails_verification_is_refused(tmp_path: Path, moto_env) 
     session, role = moto_env
     s3 = session.client("s3")
     with pytest.raises(DatasetError, match="does not verify"):
-        upload_dataset(
-            s3, _dataset(tmp_path / "ds"), RunLayout(BUCKET, "r2")
-        )  # a manifest, but not one roadsense wrote
+        # A manifest, but not one roadsense wrote.
+        upload_dataset(s3, _dataset(tmp_path / "ds"), RunLayout(BUCKET, "r2"))
     for local in (False, True):
         with pytest.raises(DatasetError):
             launch(
@@ -354,9 +352,8 @@ def _deploy_stack(session: boto3.Session, name: str = "roadsense") -> None:
 
 def test_stack_outputs_fill_only_what_no_flag_env_or_file_sets(moto_env, tmp_path: Path) -> None:
     session, _ = moto_env
-    assert (
-        aws.with_stack_defaults(load_settings(env={}, cwd=tmp_path)) == LaunchSettings()
-    )  # no stack: built-in defaults
+    # No stack: the built-in defaults.
+    assert aws.with_stack_defaults(load_settings(env={}, cwd=tmp_path)) == LaunchSettings()
     _deploy_stack(session)
 
     from_stack = aws.with_stack_defaults(load_settings(env={}, cwd=tmp_path))

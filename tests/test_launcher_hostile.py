@@ -148,9 +148,8 @@ def test_job_names_that_become_keys_are_checked(bad: str) -> None:
 def test_every_command_refuses_a_bad_run_id_before_touching_aws(bucket, command: list[str], bad: str) -> None:
     result = _invoke(*(bad if part == "{id}" else part for part in command))
     _refused(result, "run id", "letters, digits")
-    assert (
-        bucket.list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0
-    )  # `upload '../x y'` uploaded to s3://bucket/../x y/
+    # `upload '../x y'` once uploaded to s3://bucket/../x y/.
+    assert bucket.list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0
 
 
 # --- fetch: crafted records ---------------------------------------------------------------------

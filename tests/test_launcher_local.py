@@ -135,10 +135,8 @@ def test_list_status_fetch_and_compare_read_local_and_s3_runs_alike(
         assert all(cell in rows["grid-001"] for cell in ("seed=0", "10.0% (2.3-34.0)", "90.0% (66.0-97.7)"))
         assert all(cell in rows["grid-002"] for cell in ("seed=1", "20.0% (7.0-45.2)", "80.0% (54.8-93.0)"))
         header = next(line for line in result.output.splitlines() if "run id" in line)
-        assert [c.strip() for c in header.split("┃")[3:-1]] == [
-            "collision_rate",
-            "success_rate",
-        ]  # the overall metrics, not per bucket
+        # The overall metrics, not the per-bucket ones.
+        assert [c.strip() for c in header.split("┃")[3:-1]] == ["collision_rate", "success_rate"]
         listed = _invoke(*store, "--runs-dir", runs, "list").output
         status = _invoke(*store, "--runs-dir", runs, "status", "grid-002").output
         fetched = tmp_path / f"fetched{len(store)}"
@@ -150,9 +148,8 @@ def test_list_status_fetch_and_compare_read_local_and_s3_runs_alike(
         assert "neither a sweep nor a tuning job" in _invoke(*store, "--runs-dir", runs, "compare", "grid-001").output
     assert {command: views[0] == views[1] for command, views in seen.items()} == dict.fromkeys(seen, True)
     listed_rows = seen["list"][0]
-    assert (
-        len(listed_rows) == 3 and listed_rows[2] == "grid (sweep: compare grid) 0"
-    )  # in S3's order: "grid-001/" < "grid/"
+    # In S3's order: "grid-001/" < "grid/".
+    assert len(listed_rows) == 3 and listed_rows[2] == "grid (sweep: compare grid) 0"
     assert sum(" local " in row for row in listed_rows) == 2
     assert "Completed" in seen["status"][0][0] and "ran locally (--local)" in seen["status"][0][0]
     assert seen["fetch"][0]["overall"]["collision_rate"] == 0.2

@@ -383,11 +383,8 @@ def test_status_lists_the_children_best_first(tuned: tuple[boto3.Session, Stubbe
         stub.assert_no_pending_responses()
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if "lr-search-0a1b2c3d4e-0" in line]
-    assert [re.search(r"-00\d-", line).group() for line in lines] == [
-        "-003-",
-        "-001-",
-        "-002-",
-    ]  # both pages, best first
+    # Both pages, best first.
+    assert [re.search(r"-00\d-", line).group() for line in lines] == ["-003-", "-001-", "-002-"]
     assert "0.99" in lines[0] and "learning_rate=3e-05" not in lines[0] and "learning_rate=0.00003" in lines[0]
     assert "AlgorithmError: hazard" in lines[2] and "InProgress" in result.output
 
