@@ -270,16 +270,16 @@ def _log_page(messages: list[str], token: str) -> dict:
 def test_follow_reports_transitions_logs_and_failure_reason() -> None:
     sagemaker = boto3.client("sagemaker", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="y")
     logs = boto3.client("logs", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="y")
-    with Stubber(sagemaker) as sm_stub, Stubber(logs) as logs_stub:
-        sm_stub.add_response("describe_training_job", _describe("InProgress", "Starting"))
+    with Stubber(sagemaker) as sagemaker_stub, Stubber(logs) as logs_stub:
+        sagemaker_stub.add_response("describe_training_job", _describe("InProgress", "Starting"))
         logs_stub.add_client_error("describe_log_streams", "ResourceNotFoundException")
-        sm_stub.add_response("describe_training_job", _describe("InProgress", "Training"))
+        sagemaker_stub.add_response("describe_training_job", _describe("InProgress", "Training"))
         logs_stub.add_response("describe_log_streams", {"logStreams": [{"logStreamName": "job-1/algo-1-1"}]})
         logs_stub.add_response(
             "get_log_events", _log_page(["[train] timesteps=1024 total_timesteps=4096 fps=700"], "t1")
         )
         logs_stub.add_response("get_log_events", _log_page([], "t1"))
-        sm_stub.add_response(
+        sagemaker_stub.add_response(
             "describe_training_job", _describe("Failed", "Failed", "sim errors: SUMO crashed 20 times")
         )
         logs_stub.add_response("describe_log_streams", {"logStreams": [{"logStreamName": "job-1/algo-1-1"}]})
@@ -289,7 +289,7 @@ def test_follow_reports_transitions_logs_and_failure_reason() -> None:
         final = jobs.follow_job(
             sagemaker, logs, "job-1", lines.append, lambda s: statuses.append(s.secondary_status), sleep=lambda s: None
         )
-        sm_stub.assert_no_pending_responses()
+        sagemaker_stub.assert_no_pending_responses()
     assert statuses == ["Starting", "Training", "Failed"]
     assert lines == ["[train] timesteps=1024 total_timesteps=4096 fps=700", "Traceback: boom"]
     assert final.status == "Failed" and final.failure_reason == "sim errors: SUMO crashed 20 times"
