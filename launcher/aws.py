@@ -2,31 +2,45 @@
 
 Every AWS call the launcher makes goes through a boto3 client from :func:`make_session`;
 boto3 honours ``AWS_PROFILE`` and ``AWS_ENDPOINT_URL`` (a moto server in tests) itself.
+
+The launcher's errors belong to roadsense's taxonomy (:mod:`roadsense.errors`): a
+:class:`LaunchError` is input the user can fix (a setting, a flag, a run id in use: exit 2),
+an :class:`AwsError` is AWS refusing or not answering (exit 1). :func:`translate` is the one
+place a botocore exception becomes one of them.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import boto3
 import botocore.exceptions
 from botocore.config import Config
 
-from launcher.infra import OUTPUT_ROLE_ARN, stack_outputs
 from launcher.request import MUTABLE_TAG, mutable_image
 from launcher.settings import STACK_FIELDS, LaunchSettings, with_stack_outputs
+from launcher.stack import OUTPUT_ROLE_ARN, stack_outputs
+from roadsense.errors import RoadsenseError, RunFailed, UserError
 
 INFRA_FIX = "deploy the infrastructure: roadsense-launch infra deploy (see infra/)"
+Result = TypeVar("Result")
 
 
-class LaunchError(Exception):
-    """A problem the user can fix: ``str()`` is one line saying what is wrong and what to do."""
+class _Explained(Exception):
+    """A message in two parts: what is wrong, and (if known) what to do about it."""
 
     def __init__(self, problem: str, fix: str = "") -> None:
         super().__init__(f"{problem}. Fix: {fix}" if fix else problem)
-        self.problem = problem
-        self.fix = fix
+
+
+class LaunchError(_Explained, UserError):
+    """Input the user can fix (a setting, a flag, a run id already in use): ``str()`` is one line with the fix."""
+
+
+class AwsError(_Explained, RunFailed):
+    """AWS refused a call or could not be reached: ``str()`` is one line with the fix, when one is known."""
 
 
 def make_session(settings: LaunchSettings) -> boto3.Session:
@@ -49,6 +63,19 @@ def quick_client(session: boto3.Session, service: str):  # noqa: ANN201 - boto3 
     return session.client(service, config=QUICK)
 
 
+def probe(call: Callable[[], Result]) -> Result | None:
+    """``call()``'s result, or None if AWS refused it or did not answer; any other error propagates.
+
+    For reads whose failure only means "not available here" (the infra stack, a bucket).
+    """
+    try:
+        return call()
+    except botocore.exceptions.ClientError:
+        return None
+    except botocore.exceptions.BotoCoreError:
+        return None
+
+
 def with_stack_defaults(settings: LaunchSettings) -> LaunchSettings:
     """``settings`` completed from the infra stack's outputs (see launcher.settings for the precedence).
 
@@ -62,54 +89,72 @@ def with_stack_defaults(settings: LaunchSettings) -> LaunchSettings:
     session = make_session(settings)
     if session.get_credentials() is None:
         return settings
-    try:
-        outputs = stack_outputs(session, settings.stack_name, QUICK)
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
-        return settings
-    return with_stack_outputs(settings, outputs)
+    outputs = probe(lambda: stack_outputs(session, settings.stack_name, QUICK))
+    return settings if outputs is None else with_stack_outputs(settings, outputs)
 
 
+_ACCESS_FIX = (
+    "use credentials allowed by the roadsense policies in infra/ (deploying infra/ needs an identity "
+    "that may manage CloudFormation, IAM, S3, ECR, CodeBuild and Budgets)"
+)
+_LOGIN_FIX = "log in again (aws sso login, or refresh the credentials)"
 _CLIENT_ERRORS: dict[str, tuple[str, str]] = {
     # code: (problem, fix); "{message}" is AWS's own message.
     "NoSuchBucket": ("the bucket does not exist", INFRA_FIX),
     "404": ("not found: {message}", INFRA_FIX),
-    "AccessDenied": ("AWS denied access: {message}", "use credentials allowed by the roadsense policies in infra/"),
-    "403": ("AWS denied access", "use credentials allowed by the roadsense policies in infra/ (or check the bucket's region)"),
-    "ExpiredToken": ("the AWS session token has expired", "log in again (aws sso login, or refresh the credentials)"),
-    "ExpiredTokenException": ("the AWS session token has expired", "log in again (aws sso login, or refresh the credentials)"),
+    "AccessDenied": ("AWS denied access: {message}", _ACCESS_FIX),
+    "AccessDeniedException": ("AWS denied access: {message}", _ACCESS_FIX),
+    "403": ("AWS denied access", f"{_ACCESS_FIX}; or check the bucket's region"),
+    "ExpiredToken": ("the AWS session token has expired", _LOGIN_FIX),
+    "ExpiredTokenException": ("the AWS session token has expired", _LOGIN_FIX),
     "InvalidClientTokenId": ("the AWS access key is not valid", "check AWS_ACCESS_KEY_ID / AWS_PROFILE"),
-    "UnrecognizedClientException": ("the AWS credentials are not valid for this region", "check AWS_PROFILE and --region"),
+    "UnrecognizedClientException": (
+        "the AWS credentials are not valid for this region",
+        "check AWS_PROFILE and --region",
+    ),
     "NoSuchEntity": ("the IAM role does not exist: {message}", INFRA_FIX),
     "RepositoryNotFoundException": ("the ECR repository does not exist", INFRA_FIX),
-    "ImageNotFoundException": ("the image is not in ECR: {message}", "build and push it: roadsense-launch build && roadsense-launch push, or drop --image-uri"),
-    "ResourceLimitExceeded": ("an AWS quota is exhausted: {message}", "request a quota increase in Service Quotas (SageMaker, il-central-1), or use another instance type"),
+    "ImageNotFoundException": (
+        "the image is not in ECR: {message}",
+        "build and push it: roadsense-launch build && roadsense-launch push, or drop --image-uri",
+    ),
+    "ResourceLimitExceeded": (
+        "an AWS quota is exhausted: {message}",
+        "request a quota increase in Service Quotas (SageMaker, il-central-1), or use another instance type",
+    ),
     "ResourceInUse": ("the name is taken: {message}", "launch again (each attempt gets a new job name)"),
-    "ValidationException": ("AWS rejected the request: {message}", "correct the value named above; --dry-run shows the request"),
+    "ValidationException": (
+        "AWS rejected the request: {message}",
+        "correct the value named above; --dry-run shows the request",
+    ),
     "ThrottlingException": ("AWS is throttling requests", "wait a minute and retry"),
     "ResourceNotFound": ("not found: {message}", "check the run id: roadsense-launch list"),
 }
 
 
-def translate(exc: Exception) -> LaunchError:
-    """Any boto error as a :class:`LaunchError`; errors with no known fix keep AWS's text."""
-    if isinstance(exc, LaunchError):
+def translate(exc: Exception) -> RoadsenseError:
+    """``exc`` in the error taxonomy: a RoadsenseError as it is, a botocore error as an :class:`AwsError` (a
+    :class:`LaunchError` for a profile that is not configured); anything else is re-raised (a bug)."""
+    if isinstance(exc, RoadsenseError):
         return exc
-    if isinstance(exc, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError)):
-        return LaunchError("no AWS credentials found", "aws configure (or aws sso login), or set AWS_PROFILE")
     if isinstance(exc, botocore.exceptions.ProfileNotFound):
         return LaunchError(str(exc), "aws configure --profile NAME, or unset AWS_PROFILE")
+    if isinstance(exc, botocore.exceptions.NoCredentialsError) or isinstance(
+        exc, botocore.exceptions.PartialCredentialsError
+    ):
+        return AwsError("no AWS credentials found", "aws configure (or aws sso login), or set AWS_PROFILE")
     if isinstance(exc, botocore.exceptions.EndpointConnectionError):
-        return LaunchError(f"cannot reach AWS ({exc})", "check the network, --region and AWS_ENDPOINT_URL")
+        return AwsError(f"cannot reach AWS ({exc})", "check the network, --region and AWS_ENDPOINT_URL")
     if isinstance(exc, botocore.exceptions.ClientError):
         error = exc.response.get("Error", {})
         # AWS messages may end in a period; the problem text adds its own.
         code, message = str(error.get("Code", "")), str(error.get("Message", "")).strip().rstrip(".")
         if code in _CLIENT_ERRORS:
             problem, fix = _CLIENT_ERRORS[code]
-            return LaunchError(problem.format(message=message or exc.operation_name), fix)
-        return LaunchError(f"AWS error {code} in {exc.operation_name}: {message}")
+            return AwsError(problem.format(message=message or exc.operation_name), fix)
+        return AwsError(f"AWS error {code} in {exc.operation_name}: {message}")
     if isinstance(exc, botocore.exceptions.BotoCoreError):
-        return LaunchError(f"AWS client error: {exc}")
+        return AwsError(f"AWS client error: {exc}")
     raise exc
 
 
@@ -123,25 +168,26 @@ class Preflight:
 
 
 # The tag is optional: an image without one means :latest.
-_ECR_IMAGE = re.compile(r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com/(?P<repo>[^:@]+)(?::(?P<tag>[^@]+)|@(?P<digest>sha256:[0-9a-f]+))?$")
+_ECR_IMAGE = re.compile(
+    r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com/(?P<repo>[^:@]+)(?::(?P<tag>[^@]+)|@(?P<digest>sha256:[0-9a-f]+))?$"
+)
 
 
 def preflight(session: boto3.Session, settings: LaunchSettings, check_image: bool) -> Preflight:
     """Credentials, region, bucket, role and (if ``check_image``) image, in the order a user fixes them."""
-    try:
-        account = session.client("sts").get_caller_identity()["Account"]
-        check_region(session, settings.region)
-        check_bucket(session, settings.bucket, settings.region)
-        role_arn = resolve_role(session, settings)
-        image_uri = resolve_image(session, settings.image_uri) if check_image and settings.image_uri else settings.image_uri
-    except Exception as exc:  # noqa: BLE001 - translate() re-raises what it does not know
-        raise translate(exc) from None
+    account = session.client("sts").get_caller_identity()["Account"]
+    check_region(session, settings.region)
+    check_bucket(session, settings.bucket, settings.region)
+    role_arn = resolve_role(session, settings)
+    image_uri = resolve_image(session, settings.image_uri) if check_image and settings.image_uri else settings.image_uri
     return Preflight(account=account, role_arn=role_arn, image_uri=image_uri)
 
 
 def check_region(session: boto3.Session, region: str) -> None:
     if region not in session.get_available_regions("sagemaker"):
-        raise LaunchError(f"region {region!r} has no SageMaker", "use --region il-central-1 (or another SageMaker region)")
+        raise LaunchError(
+            f"region {region!r} has no SageMaker", "use --region il-central-1 (or another SageMaker region)"
+        )
 
 
 def check_bucket(session: boto3.Session, bucket: str, region: str) -> None:
@@ -165,7 +211,11 @@ def resolve_role(session: boto3.Session, settings: LaunchSettings) -> str:
     """The execution role of the settings (the infra stack's output unless given); it must exist in IAM."""
     role_arn = settings.role_arn
     if not role_arn:
-        raise LaunchError(f"no SageMaker execution role (no --role-arn, and stack {settings.stack_name!r} has no {OUTPUT_ROLE_ARN} output)", f"{INFRA_FIX}, or pass --role-arn")
+        raise LaunchError(
+            f"no SageMaker execution role (no --role-arn, and stack {settings.stack_name!r} has no {OUTPUT_ROLE_ARN} "
+            "output)",
+            f"{INFRA_FIX}, or pass --role-arn",
+        )
     try:
         session.client("iam").get_role(RoleName=role_arn.rsplit("/", 1)[-1])
     except botocore.exceptions.ClientError as exc:
@@ -185,7 +235,8 @@ def resolve_image(session: boto3.Session, image_uri: str) -> str:
     if not match:
         if mutable_image(image_uri):
             raise LaunchError(
-                f"image {image_uri} uses the mutable tag 'latest' and is not in ECR, so it cannot be pinned to a digest",
+                f"image {image_uri} uses the mutable tag 'latest' and is not in ECR, so it cannot be pinned to a "
+                "digest",
                 "pass --image-uri with a commit tag or an @sha256:... digest",
             )
         return image_uri
@@ -196,7 +247,10 @@ def resolve_image(session: boto3.Session, image_uri: str) -> str:
         )["imageDetails"][0]
     except botocore.exceptions.ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("ImageNotFoundException", "RepositoryNotFoundException"):
-            raise LaunchError(f"image {image_uri} is not in ECR", "build and push it (roadsense-launch build, then push), or drop --image-uri") from None
+            raise LaunchError(
+                f"image {image_uri} is not in ECR",
+                "build and push it (roadsense-launch build, then push), or drop --image-uri",
+            ) from None
         raise
     if not mutable_image(image_uri):
         return image_uri
@@ -205,10 +259,7 @@ def resolve_image(session: boto3.Session, image_uri: str) -> str:
 
 def s3_reachable(session: boto3.Session, bucket: str) -> bool:
     """True if there are credentials and ``bucket`` answers: decides whether a local run is published."""
-    if session.get_credentials() is None:
-        return False
-    try:
-        quick_client(session, "s3").head_bucket(Bucket=bucket)
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
-        return False
-    return True
+    return (
+        session.get_credentials() is not None
+        and probe(lambda: quick_client(session, "s3").head_bucket(Bucket=bucket)) is not None
+    )

@@ -13,13 +13,15 @@ from typing import Any
 import boto3
 from rich.console import Console
 
+from roadsense.errors import RunFailed
+
 IMAGE_URI_VARIABLE = "IMAGE_URI"  # exported by buildspec.yml (env: exported-variables)
 
 console = Console(highlight=False)
 
 
-class BuildError(Exception):
-    """The build did not produce an image; the message says where it failed and where the logs are."""
+class BuildError(RunFailed):
+    """The image was not built or pushed; the message says where it failed and where the logs are."""
 
 
 def start_build(session: boto3.Session, project_name: str, source_version: str) -> str:
@@ -48,7 +50,9 @@ def follow_build(session: boto3.Session, build_id: str, poll_s: float = 10.0) ->
 def _image_uri(build: dict[str, Any]) -> str:
     exported = {v["name"]: v["value"] for v in build.get("exportedEnvironmentVariables", [])}
     if not exported.get(IMAGE_URI_VARIABLE):
-        raise BuildError(f"build {build['id']} succeeded but exported no {IMAGE_URI_VARIABLE} (is buildspec.yml the project's?)")
+        raise BuildError(
+            f"build {build['id']} succeeded but exported no {IMAGE_URI_VARIABLE} (is buildspec.yml the project's?)"
+        )
     return exported[IMAGE_URI_VARIABLE]
 
 

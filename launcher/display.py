@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -40,8 +47,13 @@ class MetricProgress:
         # Disabled for parallel local sweeps: rich can show one live display at a time.
         self._show_lines = enabled
         self._progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[fps]}"),
-            TimeRemainingColumn(), console=console, disable=not enabled,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[fps]}"),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not enabled,
         )
         self._task = self._progress.add_task(description, total=None, fps="")
 
@@ -77,3 +89,23 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) 
         # Text, not markup: cells hold run ids, job names and failure reasons read from AWS.
         result.add_row(*(Text(printable("" if cell is None else str(cell))) for cell in row))
     return result
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a command shows: a table, then a legend under it and a warning on stderr, when there are any."""
+
+    title: str
+    columns: Sequence[str]
+    rows: Sequence[Sequence[object]]
+    legend: str = ""
+    warning: str = ""
+
+
+def show(report: Report) -> None:
+    """The table on stdout, the legend under it, the warning as one line on stderr."""
+    console.print(table(report.title, report.columns, report.rows))
+    if report.legend:
+        console.print(report.legend)
+    if report.warning:
+        error_line(report.warning)

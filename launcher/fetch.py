@@ -1,10 +1,10 @@
-"""Fetches a run's results and extracts them safely.
+"""Fetches a run's results from its store (the bucket, or a local run's folder) and extracts them safely.
 
 ``model.tar.gz`` and ``output.tar.gz`` come from a training container, i.e. from code that
 ran elsewhere, through a bucket other people write to. So:
 
-* every download is size-bounded (:mod:`launcher.remote`), and the job name that becomes
-  the S3 key and the local path comes from a schema-checked launch record;
+* every object is size-bounded (:mod:`launcher.store`), and the job name that becomes
+  the key and the local path comes from a schema-checked launch record;
 * an archive must be a gzip-compressed tar holding only regular files and folders whose
   names are relative, without ``..``, made of an allow-list of characters; links, devices
   and FIFOs are refused;
@@ -26,11 +26,11 @@ import tarfile
 import tempfile
 import zlib
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Callable, Iterator
 
-from launcher.layout import RunLayout
-from launcher.record import latest_job, read_record
-from launcher.remote import CHUNK, Limits, RemoteDataError, download_file
+from launcher.remote import CHUNK, Limits, RemoteDataError
+from launcher.store import RunStore
+from roadsense.errors import UserError
 
 # One path component of an archive member: printable ASCII without '/', '\\' or quotes.
 _MEMBER_PART = re.compile(r"[A-Za-z0-9._+=@,~ -]{1,255}")
@@ -43,12 +43,12 @@ class ArchiveError(RemoteDataError):
     """The archive is refused (not a tar, truncated, too big, too many members, unsafe member); the message names it."""
 
 
-class DestinationError(ValueError):
+class DestinationError(UserError, ValueError):
     """The destination folder cannot take the results (it is a file)."""
 
 
-class RunNotFoundError(LookupError):
-    """No results for the run id (never launched, or the job has not finished)."""
+class RunNotFoundError(UserError, LookupError):
+    """No record or no results for the run id (never launched, or the job has not finished)."""
 
 
 @contextlib.contextmanager
@@ -100,14 +100,18 @@ class _BoundedReader:
         data = self._raw.read(size)
         self.consumed += len(data)
         if self.consumed > self._limit:
-            raise ArchiveError(f"{self._source}: more than {self._limit} bytes once decompressed; refused (raise {self._setting} if it is genuine)")
+            raise ArchiveError(
+                f"{self._source}: more than {self._limit} bytes once decompressed; refused (raise {self._setting} if "
+                "it is genuine)"
+            )
         return data
 
 
 def _member_problem(member: tarfile.TarInfo) -> str | None:
     """Why ``member`` may not be extracted, or None."""
     if not (member.isreg() or member.isdir()):
-        kind = "symlink" if member.issym() else "hard link" if member.islnk() else "device or FIFO" if member.isdev() else "special entry"
+        kinds = {"symlink": member.issym(), "hard link": member.islnk(), "device or FIFO": member.isdev()}
+        kind = next((name for name, found in kinds.items() if found), "special entry")
         return f"{kind}: only regular files and folders are allowed"
     name = member.name
     if name.startswith(("/", "\\")):
@@ -123,21 +127,19 @@ def _member_problem(member: tarfile.TarInfo) -> str | None:
     return None
 
 
-def _unreadable(source: str, exc: BaseException) -> ArchiveError:
-    """One line saying why the archive cannot be read: not gzip, truncated, corrupt, or not a tar."""
+_TRUNCATED = "truncated: it ends before its last member or its gzip trailer"
+_CORRUPT = "corrupt compressed data"
+
+
+def _unreadable(source: str, what: str, exc: BaseException) -> ArchiveError:
+    """One line saying why the archive cannot be read (``what``), with the reader's own first line."""
     detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if isinstance(exc, gzip.BadGzipFile) and "Not a gzipped file" in detail:
-        what = "not a gzip-compressed tar archive"
-    elif isinstance(exc, EOFError) or "unexpected end" in detail:
-        what = "truncated: it ends before its last member or its gzip trailer"
-    elif isinstance(exc, (zlib.error, gzip.BadGzipFile)):
-        what = "corrupt compressed data"
-    else:
-        what = "the gzip stream does not hold a valid tar archive"
     return ArchiveError(f"{source}: {what} ({detail})")
 
 
-def _walk(archive: Path, limits: Limits, visit: Callable[[tarfile.TarFile, tarfile.TarInfo], bool], source: str) -> None:
+def _walk(
+    archive: Path, limits: Limits, visit: Callable[[tarfile.TarFile, tarfile.TarInfo], bool], source: str
+) -> None:
     """Call ``visit(tar, member)`` for each member of ``archive`` in order, after checking it (kind,
     name, count, running size), until ``visit`` returns False. Reading the whole archive also
     checks its gzip trailer. Every way of not being a readable archive is an :class:`ArchiveError`
@@ -145,38 +147,60 @@ def _walk(archive: Path, limits: Limits, visit: Callable[[tarfile.TarFile, tarfi
     count = total = 0
     try:
         with gzip.open(archive, "rb") as raw:
-            stream = _BoundedReader(raw, limits.extract_bytes + limits.members * _HEADER_ALLOWANCE, source, "max_extract_bytes")
+            stream = _BoundedReader(
+                raw, limits.extract_bytes + limits.members * _HEADER_ALLOWANCE, source, "max_extract_bytes"
+            )
             # Stream mode ("r|"): one pass, members are never revisited, nothing is seeked past unread.
             with tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
                 for member in tar:
                     count += 1
                     if count > limits.members:
-                        raise ArchiveError(f"{source}: more than {limits.members} members; refused (raise max_archive_members if it is genuine)")
+                        raise ArchiveError(
+                            f"{source}: more than {limits.members} members; refused (raise max_archive_members if it "
+                            "is genuine)"
+                        )
                     problem = _member_problem(member)
                     if problem:
                         raise ArchiveError(f"{source}: refusing member {member.name!r}: {problem}")
                     total += member.size if member.isreg() else 0
                     if total > limits.extract_bytes:
-                        raise ArchiveError(f"{source}: its files hold more than {limits.extract_bytes} bytes; refused (raise max_extract_bytes if it is genuine)")
+                        raise ArchiveError(
+                            f"{source}: its files hold more than {limits.extract_bytes} bytes; refused (raise "
+                            "max_extract_bytes if it is genuine)"
+                        )
                     if not visit(tar, member):
                         return
             # tarfile stops at the end-of-archive block; reading on to the gzip trailer checks its
             # CRC and length, so an archive cut short after its last member is not taken as whole.
             while stream.read(CHUNK):
                 pass
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        raise _unreadable(source, exc) from None
+    # Every way the stream can fail to be an archive, each named by the error that shows it.
+    except gzip.BadGzipFile as exc:  # no gzip magic, or a damaged header or trailer
+        raise _unreadable(
+            source, "not a gzip-compressed tar archive" if "Not a gzipped file" in str(exc) else _CORRUPT, exc
+        ) from None
+    except EOFError as exc:  # the gzip stream stops before its end-of-stream marker
+        raise _unreadable(source, _TRUNCATED, exc) from None
+    except zlib.error as exc:
+        raise _unreadable(source, _CORRUPT, exc) from None
+    except tarfile.TarError as exc:  # no tar in the stream, or a tar cut short
+        what = _TRUNCATED if "unexpected end" in str(exc) else "the gzip stream does not hold a valid tar archive"
+        raise _unreadable(source, what, exc) from None
 
 
 def read_member(archive: Path, name: str, limits: Limits) -> bytes | None:
-    """The content of the regular file ``name`` in ``archive`` (at most ``limits.json_bytes``), read in memory; None if absent."""
+    """The content of the regular file ``name`` in ``archive`` (at most ``limits.json_bytes``), read in memory;
+    None if absent."""
     found: list[bytes] = []
 
     def visit(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bool:
         if not member.isreg() or PurePosixPath(member.name) != PurePosixPath(name):
             return True
         if member.size > limits.json_bytes:
-            raise ArchiveError(f"{archive}: {name} is larger than {limits.json_bytes} bytes; refused (raise max_json_bytes if it is genuine)")
+            raise ArchiveError(
+                f"{archive}: {name} is larger than {limits.json_bytes} bytes; refused (raise max_json_bytes if it is "
+                "genuine)"
+            )
         handle = tar.extractfile(member)
         found.append(handle.read() if handle else b"")
         return False
@@ -213,48 +237,26 @@ def safe_extract(archive: Path, dest: Path, limits: Limits, source: str | None =
     return names
 
 
-def extract_results(mirror: Path, job: str, dest: Path, limits: Limits, origin: str | None = None) -> Path:
-    """Extract ``job``'s archives from a run's mirror folder (laid out like its S3 prefix) into ``dest``.
+def fetch_job(store: RunStore, run_id: str, job: str, dest: Path) -> Path:
+    """Extract the archives of ``job`` (a job whose output is under the run's prefix: its latest
+    attempt, or a tuning job's child) from ``store`` into ``dest``; returns ``dest/model``.
 
-    Returns the folder with the model package (``dest/model``); the training outputs
-    (TensorBoard logs, full log) go to ``dest/output-data`` when the job wrote any. Both
-    appear together or not at all. ``origin`` is the mirror's S3 URI when it was downloaded
-    into a temporary folder: errors name the S3 object rather than that folder.
+    The model package goes to ``dest/model`` and the training outputs (TensorBoard logs, full log)
+    to ``dest/output-data`` when the job wrote any: both appear together or not at all. Archives
+    downloaded from S3 stay in ``dest``, laid out as in the bucket, like a local run's folder.
     """
-    model = mirror / "output" / job / "output" / "model.tar.gz"
-    if not model.is_file():
-        raise RunNotFoundError(f"job {job} has no model.tar.gz ({model})")
-    output = model.with_name("output.tar.gz")
-
-    def source(archive: Path) -> str:
-        return f"{origin}{archive.relative_to(mirror).as_posix()}" if origin else str(archive)
-
+    layout = store.layout(run_id)
     with staged(dest) as stage:
-        safe_extract(model, stage / "model", limits, source(model))
-        if output.is_file():
-            safe_extract(output, stage / "output-data", limits, source(output))
-    return dest / "model"
-
-
-def fetch_run(s3: Any, layout: RunLayout, dest: Path, limits: Limits) -> Path:
-    """Download the latest attempt's archives from S3 into ``dest`` (same layout) and extract them there."""
-    record = read_record(s3, layout, limits)
-    if record is None:
-        raise RunNotFoundError(f"run {layout.run_id!r} has no launch record in s3://{layout.bucket}")
-    return fetch_job(s3, layout, latest_job(record), dest, limits)
-
-
-def fetch_job(s3: Any, layout: RunLayout, job: str, dest: Path, limits: Limits) -> Path:
-    """Download the archives of ``job`` (a job whose output is under the run's prefix: its latest
-    attempt, or a tuning job's child) into ``dest`` and extract them there."""
-    with staged(dest) as stage:
-        for key, required in ((layout.model_key(job), True), (layout.output_data_key(job), False)):
-            local = stage / PurePosixPath(key).relative_to(layout.run_id)
-            local.parent.mkdir(parents=True, exist_ok=True)
-            found = download_file(s3, layout.bucket, key, local, limits.object_bytes, "max_download_bytes")
-            if not found and required:
+        for key, folder, required in (
+            (layout.model_key(job), "model", True),
+            (layout.output_data_key(job), "output-data", False),
+        ):
+            archive = store.file(key, stage / PurePosixPath(key).relative_to(layout.run_id))
+            if archive is not None:
+                safe_extract(archive, stage / folder, store.limits, store.source(key))
+            elif required:
                 raise RunNotFoundError(
-                    f"job {job} has no results at s3://{layout.bucket}/{key} (still running, or failed: roadsense-launch status {layout.run_id})"
+                    f"job {job} has no results at {store.source(key)} (still running, or failed: roadsense-launch "
+                    f"status {run_id})"
                 )
-        extract_results(stage, job, stage, limits, layout.uri())
     return dest / "model"

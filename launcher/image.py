@@ -14,7 +14,7 @@ from typing import Any
 import boto3
 
 from launcher.aws import LaunchError
-from launcher.codebuild import follow_build, start_build
+from launcher.codebuild import BuildError, follow_build, start_build
 from launcher.settings import LaunchSettings
 
 DOCKERFILE = "container/Dockerfile"
@@ -34,9 +34,12 @@ def _run(argv: list[str], stdin: str | None = None) -> None:
     try:
         subprocess.run(argv, input=stdin, text=True, check=True)
     except FileNotFoundError:
-        raise LaunchError(f"{argv[0]} is not installed", "install docker or podman, or build in CodeBuild (roadsense-launch without --builder local)") from None
+        raise LaunchError(
+            f"{argv[0]} is not installed",
+            "install docker or podman, or build in CodeBuild (roadsense-launch without --builder local)",
+        ) from None
     except subprocess.CalledProcessError as exc:
-        raise LaunchError(f"{' '.join(argv[:2])} failed with exit code {exc.returncode}", "read the output above") from None
+        raise BuildError(f"{' '.join(argv[:2])} failed with exit code {exc.returncode} (its output is above)") from None
 
 
 def build_locally(engine: str, tag: str, repo_root: Path, build_args: dict[str, str] | None = None) -> str:
@@ -47,8 +50,9 @@ def build_locally(engine: str, tag: str, repo_root: Path, build_args: dict[str, 
     return name
 
 
-def push(session: Any, engine: str, local_name: str, settings: LaunchSettings, account: str) -> str:
+def push(session: Any, engine: str, local_name: str, settings: LaunchSettings) -> str:
     """Log in to ECR, tag ``local_name`` for the repository and push it; returns the ECR URI."""
+    account = session.client("sts").get_caller_identity()["Account"]
     token = session.client("ecr").get_authorization_token()["authorizationData"][0]
     user, password = base64.b64decode(token["authorizationToken"]).decode().split(":", 1)
     registry = token["proxyEndpoint"].removeprefix("https://")

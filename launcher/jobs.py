@@ -7,10 +7,29 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable
 
+import boto3
 import botocore.exceptions
+
+from launcher import display
+from roadsense.errors import RunFailed
 
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 TERMINAL = ("Completed", "Failed", "Stopped")
+# Makes a SageMaker client when called: commands that may not need one (a local run) connect only if they do.
+SageMaker = Callable[[], Any]
+UNSUCCESSFUL = ("Failed", "Stopped")
+
+
+class JobFailed(RunFailed):
+    """A training job ended Failed or Stopped; the message names it and why."""
+
+
+def report_end(name: str, status: str, failure_reason: str) -> None:
+    """Say that a job completed; raise :class:`JobFailed` if it failed or was stopped (a running job says nothing)."""
+    if status in UNSUCCESSFUL:
+        raise JobFailed(f"{name} {status}: {failure_reason}")
+    if status == "Completed":
+        display.console.print(f"[green]{name} Completed[/]")
 
 
 @dataclass(frozen=True)
@@ -94,7 +113,9 @@ class LogReader:
     def read_new(self) -> list[str]:
         """Lines written since the last call; [] while the job has not started logging."""
         try:
-            streams = self._logs.describe_log_streams(logGroupName=LOG_GROUP, logStreamNamePrefix=f"{self._job}/")["logStreams"]
+            streams = self._logs.describe_log_streams(logGroupName=LOG_GROUP, logStreamNamePrefix=f"{self._job}/")[
+                "logStreams"
+            ]
         except botocore.exceptions.ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
                 return []
@@ -141,3 +162,29 @@ def follow_job(
         if status.terminal:
             return status
         sleep(poll_seconds)
+
+
+def follow_with_progress(session: boto3.Session, name: str, show_progress: bool = True) -> JobStatus:
+    """:func:`follow_job` with every log line printed above a progress bar of the training timesteps."""
+    with display.MetricProgress(name, enabled=show_progress) as bar:
+        return follow_job(
+            session.client("sagemaker"),
+            session.client("logs"),
+            name,
+            bar.on_line,
+            on_status=lambda s: bar.on_status(f"{s.status} / {s.secondary_status}"),
+        )
+
+
+def print_log(logs: Any, name: str) -> None:
+    """Print the job's log so far (its own output: terminal escapes are shown, not obeyed)."""
+    lines = LogReader(logs, name).read_new()
+    for line in lines:
+        print(display.printable(line))
+    if not lines:
+        display.errors.print(
+            f"{name} has no log lines yet (it writes them once its instance has started)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )

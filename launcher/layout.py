@@ -28,6 +28,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator
 
+from roadsense.errors import UserError
+
 RUN_ID_MAX = 40
 # Allow-lists, always applied with fullmatch: `$` alone would accept a trailing newline.
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
@@ -40,7 +42,7 @@ CHECKPOINTS_PREFIX = "checkpoints/"  # the bucket's lifecycle rule expires exact
 RESERVED_PREFIXES = (CHECKPOINTS_PREFIX.rstrip("/"), "codebuild")
 
 
-class RunIdError(ValueError):
+class RunIdError(UserError, ValueError):
     """A run id or job name cannot be used; the message says what is allowed."""
 
 
@@ -57,7 +59,9 @@ def validate_run_id(run_id: str, max_length: int = RUN_ID_MAX) -> str:
     and not one of the bucket's :data:`RESERVED_PREFIXES`."""
     check_name(run_id, _RUN_ID, max_length, "run id", _RUN_ID_RULE)
     if run_id in RESERVED_PREFIXES:
-        raise RunIdError(f"run id {run_id!r} is reserved (the bucket keeps {run_id}/ for itself); choose another run id")
+        raise RunIdError(
+            f"run id {run_id!r} is reserved (the bucket keeps {run_id}/ for itself); choose another run id"
+        )
     return run_id
 
 

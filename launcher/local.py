@@ -1,16 +1,17 @@
 """``--local``: the same training job on this machine, laid out as SageMaker would in S3.
 
-The container adapter runs with ``ROADSENSE_SM_ROOT=<runs-dir>/<run-id>/sm`` (or the built
-image with that folder mounted at /opt/ml). Around it the launcher plays SageMaker's part:
+The container adapter runs with ``ROADSENSE_SM_ROOT=<runs-dir>/<run-id>/sagemaker`` (or the
+built image with that folder mounted at /opt/ml): the folder is what SageMaker's /opt/ml would be.
+Around it the launcher plays SageMaker's part:
 
 * before: writes ``input/config/*.json``, copies the dataset channel in, and copies the run's
   ``checkpoints/`` in (SageMaker copies the S3 checkpoints to /opt/ml/checkpoints);
-* after (even on failure or Ctrl-C): copies ``sm/checkpoints`` back to ``checkpoints/``,
-  packs ``sm/output/data`` into ``output.tar.gz`` and, on success, ``sm/model`` into
+* after (even on failure or Ctrl-C): copies ``sagemaker/checkpoints`` back to ``checkpoints/``,
+  packs ``sagemaker/output/data`` into ``output.tar.gz`` and, on success, ``sagemaker/model`` into
   ``model.tar.gz`` under ``output/<job>/output/``.
 
 So ``<runs-dir>/<run-id>/`` holds the same tree as ``s3://<bucket>/<run-id>/`` (see layout.py),
-and ``sm/`` is the scratch folder, never uploaded.
+and ``sagemaker/`` is the job's working folder, never uploaded.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any, Callable
 
 from launcher.request import CHANNEL
 
-SCRATCH = "sm"
+SAGEMAKER_ROOT = "sagemaker"  # the run folder's stand-in for /opt/ml, where the job works
 LOCAL_CHECKPOINTS = "checkpoints"  # the mirror's checkpoints folder (in S3: checkpoints/<run-id>/)
 
 
@@ -45,35 +46,43 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def prepare(run_dir: Path, request: dict[str, Any], dataset: Path | None) -> Path:
-    """A fresh SageMaker-style root for one attempt; returns it."""
-    sm = run_dir / SCRATCH
-    shutil.rmtree(sm, ignore_errors=True)
-    config = sm / "input" / "config"
+    """A fresh SageMaker-style root (/opt/ml) for one attempt; returns it."""
+    root = run_dir / SAGEMAKER_ROOT
+    shutil.rmtree(root, ignore_errors=True)
+    config = root / "input" / "config"
     _write_json(config / "hyperparameters.json", request["HyperParameters"])
-    _write_json(config / "resourceconfig.json", {"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "eth0"})
+    _write_json(
+        config / "resourceconfig.json",
+        {"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "eth0"},
+    )
     channels = {CHANNEL: {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated"}} if dataset else {}
     _write_json(config / "inputdataconfig.json", channels)
     if dataset:
         # The mirror keeps the uploaded copy (as S3 would); the channel is SageMaker's download of it.
         shutil.copytree(dataset, run_dir / "dataset", dirs_exist_ok=True)
-        shutil.copytree(run_dir / "dataset", sm / "input" / "data" / CHANNEL)
+        shutil.copytree(run_dir / "dataset", root / "input" / "data" / CHANNEL)
     if (run_dir / LOCAL_CHECKPOINTS).is_dir():
-        shutil.copytree(run_dir / LOCAL_CHECKPOINTS, sm / "checkpoints")
+        shutil.copytree(run_dir / LOCAL_CHECKPOINTS, root / "checkpoints")
     for folder in ("model", "output/data", "checkpoints"):
-        (sm / folder).mkdir(parents=True, exist_ok=True)
-    return sm
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    return root
 
 
 def container_command(
-    command: str, sm: Path, environment: dict[str, str], engine: str | None = None, image: str | None = None
+    command: str, root: Path, environment: dict[str, str], engine: str | None = None, image: str | None = None
 ) -> tuple[list[str], dict[str, str]]:
-    """The argv and environment that run the training: the adapter, or ``engine run IMAGE train``."""
+    """The argv and environment that run the training on the SageMaker-style ``root``: the adapter,
+    or ``engine run IMAGE train`` with ``root`` mounted at /opt/ml."""
     if engine:
         env_flags = [flag for key, value in environment.items() for flag in ("-e", f"{key}={value}")]
-        argv = [engine, "run", "--rm", "-v", f"{sm.resolve()}:/opt/ml", *env_flags, str(image), "train"]
+        argv = [engine, "run", "--rm", "-v", f"{root.resolve()}:/opt/ml", *env_flags, str(image), "train"]
         return argv, dict(os.environ)
     program, *args = shlex.split(command)
-    return [_find_program(program), *args, "train"], {**os.environ, **environment, "ROADSENSE_SM_ROOT": str(sm.resolve())}
+    return [_find_program(program), *args, "train"], {
+        **os.environ,
+        **environment,
+        "ROADSENSE_SM_ROOT": str(root.resolve()),
+    }
 
 
 def _find_program(program: str) -> str:
@@ -108,19 +117,21 @@ def run_local(
 ) -> LocalResult:
     """Run the training job of ``request`` here and lay its results out under ``run_dir``."""
     job = request["TrainingJobName"]
-    sm = prepare(run_dir, request, dataset)
+    root = prepare(run_dir, request, dataset)
     environment = {**request.get("Environment", {}), "TRAINING_JOB_NAME": job}
-    argv, env = container_command(command, sm, environment, engine, image)
+    argv, env = container_command(command, root, environment, engine, image)
     status, reason = "Failed", ""
     try:
-        process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        process = subprocess.Popen(
+            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
         assert process.stdout is not None
         for line in process.stdout:
             on_line(line.rstrip("\n"))
         code = process.wait()
         status = "Completed" if code == 0 else "Failed"
         if code != 0:
-            failure = sm / "output" / "failure"
+            failure = root / "output" / "failure"
             reason = failure.read_text()[:1024].strip() if failure.is_file() else f"exit code {code}"
     except FileNotFoundError:
         reason = f"cannot run {argv[0]!r}: install the package (pip install -e .) or pass --engine with a built image"
@@ -130,9 +141,9 @@ def run_local(
         status, reason = "Stopped", "stopped by the user"
     finally:
         shutil.rmtree(run_dir / LOCAL_CHECKPOINTS, ignore_errors=True)
-        shutil.copytree(sm / "checkpoints", run_dir / LOCAL_CHECKPOINTS)
+        shutil.copytree(root / "checkpoints", run_dir / LOCAL_CHECKPOINTS)
         output = run_dir / "output" / job / "output"
-        _pack(sm / "output" / "data", output / "output.tar.gz")
+        _pack(root / "output" / "data", output / "output.tar.gz")
         if status == "Completed":
-            _pack(sm / "model", output / "model.tar.gz")
+            _pack(root / "model", output / "model.tar.gz")
     return LocalResult(job, status, reason)

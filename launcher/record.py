@@ -1,20 +1,21 @@
 """The launch record ``<run-id>/launch.json``: every attempt of a run (request, git commit, times).
 
-The same JSON is written to S3 for cloud runs and to ``<runs-dir>/<run-id>/launch.json`` for
-local ones; the latest attempt names the job whose results ``fetch``, ``logs`` and ``stop`` use.
+The same JSON is kept in the run's store (:mod:`launcher.store`): in S3 for cloud runs and in
+``<runs-dir>/<run-id>/launch.json`` for local ones; the latest attempt names the job whose results
+``status``, ``fetch``, ``logs`` and ``stop`` use.
 """
 
 from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from launcher.layout import JobName, RunId, RunLayout
-from launcher.remote import Limits, parse, read_file, read_object
+from launcher.remote import parse
+from launcher.store import RunStore
 
 MAX_ATTEMPTS = 1000  # far more than anyone retries one run id; bounds what `list` and `fetch` walk
 
@@ -65,21 +66,13 @@ def parse_record(data: bytes, source: str) -> dict[str, Any]:
     return parse(_Record, data, source).model_dump()
 
 
-def read_record(s3: Any, layout: RunLayout, limits: Limits) -> dict[str, Any] | None:
-    """The run's record from S3 (bounded and checked), or None if the run id was never launched."""
-    body = read_object(s3, layout.bucket, layout.launch_key, limits.json_bytes, "max_json_bytes")
-    return None if body is None else parse_record(body, layout.uri("launch.json"))
+def read_record(store: RunStore, run_id: str) -> dict[str, Any] | None:
+    """The run's record (bounded and checked), or None if the run id was never launched there."""
+    return store.document(store.layout(run_id).launch_key, parse_record)
 
 
-def read_local_record(runs_dir: Path, layout: RunLayout, limits: Limits) -> dict[str, Any] | None:
-    """The record of a local run's mirror, checked like one from S3; None if there is none."""
-    path = runs_dir / layout.launch_key
-    body = read_file(path, limits.json_bytes, "max_json_bytes")
-    return None if body is None else parse_record(body, str(path))
-
-
-def write_record(s3: Any, layout: RunLayout, record: dict[str, Any]) -> None:
-    s3.put_object(Bucket=layout.bucket, Key=layout.launch_key, Body=to_json(record).encode(), ContentType="application/json")
+def write_record(store: RunStore, run_id: str, record: dict[str, Any]) -> None:
+    store.put(store.layout(run_id).launch_key, to_json(record).encode())
 
 
 def prefix_in_use(s3: Any, layout: RunLayout) -> bool:

@@ -4,8 +4,8 @@ The bucket is shared, and what is in it was written by training containers and b
 people's launchers. So every object the launcher downloads is checked against a byte limit
 (HeadObject's ContentLength first, then counted while it streams, in case it was replaced
 in between), and every JSON document is validated against a model before any field of it
-is used to build a key or a path. A refusal is a :class:`RemoteDataError`: one line naming
-the object and the field, and the CLI exits with code 2.
+is used to build a key or a path. A refusal is a :class:`RemoteDataError` (a UserError): one line
+naming the object and the field, and the CLI exits with code 2.
 """
 
 from __future__ import annotations
@@ -18,13 +18,15 @@ from typing import IO, Any, TypeVar
 import botocore.exceptions
 from pydantic import BaseModel, ValidationError
 
+from roadsense.errors import UserError
+
 MiB = 1024 * 1024
 CHUNK = MiB  # read size for streamed downloads and archives
 
 Model = TypeVar("Model", bound=BaseModel)
 
 
-class RemoteDataError(ValueError):
+class RemoteDataError(UserError, ValueError):
     """Something read from the bucket (or a run's local mirror) is refused; one line naming it and the field."""
 
 
@@ -64,15 +66,18 @@ def check_listed_key(bucket: str, key: str, prefix: str) -> str:
     """``key`` if it lies under ``prefix`` with no '.' or '..' segment. Keys from a listing that the
     launcher acts on (deletes) must address exactly that object: AWS rejects dot segments in a
     request path and other clients or proxies may resolve them to another key."""
-    if not key.startswith(prefix) or any(part in (".", "..") for part in key[len(prefix):].split("/")):
+    if not key.startswith(prefix) or any(part in (".", "..") for part in key[len(prefix) :].split("/")):
         raise RemoteDataError(
-            f"s3://{bucket}/{key}: a '.' or '..' segment under {prefix}; refusing to act on it (remove it in the S3 console, then retry)"
+            f"s3://{bucket}/{key}: a '.' or '..' segment under {prefix}; refusing to act on it (remove it in the S3 "
+            "console, then retry)"
         )
     return key
 
 
 def _too_big(source: str, limit: int, setting: str) -> RemoteDataError:
-    return RemoteDataError(f"{source} is larger than {limit} bytes; refused (raise the {setting} setting if it is genuine)")
+    return RemoteDataError(
+        f"{source} is larger than {limit} bytes; refused (raise the {setting} setting if it is genuine)"
+    )
 
 
 def _copy(s3: Any, bucket: str, key: str, out: IO[bytes], max_bytes: int, setting: str) -> bool:
@@ -106,7 +111,8 @@ def _copy(s3: Any, bucket: str, key: str, out: IO[bytes], max_bytes: int, settin
 
 
 def download_file(s3: Any, bucket: str, key: str, path: Path, max_bytes: int, setting: str) -> bool:
-    """Download ``s3://bucket/key`` to ``path`` if it is at most ``max_bytes``; False (and no file) if there is no such object."""
+    """Download ``s3://bucket/key`` to ``path`` if it is at most ``max_bytes``; False (and no file) if there is no
+    such object."""
     with path.open("wb") as out:
         found = _copy(s3, bucket, key, out, max_bytes, setting)
     if not found:

@@ -12,6 +12,7 @@ from typing import Any
 
 from launcher.layout import RunIdError, RunLayout, validate_job_name
 from launcher.settings import LaunchSettings
+from roadsense.errors import UserError
 from roadsense.metric_lines import METRIC_DEFINITIONS
 
 CHANNEL = "dataset"  # the container reads it from /opt/ml/input/data/dataset/
@@ -26,7 +27,7 @@ _MAX_RUNTIME_S = 28 * 24 * 3600
 MUTABLE_TAG = "latest"  # the one tag the stack's repository lets move (infra/roadsense.yaml)
 
 
-class RequestError(ValueError):
+class RequestError(UserError, ValueError):
     """The request breaks SageMaker's rules; the message lists every problem."""
 
 
@@ -124,7 +125,10 @@ def request_problems(request: dict[str, Any]) -> list[str]:
     if not image or len(image) > 255 or re.search(r"\s", image):
         problems.append(f"TrainingImage {image!r}: a registry path of at most 255 characters without spaces")
     elif mutable_image(image):
-        problems.append(f"TrainingImage {image!r}: the mutable tag '{MUTABLE_TAG}'; launch by a commit tag or an @sha256 digest (an ECR :latest is resolved to its digest)")
+        problems.append(
+            f"TrainingImage {image!r}: the mutable tag '{MUTABLE_TAG}'; launch by a commit tag or an @sha256 digest "
+            "(an ECR :latest is resolved to its digest)"
+        )
     metrics = algorithm.get("MetricDefinitions", [])
     if len(metrics) > 40:
         problems.append(f"MetricDefinitions: {len(metrics)}, at most 40 allowed")
@@ -139,22 +143,39 @@ def request_problems(request: dict[str, Any]) -> list[str]:
         problems.append(f"RoleArn {request.get('RoleArn')!r}: expected arn:aws:iam::<account>:role/<name>")
     resources = request.get("ResourceConfig", {})
     if not _INSTANCE_TYPE.match(resources.get("InstanceType", "")):
-        problems.append(f"InstanceType {resources.get('InstanceType')!r}: expected ml.<family>.<size>, e.g. ml.c6i.xlarge")
+        problems.append(
+            f"InstanceType {resources.get('InstanceType')!r}: expected ml.<family>.<size>, e.g. ml.c6i.xlarge"
+        )
     if resources.get("InstanceCount", 0) < 1:
         problems.append("InstanceCount: at least 1")
     problems += _stopping_problems(request)
-    uris = [request.get("OutputDataConfig", {}).get("S3OutputPath", ""), request.get("CheckpointConfig", {}).get("S3Uri", "")]
+    uris = [
+        request.get("OutputDataConfig", {}).get("S3OutputPath", ""),
+        request.get("CheckpointConfig", {}).get("S3Uri", ""),
+    ]
     uris += [c["DataSource"]["S3DataSource"]["S3Uri"] for c in request.get("InputDataConfig", [])]
     problems += [f"S3 URI {uri!r}: expected s3://<bucket>/<key>" for uri in uris if not _S3_URI.match(uri)]
     environment = request.get("Environment", {})
     if len(environment) > 100:
         problems.append(f"Environment: {len(environment)} entries, at most 100 allowed")
-    problems += [f"Environment key {k!r}: letters, digits and '_', not starting with a digit" for k in environment if not _ENV_KEY.match(k)]
-    problems += [f"Environment[{k!r}]: value must be a string of <= 512 characters" for k, v in environment.items() if not isinstance(v, str) or len(v) > 512]
+    problems += [
+        f"Environment key {k!r}: letters, digits and '_', not starting with a digit"
+        for k in environment
+        if not _ENV_KEY.match(k)
+    ]
+    problems += [
+        f"Environment[{k!r}]: value must be a string of <= 512 characters"
+        for k, v in environment.items()
+        if not isinstance(v, str) or len(v) > 512
+    ]
     tags = request.get("Tags", [])
     if len(tags) > 50:
         problems.append(f"Tags: {len(tags)}, at most 50 allowed")
-    problems += [f"Tag {t['Key']!r}: key <= 128 and value <= 256 characters" for t in tags if len(t["Key"]) > 128 or len(t["Value"]) > 256]
+    problems += [
+        f"Tag {t['Key']!r}: key <= 128 and value <= 256 characters"
+        for t in tags
+        if len(t["Key"]) > 128 or len(t["Value"]) > 256
+    ]
     return problems
 
 
@@ -176,7 +197,9 @@ def _stopping_problems(request: dict[str, Any]) -> list[str]:
     wait = stopping.get("MaxWaitTimeInSeconds")
     if request.get("EnableManagedSpotTraining"):
         if wait is None or wait < runtime:
-            problems.append(f"MaxWaitTimeInSeconds {wait}: spot training needs it, and >= MaxRuntimeInSeconds ({runtime})")
+            problems.append(
+                f"MaxWaitTimeInSeconds {wait}: spot training needs it, and >= MaxRuntimeInSeconds ({runtime})"
+            )
         if "CheckpointConfig" not in request:
             problems.append("CheckpointConfig: spot training needs checkpoints in S3, or an interruption loses the run")
     elif wait is not None:

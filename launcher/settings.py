@@ -9,7 +9,7 @@ Precedence, highest first:
    ``[launch]`` table), or else the ``[tool.roadsense.launch]`` table of ``pyproject.toml``
    there; ``--config PATH`` names another file. Keys are the field names of
    :class:`LaunchSettings`;
-4. the outputs of the infra stack (``roadsense-launch infra deploy``): bucket, role ARN,
+4. the outputs of the infra stack (``roadsense-launch infra deploy``, :mod:`launcher.stack`): bucket, role ARN,
    ECR repository and CodeBuild project (:func:`with_stack_outputs`);
 5. the built-in defaults below.
 
@@ -27,15 +27,22 @@ from typing import Any, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from launcher.infra import DEFAULT_STACK, OUTPUT_BUCKET, OUTPUT_PROJECT, OUTPUT_REPOSITORY_URI, OUTPUT_ROLE_ARN
 from launcher.remote import Limits
+from launcher.stack import (
+    DEFAULT_STACK,
+    OUTPUT_BUCKET,
+    OUTPUT_PROJECT,
+    OUTPUT_REPOSITORY_URI,
+    OUTPUT_ROLE_ARN,
+)
+from roadsense.errors import UserError
 
 _LIMITS = Limits()
 
 DEFAULT_CONFIG_FILE = "roadsense-launch.toml"
 
 
-class SettingsError(ValueError):
+class SettingsError(UserError, ValueError):
     """A launch setting is unknown or invalid; the message names the source and the key."""
 
 
@@ -53,7 +60,9 @@ class LaunchSettings(BaseModel):
     instance_count: int = Field(1, ge=1, le=100)
     volume_size_gb: int = Field(30, ge=1, le=16384)
     max_runtime_s: int = Field(24 * 3600, ge=60, le=28 * 24 * 3600)
-    spot_max_wait_s: int = Field(48 * 3600, ge=60, le=28 * 24 * 3600, description="Spot only: runtime plus time spent waiting for capacity.")
+    spot_max_wait_s: int = Field(
+        48 * 3600, ge=60, le=28 * 24 * 3600, description="Spot only: runtime plus time spent waiting for capacity."
+    )
     stack_name: str = Field(DEFAULT_STACK, description="The infra stack whose outputs fill unset fields.")
     ecr_repository: str = "roadsense-training"
     codebuild_project: str = "roadsense-image"
@@ -63,15 +72,29 @@ class LaunchSettings(BaseModel):
         description="Command --local runs (a test hook: a script that fakes the container).",
     )
     # Bounds on what is read back from the (shared, untrusted) bucket: see launcher.remote.Limits.
-    max_download_bytes: int = Field(_LIMITS.object_bytes, ge=1, description="Largest S3 object fetch/compare downloads.")
-    max_json_bytes: int = Field(_LIMITS.json_bytes, ge=1, description="Largest launch.json, sweep.json or metrics.json.")
-    max_extract_bytes: int = Field(_LIMITS.extract_bytes, ge=1, description="Most bytes one results archive may extract to.")
-    max_archive_members: int = Field(_LIMITS.members, ge=1, description="Most files and folders in one results archive.")
+    max_download_bytes: int = Field(
+        _LIMITS.object_bytes, ge=1, description="Largest S3 object fetch/compare downloads."
+    )
+    max_json_bytes: int = Field(
+        _LIMITS.json_bytes, ge=1, description="Largest launch.json, sweep.json or metrics.json."
+    )
+    max_extract_bytes: int = Field(
+        _LIMITS.extract_bytes, ge=1, description="Most bytes one results archive may extract to."
+    )
+    max_archive_members: int = Field(
+        _LIMITS.members, ge=1, description="Most files and folders in one results archive."
+    )
     max_listed_runs: int = Field(_LIMITS.listed_runs, ge=1, description="Most run prefixes `list` reads.")
 
     @property
     def limits(self) -> Limits:
-        return Limits(self.max_download_bytes, self.max_json_bytes, self.max_extract_bytes, self.max_archive_members, self.max_listed_runs)
+        return Limits(
+            self.max_download_bytes,
+            self.max_json_bytes,
+            self.max_extract_bytes,
+            self.max_archive_members,
+            self.max_listed_runs,
+        )
 
 
 # Environment variables read on top of the config file; boto3 itself also honours
@@ -104,8 +127,10 @@ def read_config_file(path: Path | None = None, cwd: Path | None = None) -> dict[
 def _table(path: Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except OSError as exc:
         raise SettingsError(f"{path}: cannot read it ({exc})") from None
+    except ValueError as exc:  # not UTF-8, or not TOML: UnicodeDecodeError and TOMLDecodeError are ValueErrors
+        raise SettingsError(f"{path}: not a TOML file ({exc})") from None
     if path.name == "pyproject.toml":
         return dict(data.get("tool", {}).get("roadsense", {}).get("launch", {}))
     # roadsense-launch.toml may hold the keys at top level or under [launch].

@@ -2,27 +2,29 @@
 
 Children are ``<parent>-001``, ``<parent>-002``...; the parent's ``sweep.json`` (in S3 and, for
 ``--local``, in ``<runs-dir>/<parent>/``) lists each child's run id and settings, which is
-what ``compare`` reads.
+what ``compare`` (:mod:`launcher.compare`) reads.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import re
 import time
-from pathlib import Path
-from typing import Annotated, Any, Callable, Iterable, TypeVar
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Iterable, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationInfo, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from launcher.fetch import read_member
+from launcher import aws, jobs
+from launcher.display import Report
+from launcher.launch import Launched, LaunchOptions, check_launch, launch
 from launcher.layout import RUN_ID_MAX, RunId, validate_run_id
-from launcher.remote import Limits, parse
+from launcher.remote import parse
+from launcher.settings import LaunchSettings
+from launcher.store import LocalRunStore, RunStore, S3RunStore
 from roadsense.config import ConfigError
-from roadsense.evaluation.metrics import CI_SUFFIX, RATES, format_rate
-from roadsense.evaluation.stats import differs
-from roadsense.metric_lines import EVAL_TAG, PUBLISHED
 
 CHILD_SUFFIX = "-000"
 MAX_POINTS = 999  # the child suffix has three digits
@@ -46,6 +48,14 @@ def split_values(text: str) -> list[str]:
     if any(v == "" for v in values):
         raise ConfigError(f"--set values {text!r}: empty value in the list")
     return values
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> the training seeds of a sweep."""
+    try:
+        return [int(seed) for seed in text.split(",") if seed.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: expected whole numbers separated by commas, e.g. --seeds 0,1,2") from None
 
 
 def grid(seeds: list[int], sets: list[str]) -> list[dict[str, str]]:
@@ -90,7 +100,9 @@ def schedule(
 
 
 def sweep_record(parent: str, children: dict[str, dict[str, str]], preset: str) -> str:
-    return json.dumps({"parent_run_id": parent, "preset": preset, "children": children}, indent=2, sort_keys=True) + "\n"
+    return (
+        json.dumps({"parent_run_id": parent, "preset": preset, "children": children}, indent=2, sort_keys=True) + "\n"
+    )
 
 
 class _SweepRecord(BaseModel):
@@ -104,7 +116,9 @@ class _SweepRecord(BaseModel):
 
     @field_validator("children")
     @classmethod
-    def _children_of_the_parent(cls, children: dict[str, dict[str, str]], info: ValidationInfo) -> dict[str, dict[str, str]]:
+    def _children_of_the_parent(
+        cls, children: dict[str, dict[str, str]], info: ValidationInfo
+    ) -> dict[str, dict[str, str]]:
         parent = info.data.get("parent_run_id", "")
         stray = next((child for child in children if not re.fullmatch(re.escape(parent) + r"-\d{3}", child)), None)
         if stray is not None:
@@ -117,85 +131,63 @@ def parse_sweep(data: bytes, source: str) -> dict[str, Any]:
     return parse(_SweepRecord, data, source).model_dump()
 
 
-EVAL_METRICS = [name for tag, name in PUBLISHED if tag == EVAL_TAG]
-# The rate where lower is better; for every other rate higher is better (compare's best run).
-LOWER_IS_BETTER = frozenset({"collision_rate"})
-DIFFERS_MARK = "*"
-DIFFERS_LEGEND = (
-    f"{DIFFERS_MARK} differs from the best run in its column (lowest collision_rate, highest other rates) "
-    "by more than the noise: the 95 % interval of the difference (Newcombe's hybrid score, from the two "
-    "Wilson intervals) excludes 0. Rates show their 95 % Wilson interval in percent."
-)
+def run_sweep(
+    template: LaunchOptions,
+    settings: LaunchSettings,
+    parent: str,
+    seeds: list[int],
+    sets: list[str],
+    max_parallel: int,
+    poll_seconds: float,
+) -> Report:
+    """Launch one run of ``template`` per grid point, never more than ``max_parallel`` unfinished at once
+    (local runs in threads; SageMaker jobs polled every ``poll_seconds``), and report how each ended."""
+    points = grid(seeds, sets)
+    children = dict(zip(child_run_ids(parent, len(points)), points, strict=True))
+    options = [
+        dataclasses.replace(
+            template,
+            run_id=child,
+            parent_run_id=parent,
+            wait=False,
+            sets=(*template.sets, *(f"{k}={v}" for k, v in point.items())),
+            # rich shows one live display at a time: a progress bar only for local runs one after another.
+            show_progress=template.local and max_parallel == 1,
+        )
+        for child, point in children.items()
+    ]
+    for child_options in options:  # every child's config (and runtime) is valid before the first one starts
+        check_launch(child_options, settings)
+    _write_sweep(settings, parent, sweep_record(parent, children, template.preset), template.local)
+    results: list[Launched]
+    if template.local:
+        with ThreadPoolExecutor(max_parallel) as pool:
+            handles: list[Future[Launched]] = schedule(
+                options, lambda o: pool.submit(launch, o, settings), Future.done, max_parallel, 1.0
+            )
+        results = [handle.result() for handle in handles]
+    else:
+        sagemaker = aws.make_session(settings).client("sagemaker")
+        results = schedule(
+            options,
+            lambda o: launch(o, settings),
+            lambda r: jobs.describe_job(sagemaker, r.job_name).terminal,
+            max_parallel,
+            poll_seconds,
+        )
+    return Report(
+        f"sweep {parent}",
+        ["run id", "job", "status", "failure"],
+        [(r.run_id, r.job_name, r.status, r.failure_reason) for r in results],
+    )
 
 
-# Values read back must be finite JSON numbers (episode counts whole ones): a string, a boolean,
-# NaN or an infinity is refused, so nothing downstream meets them.
-_Number = Annotated[StrictFloat, Field(allow_inf_nan=False)]
-_Overall = create_model(  # type: ignore[call-overload]
-    "_Overall", __config__=ConfigDict(extra="ignore"),
-    episodes=(Annotated[StrictInt, Field(ge=0)] | None, None),
-    **{name: (_Number | None, None) for name in EVAL_METRICS},
-    **{rate + CI_SUFFIX: (tuple[_Number, _Number] | None, None) for rate in RATES},
-)
-
-
-class _Metrics(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    overall: _Overall = Field(default_factory=_Overall)  # type: ignore[valid-type]
-
-
-def read_metrics(model_archive: Path, limits: Limits = Limits()) -> dict[str, Any]:
-    """The ``overall`` section of the trained policy's ``metrics.json`` in a model.tar.gz (read in memory).
-
-    It holds the published evaluation metrics (metric_lines.PUBLISHED), ``episodes`` and, if
-    written after the intervals, each rate's ``<rate>_ci95``; the per-bucket, per-peer-count
-    and baseline sections are left to the report. The archive and metrics.json are bounded
-    and checked like fetched results; {} if the archive has no metrics.json.
-    """
-    data = read_member(model_archive, "metrics.json", limits)
-    if data is None:
-        return {}
-    return parse(_Metrics, data, f"metrics.json in {model_archive}").overall.model_dump(exclude_none=True)
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _counted(run: dict[str, Any], rate: str) -> bool:
-    """Whether ``run``'s ``rate`` comes with the episode count that an interval needs."""
-    episodes = run.get("episodes")
-    return _number(run.get(rate)) and isinstance(episodes, int) and episodes > 0
-
-
-def has_rates(columns: list[str]) -> bool:
-    """Whether a compare table with these columns shows rates, and so needs :data:`DIFFERS_LEGEND`."""
-    return any(column in RATES for column in columns)
-
-
-def compare_cells(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """The published evaluation metrics that some run has, and each run's cell of each.
-
-    ``runs`` are ``overall`` sections (:func:`read_metrics`; {} for a run without results). A
-    rate reads ``10.0% (1.2-32.2)`` with its 95 % interval, then :data:`DIFFERS_MARK` when it
-    differs by more than the noise from the column's best run; the episode counts come from
-    each run's ``episodes``, so a run without them shows its rate alone and is never marked.
-    """
-    columns = [name for name in EVAL_METRICS if any(_number(run.get(name)) for run in runs)]
-    cells: list[list[str]] = [[] for _ in runs]
-    for name in columns:
-        if name not in RATES:
-            for run, row in zip(runs, cells):
-                row.append(f"{run[name]:.4g}" if _number(run.get(name)) else "")
-            continue
-        counted = [run for run in runs if _counted(run, name)]
-        pick = min if name in LOWER_IS_BETTER else max
-        best = pick(counted, key=lambda run: run[name]) if counted else None
-        for run, row in zip(runs, cells):
-            if not _number(run.get(name)):
-                row.append("")
-                continue
-            marked = best is not None and _counted(run, name) and differs(run[name], run["episodes"], best[name], best["episodes"])
-            row.append(format_rate(run, name) + (f" {DIFFERS_MARK}" if marked else ""))
-    return columns, cells
+def _write_sweep(settings: LaunchSettings, parent: str, text: str, local: bool) -> None:
+    """The parent's sweep.json: in --runs-dir for a local sweep, and in S3 (for a local sweep only if
+    the bucket is reachable, as its children publish themselves)."""
+    session = aws.make_session(settings)
+    stores: list[RunStore] = [LocalRunStore(settings.runs_dir, settings.bucket, settings.limits)] if local else []
+    if not local or aws.s3_reachable(session, settings.bucket):
+        stores.append(S3RunStore(session.client("s3"), settings.bucket, settings.limits))
+    for store in stores:
+        store.put(store.layout(parent).sweep_key, text.encode())

@@ -1,7 +1,7 @@
 """Hyperparameter tuning: a SageMaker HyperParameterTuningJob over numeric settings of the config.
 
 The training job definition is the launcher's own CreateTrainingJob request
-(:func:`launcher.request.build_request`, through :func:`launcher.launch.prepare_cloud`) with the
+(:func:`launcher.request.build_request`, through :func:`launcher.launch.plan_cloud`) with the
 tuned keys taken out of its hyperparameters: the children run the same image, metrics,
 environment, network isolation, stopping condition and output layout as ``roadsense-launch``.
 Their results land under the parent run's prefix, ``<parent>/output/<child-job>/output/``; the
@@ -29,12 +29,20 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from launcher import aws
-from launcher.image import LOCAL_IMAGE
-from launcher.launch import LOCAL_ROLE_ARN, LaunchOptions, dry_run_request, plan, prepare_cloud
-from launcher.layout import RunId, RunIdError, RunLayout, check_name, validate_job_name
-from launcher.remote import Limits, parse, read_object
+from launcher.display import Report
+from launcher.fetch import RunNotFoundError
+from launcher.launch import LaunchOptions, dry_run_request, plan_cloud, prepare_cloud
+from launcher.layout import RunId, RunIdError, check_name, validate_job_name
+from launcher.remote import parse
 from launcher.settings import LaunchSettings
-from roadsense.config import KEY_SECTION, SECTIONS, ConfigError, PipelineConfig, parse_set_options
+from launcher.store import RunStore, S3RunStore
+from roadsense.config import (
+    KEY_SECTION,
+    SECTIONS,
+    ConfigError,
+    PipelineConfig,
+    parse_set_options,
+)
 from roadsense.exits import clip
 from roadsense.metric_lines import EVAL_TAG, METRIC_DEFINITIONS, VAL_TAG
 
@@ -53,7 +61,13 @@ _NOT_IN_DEFINITION = frozenset({"TrainingJobName", "HyperParameters", "Tags"})
 
 def validate_tuning_job_name(name: str) -> str:
     """``name`` if it is a legal tuning job name (read back from tuning.json, it names AWS resources)."""
-    return check_name(name, _TUNING_JOB_NAME, 32, "tuning job name", "letters, digits or '-', starting and ending with a letter or digit")
+    return check_name(
+        name,
+        _TUNING_JOB_NAME,
+        32,
+        "tuning job name",
+        "letters, digits or '-', starting and ending with a letter or digit",
+    )
 
 
 TuningJobName = Annotated[str, AfterValidator(validate_tuning_job_name)]
@@ -77,8 +91,12 @@ class ParamRange:
 
     def to_api(self) -> dict[str, str]:
         spell = (lambda v: str(int(v))) if self.integer else repr
-        return {"Name": self.key, "MinValue": spell(self.low), "MaxValue": spell(self.high),
-                "ScalingType": "Logarithmic" if self.log else "Linear"}
+        return {
+            "Name": self.key,
+            "MinValue": spell(self.low),
+            "MaxValue": spell(self.high),
+            "ScalingType": "Logarithmic" if self.log else "Linear",
+        }
 
 
 def _number_type(key: str) -> type | None:
@@ -97,14 +115,19 @@ def parse_range(text: str, preset: str, sets: dict[str, str], source: str = "--r
     key, sep, bounds = text.partition("=")
     parts = bounds.split(":")
     if not sep or len(parts) not in (2, 3) or (len(parts) == 3 and parts[2].strip() != "log"):
-        raise ConfigError(f"{where}: expected key=low:high or key=low:high:log, e.g. --range learning_rate=1e-5:1e-3:log")
+        raise ConfigError(
+            f"{where}: expected key=low:high or key=low:high:log, e.g. --range learning_rate=1e-5:1e-3:log"
+        )
     try:
-        key = next(iter(parse_set_options([f"{key.strip()}=0"])))  # the config's check: unknown keys get a "did you mean"
+        # The config's check: unknown keys get a "did you mean".
+        key = next(iter(parse_set_options([f"{key.strip()}=0"])))
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     kind = _number_type(key)
     if kind is None:
-        raise ConfigError(f"{where}: {key} is not a number setting; tune int or float settings and give the others with --set")
+        raise ConfigError(
+            f"{where}: {key} is not a number setting; tune int or float settings and give the others with --set"
+        )
     try:
         low, high = (_bound(part, kind) for part in parts[:2])
     except ValueError:  # json.JSONDecodeError is one
@@ -125,7 +148,7 @@ def parse_range(text: str, preset: str, sets: dict[str, str], source: str = "--r
 def _bound(text: str, kind: type) -> float:
     """A bound as a finite number of the setting's type (true/false, NaN and 1.5 for an int are refused)."""
     value = json.loads(text)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ValueError(text)
     if kind is int:
         if value != int(value):
@@ -138,8 +161,10 @@ def ranges_from_file(path: Path) -> list[str]:
     """The ``key=low:high[:log]`` strings of a TOML ranges file."""
     try:
         data = tomllib.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+    except OSError as exc:
         raise ConfigError(f"--ranges {path}: cannot read it ({exc})") from None
+    except ValueError as exc:  # not UTF-8, or not TOML: UnicodeDecodeError and TOMLDecodeError are ValueErrors
+        raise ConfigError(f"--ranges {path}: not a TOML file ({exc})") from None
     table = data.get("ranges", data)
     bad = next((key for key, value in table.items() if not isinstance(value, str)), None)
     if bad is not None:
@@ -173,8 +198,14 @@ def tuning_request(training: dict[str, Any], options: TuningOptions, name: str) 
         "HyperParameterTuningJobName": name,
         "HyperParameterTuningJobConfig": {
             "Strategy": "Bayesian",
-            "HyperParameterTuningJobObjective": {"Type": "Maximize", "MetricName": OBJECTIVES.get(options.objective, options.objective)},
-            "ResourceLimits": {"MaxNumberOfTrainingJobs": options.max_jobs, "MaxParallelTrainingJobs": options.max_parallel_jobs},
+            "HyperParameterTuningJobObjective": {
+                "Type": "Maximize",
+                "MetricName": OBJECTIVES.get(options.objective, options.objective),
+            },
+            "ResourceLimits": {
+                "MaxNumberOfTrainingJobs": options.max_jobs,
+                "MaxParallelTrainingJobs": options.max_parallel_jobs,
+            },
             "ParameterRanges": {
                 "IntegerParameterRanges": [r.to_api() for r in options.ranges if r.integer],
                 "ContinuousParameterRanges": [r.to_api() for r in options.ranges if not r.integer],
@@ -214,10 +245,14 @@ def tuning_problems(request: dict[str, Any], options: TuningOptions) -> list[str
         problems.append(f"--max-parallel-jobs {options.max_parallel_jobs}: 1..--max-jobs ({options.max_jobs})")
     static = request["TrainingJobDefinition"]["StaticHyperParameters"]
     if options.objective == VAL_TAG and "val_every" not in keys and static.get("val_every") == "0":
-        problems.append("objective val: val_every is 0, so no [val] line is printed; drop --set val_every=0 or use --objective eval")
+        problems.append(
+            "objective val: val_every is 0, so no [val] line is printed; drop --set val_every=0 or use --objective eval"
+        )
     if options.early_stopping and options.objective == EVAL_TAG:
         # Early stopping compares a child's objective during training with the others'; eval is printed only at the end.
-        problems.append("early stopping needs an objective reported during training: use --objective val, or --no-early-stopping")
+        problems.append(
+            "early stopping needs an objective reported during training: use --objective val, or --no-early-stopping"
+        )
     return problems
 
 
@@ -232,13 +267,20 @@ class _TuningRecord(BaseModel):
 
 
 def tuning_record(parent: str, request: dict[str, Any]) -> str:
-    return json.dumps({
-        "parent_run_id": parent,
-        "tuning_job_name": request["HyperParameterTuningJobName"],
-        "git_commit": request["TrainingJobDefinition"]["Environment"]["ROADSENSE_GIT_COMMIT"],
-        "launched_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "request": request,
-    }, indent=2, sort_keys=True) + "\n"
+    return (
+        json.dumps(
+            {
+                "parent_run_id": parent,
+                "tuning_job_name": request["HyperParameterTuningJobName"],
+                "git_commit": request["TrainingJobDefinition"]["Environment"]["ROADSENSE_GIT_COMMIT"],
+                "launched_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "request": request,
+            },
+            indent=2,
+            sort_keys=True,
+        )
+        + "\n"
+    )
 
 
 def parse_tuning(data: bytes, source: str) -> dict[str, Any]:
@@ -246,10 +288,11 @@ def parse_tuning(data: bytes, source: str) -> dict[str, Any]:
     return parse(_TuningRecord, data, source).model_dump()
 
 
-def read_tuning(s3: Any, layout: RunLayout, limits: Limits) -> str | None:
-    """The tuning job named by the run's tuning.json (bounded and checked), or None if it has none."""
-    body = read_object(s3, layout.bucket, layout.tuning_key, limits.json_bytes, "max_json_bytes")
-    return None if body is None else parse_tuning(body, layout.uri("tuning.json"))["tuning_job_name"]
+def read_tuning(store: RunStore, run_id: str) -> str | None:
+    """The tuning job named by the run's tuning.json (bounded and checked), or None if it has none (a local
+    store never has one: tuning jobs run on SageMaker)."""
+    found = store.document(store.layout(run_id).tuning_key, parse_tuning)
+    return None if found is None else found["tuning_job_name"]
 
 
 @dataclass(frozen=True)
@@ -267,7 +310,8 @@ def list_children(sagemaker: Any, tuning_job: str) -> list[Child]:
     """The tuning job's training jobs, best objective first (jobs without one last). Their names become
     S3 keys and paths, so each passes the job-name check."""
     pages = sagemaker.get_paginator("list_training_jobs_for_hyper_parameter_tuning_job").paginate(
-        HyperParameterTuningJobName=tuning_job, SortBy="FinalObjectiveMetricValue", SortOrder="Descending")
+        HyperParameterTuningJobName=tuning_job, SortBy="FinalObjectiveMetricValue", SortOrder="Descending"
+    )
     children = [
         Child(
             job_name=validate_job_name(summary["TrainingJobName"]),
@@ -289,24 +333,85 @@ def best_child(sagemaker: Any, tuning_job: str) -> str | None:
 
 
 def dry_run_tuning(options: LaunchOptions, settings: LaunchSettings, tuning: TuningOptions) -> dict[str, Any]:
-    """The request ``tune`` would send; AWS is read (never written) only for what was not given, as in a dry-run launch."""
+    """The request ``tune`` would send; AWS is read (never written) only for what was not given, as in a dry-run
+    launch."""
     training, _ = dry_run_request(options, settings)
     return tuning_request(training, tuning, tuning_job_name(options.run_id))
 
 
 def launch_tuning(options: LaunchOptions, settings: LaunchSettings, tuning: TuningOptions) -> dict[str, Any]:
     """Create the tuning job of the parent run ``options.run_id`` and its tuning.json; returns the request sent."""
-    # The config, the ranges and the request's shape are checked before anything is built or uploaded.
-    placeholder, _ = plan(options, settings, LOCAL_ROLE_ARN, f"{LOCAL_IMAGE}:unknown", "unknown")
-    tuning_request(placeholder, tuning, tuning_job_name(options.run_id))
     session = aws.make_session(settings)
-    try:
-        training, _ = prepare_cloud(options, settings, session)
-        request = tuning_request(training, tuning, tuning_job_name(options.run_id))
-        session.client("sagemaker").create_hyper_parameter_tuning_job(**request)
-        layout = RunLayout(settings.bucket, options.run_id)
-        body = tuning_record(options.run_id, request).encode()
-        session.client("s3").put_object(Bucket=layout.bucket, Key=layout.tuning_key, Body=body, ContentType="application/json")
-    except Exception as exc:  # noqa: BLE001 - translate() re-raises what it does not know
-        raise aws.translate(exc) from None
+    planned = plan_cloud(options, settings, session)
+    # The ranges and the search are checked with the real training request, before anything is built or uploaded.
+    request = tuning_request(planned.request, tuning, tuning_job_name(options.run_id))
+    prepare_cloud(planned, options, settings, session)
+    session.client("sagemaker").create_hyper_parameter_tuning_job(**request)
+    store = S3RunStore(session.client("s3"), settings.bucket, settings.limits)
+    store.put(store.layout(options.run_id).tuning_key, tuning_record(options.run_id, request).encode())
     return request
+
+
+def tuning_options(
+    template: LaunchOptions,
+    ranges: list[str],
+    ranges_file: Path | None,
+    objective: str,
+    max_jobs: int,
+    max_parallel_jobs: int,
+    early_stopping: bool,
+) -> TuningOptions:
+    """The search ``tune`` asks for: each ``--range`` (and each of ``ranges_file``) checked against the config
+    of the launch flags, which must start a new SageMaker job."""
+    if template.local or template.resume or template.wait:
+        raise aws.LaunchError(
+            "tune runs on SageMaker and starts a new search",
+            "drop --local, --resume and --wait; follow it with roadsense-launch status PARENT",
+        )
+    sets = parse_set_options(list(template.sets))
+    texts = [*ranges, *(ranges_from_file(ranges_file) if ranges_file else [])]
+    return TuningOptions(
+        tuple(parse_range(text, template.preset, sets) for text in texts),
+        objective,
+        max_jobs,
+        max_parallel_jobs,
+        early_stopping,
+    )
+
+
+def chosen_child(sagemaker: Any, tuning_job: str, job: str | None) -> str:
+    """``job`` if it is one of the tuning job's children, else (None) its best child so far."""
+    if job is None:
+        best = best_child(sagemaker, tuning_job)
+        if best is None:
+            raise RunNotFoundError(f"tuning job {tuning_job} has no completed child yet; see roadsense-launch status")
+        return best
+    names = [child.job_name for child in list_children(sagemaker, tuning_job)]
+    if job not in names:
+        raise RunNotFoundError(
+            f"--job {job!r} is not a child of tuning job {tuning_job}; its children: {', '.join(names) or 'none yet'}"
+        )
+    return job
+
+
+def tuning_report(sagemaker: Any, tuning_job: str) -> Report:
+    """The tuning job's state and its children, best objective first."""
+    described = sagemaker.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=tuning_job)
+    objective = described["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"]["MetricName"]
+    rows = [
+        (
+            c.job_name,
+            c.status,
+            "" if c.objective is None else f"{c.objective:.4g}",
+            " ".join(f"{k}={v}" for k, v in c.tuned.items()),
+            c.failure_reason,
+        )
+        for c in list_children(sagemaker, tuning_job)
+    ]
+    reason = described.get("FailureReason")
+    return Report(
+        f"tuning job {tuning_job}: {described['HyperParameterTuningJobStatus']}",
+        ["job", "status", objective, "settings", "failure"],
+        rows,
+        warning=f"{tuning_job}: {reason}" if reason else "",
+    )

@@ -2,50 +2,38 @@
 
 Each object carries its SHA-256 in its metadata, so a second upload skips what is already
 there (S3's own ETag is not a content hash for multipart uploads). Large files go up in
-parts, which boto3's transfer manager does above ``multipart_threshold``.
+parts, which boto3's transfer manager does above ``multipart_threshold``. A dataset is
+verified by the pipeline's own check (:func:`roadsense.scenarios.dataset.verify_or_raise`)
+before any of it is sent.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TransferSpeedColumn,
+)
 
-from roadsense.scenarios.dataset import verify_dataset as verify_scenarios
+from launcher.layout import RunLayout
+from roadsense.scenarios.dataset import sha256_file, verify_or_raise
 
 SHA256_METADATA = "sha256"  # stored as x-amz-meta-sha256
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
-
-
-class DatasetError(ValueError):
-    """The dataset folder is not fit to upload; the message names the file."""
 
 
 @dataclass
 class UploadResult:
     uploaded: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1024 * 1024), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def verify_dataset(folder: Path) -> None:
-    """Refuse a dataset that fails roadsense's own verification (manifest hashes, layout, invariants)."""
-    problems = verify_scenarios(folder)
-    if problems:
-        more = f" (and {len(problems) - 1} more; roadsense verify shows all)" if len(problems) > 1 else ""
-        raise DatasetError(f"dataset {folder} is not valid: {problems[0]}{more}")
 
 
 def _remote_sha256(s3: Any, bucket: str, key: str) -> str | None:
@@ -71,23 +59,34 @@ def upload_tree(
     ``exclude`` names top-level entries of ``folder`` to leave out.
     """
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).parts[0] not in exclude)
-    transfer = TransferConfig(multipart_threshold=multipart_threshold, multipart_chunksize=max(multipart_threshold, 5 * 1024 * 1024))
+    transfer = TransferConfig(
+        multipart_threshold=multipart_threshold, multipart_chunksize=max(multipart_threshold, 5 * 1024 * 1024)
+    )
     result = UploadResult()
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
     with Progress(*columns, disable=not show_progress, transient=True) as progress:
         task = progress.add_task(f"upload to s3://{bucket}/{prefix}", total=sum(p.stat().st_size for p in files))
         for path in files:
             key = prefix + path.relative_to(folder).as_posix()
-            digest = sha256_of(path)
+            digest = sha256_file(path)
             if _remote_sha256(s3, bucket, key) == digest:
                 result.skipped.append(key)
                 progress.advance(task, path.stat().st_size)
                 continue
             s3.upload_file(
-                str(path), bucket, key,
+                str(path),
+                bucket,
+                key,
                 ExtraArgs={"Metadata": {SHA256_METADATA: digest}},
                 Config=transfer,
                 Callback=lambda sent: progress.advance(task, sent),
             )
             result.uploaded.append(key)
     return result
+
+
+def upload_dataset(s3: Any, dataset: Path, layout: RunLayout) -> UploadResult:
+    """Verify the dataset folder (:class:`roadsense.scenarios.dataset.DatasetError` if it does not), then
+    upload it to the run's dataset channel."""
+    verify_or_raise(dataset)
+    return upload_tree(s3, dataset, layout.bucket, layout.dataset_key)

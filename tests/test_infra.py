@@ -24,7 +24,8 @@ from cfnlint.decode import decode
 from moto.cloudformation.models import cloudformation_backends
 from typer.testing import CliRunner
 
-from launcher import codebuild, infra
+from launcher import codebuild, infra, stack
+from launcher.cli import app
 from launcher.launch import LaunchOptions, plan
 from launcher.layout import CHECKPOINTS_PREFIX, RunLayout
 from launcher.settings import LaunchSettings
@@ -250,8 +251,8 @@ def test_budget_is_monthly_with_email_alerts() -> None:
 
 
 def test_outputs_the_launcher_reads_are_present(template: dict[str, Any]) -> None:
-    assert set(infra.OUTPUT_KEYS) <= set(template["Outputs"])
-    assert template["Outputs"][infra.OUTPUT_PROJECT]["Value"] == {"Ref": "BuildProject"}
+    assert set(stack.OUTPUT_KEYS) <= set(template["Outputs"])
+    assert template["Outputs"][stack.OUTPUT_PROJECT]["Value"] == {"Ref": "BuildProject"}
 
 
 # --- moto: stack create and the infra CLI ----------------------------------------------
@@ -263,26 +264,27 @@ def aws(moto_session: boto3.Session) -> boto3.Session:
 
 
 def test_stack_creates_under_moto_and_outputs_are_read(aws: boto3.Session) -> None:
-    assert infra.stack_outputs(aws) == {}
+    assert stack.stack_outputs(aws) == {}
     aws.client("cloudformation").create_stack(
         StackName="roadsense",
         TemplateBody=(INFRA / "roadsense.yaml").read_text(),
         Parameters=[{"ParameterKey": "SourceRepositoryUrl", "ParameterValue": SOURCE_REPO}],
         Capabilities=["CAPABILITY_IAM"],
     )
-    outputs = infra.stack_outputs(aws)
-    assert outputs[infra.OUTPUT_BUCKET] == "saferide-training-results"
-    assert outputs[infra.OUTPUT_REPOSITORY_URI] == f"{ACCOUNT}.dkr.ecr.il-central-1.amazonaws.com/roadsense-training"
-    role_name = outputs[infra.OUTPUT_ROLE_ARN].rsplit("/", 1)[1]
+    outputs = stack.stack_outputs(aws)
+    assert outputs[stack.OUTPUT_BUCKET] == "saferide-training-results"
+    assert outputs[stack.OUTPUT_REPOSITORY_URI] == f"{ACCOUNT}.dkr.ecr.il-central-1.amazonaws.com/roadsense-training"
+    role_name = outputs[stack.OUTPUT_ROLE_ARN].rsplit("/", 1)[1]
     assert "sagemaker.amazonaws.com" in json.dumps(aws.client("iam").get_role(RoleName=role_name)["Role"]["AssumeRolePolicyDocument"])
     repository = only(aws.client("ecr").describe_repositories()["repositories"])
     assert repository["imageTagMutability"] == "IMMUTABLE_WITH_EXCLUSION"
     assert aws.client("s3").get_bucket_location(Bucket="saferide-training-results")["LocationConstraint"] == "il-central-1"
 
 
-def invoke(*args: str):
-    result = CliRunner().invoke(infra.infra_app, list(args))
-    # A user error ends in typer.Exit (SystemExit); anything else would be a traceback.
+def invoke(*args: str, settings: tuple[str, ...] = ()):
+    """``roadsense-launch [settings...] infra args...``."""
+    result = CliRunner().invoke(app, [*settings, "infra", *args])
+    # An expected failure ends in SystemExit with its exit code; anything else would be a traceback.
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     return result
 
@@ -308,12 +310,12 @@ def test_cli_deploy_twice_status_and_delete(aws: boto3.Session) -> None:
 
     deleted = invoke("delete", "--yes")
     assert deleted.exit_code == 0, deleted.output
-    assert infra.stack_outputs(aws) == {}
-    assert infra.stack_outputs(boto3.Session(region_name="us-east-1"), "roadsense-budget") == {}
+    assert stack.stack_outputs(aws) == {}
+    assert stack.stack_outputs(boto3.Session(region_name="us-east-1"), "roadsense-budget") == {}
     aws.client("s3").head_bucket(Bucket="saferide-training-results")  # DeletionPolicy: Retain
 
     gone = invoke("status")
-    assert gone.exit_code == 1 and "does not exist" in gone.output
+    assert gone.exit_code == 2 and "does not exist" in gone.output
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -332,11 +334,25 @@ def test_cli_status_prints_outputs(aws: boto3.Session) -> None:
     assert "BucketName = saferide-training-results" in result.output
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_cli_deploys_in_the_region_given_before_infra(aws: boto3.Session) -> None:
+    """``roadsense-launch --region X infra deploy`` deploys the training stack in X (the budget stays in us-east-1)."""
+    region = "eu-west-1"
+    result = invoke("deploy", "--source-repo", SOURCE_REPO, "--alert-email", "ops@example.com", settings=("--region", region))
+    assert result.exit_code == 0, result.output
+    in_region = stack.describe_stack(boto3.Session(region_name=region).client("cloudformation"), "roadsense")
+    assert in_region is not None and in_region["StackStatus"] == "CREATE_COMPLETE"
+    assert stack.describe_stack(aws.client("cloudformation"), "roadsense") is None  # aws: the default region, il-central-1
+    assert stack.describe_stack(boto3.Session(region_name=infra.BUDGET_REGION).client("cloudformation"), "roadsense-budget") is not None
+    assert f"roadsense ({region}): CREATE_COMPLETE" in invoke("status", settings=("--region", region)).output
+    assert invoke("status").exit_code == 2  # no stack in the default region
+
+
 def test_cli_first_deploy_without_email_changes_nothing(aws: boto3.Session) -> None:
     result = invoke("deploy", "--source-repo", SOURCE_REPO)
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "needs AlertEmail" in result.output and "--alert-email" in result.output
-    assert infra.stack_outputs(aws) == {} and "Traceback" not in result.output
+    assert stack.stack_outputs(aws) == {} and "Traceback" not in result.output
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -369,7 +385,7 @@ def test_cli_without_credentials_says_how_to_fix(monkeypatch: pytest.MonkeyPatch
 
 def test_cli_rejects_a_malformed_param(aws: boto3.Session) -> None:
     result = invoke("deploy", "--param", "ImagesToKeep")
-    assert result.exit_code == 1 and "KEY=VALUE" in result.output
+    assert result.exit_code == 2 and "KEY=VALUE" in result.output
 
 
 def test_deploy_treats_an_empty_change_set_as_success(capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,15 +15,17 @@ import pytest
 from botocore.stub import Stubber
 from typer.testing import CliRunner
 
-from launcher import aws, display, infra, jobs, sweep
+from launcher import aws, display, jobs, stack, sweep
 from launcher.cli import app
-from launcher.fetch import ArchiveError, RunNotFoundError, fetch_run, safe_extract
+from launcher.fetch import ArchiveError, RunNotFoundError, fetch_job, safe_extract
 from launcher.launch import LaunchOptions, launch
 from launcher.layout import RunLayout
 from launcher.remote import Limits, RemoteDataError
 from launcher.settings import LaunchSettings, load_settings
-from launcher.upload import DatasetError, upload_tree, verify_dataset
+from launcher.store import S3RunStore
+from launcher.upload import upload_dataset, upload_tree
 from roadsense.evaluation.stats import wilson_interval
+from roadsense.scenarios.dataset import DatasetError
 from tests.conftest import metrics_archive
 
 REGION = "il-central-1"
@@ -34,7 +36,9 @@ BUCKET = "saferide-training-results"
 def moto_env(moto_session: boto3.Session):
     session = moto_session
     session.client("s3").create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
-    role = session.client("iam").create_role(RoleName="roadsense-sagemaker", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    role = session.client("iam").create_role(RoleName="roadsense-sagemaker", AssumeRolePolicyDocument="{}")["Role"][
+        "Arn"
+    ]
     return session, role
 
 
@@ -46,7 +50,14 @@ def _settings(role: str, **changes: object) -> LaunchSettings:
 def _push_image(session: boto3.Session) -> None:
     ecr = session.client("ecr")
     ecr.create_repository(repositoryName="roadsense-training")
-    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json", "config": {}, "layers": []})
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {},
+            "layers": [],
+        }
+    )
     ecr.put_image(repositoryName="roadsense-training", imageManifest=manifest, imageTag="abc")
 
 
@@ -79,8 +90,12 @@ def test_bucket_in_another_region_is_named(moto_env) -> None:
 def test_no_credentials_message(monkeypatch: pytest.MonkeyPatch) -> None:
     import botocore.exceptions
 
-    assert "no AWS credentials found. Fix: aws configure" in str(aws.translate(botocore.exceptions.NoCredentialsError()))
-    not_found = botocore.exceptions.ClientError({"Error": {"Code": "ValidationException", "Message": "Could not find job 'j'."}}, "DescribeTrainingJob")
+    assert "no AWS credentials found. Fix: aws configure" in str(
+        aws.translate(botocore.exceptions.NoCredentialsError())
+    )
+    not_found = botocore.exceptions.ClientError(
+        {"Error": {"Code": "ValidationException", "Message": "Could not find job 'j'."}}, "DescribeTrainingJob"
+    )
     assert str(aws.translate(not_found)).startswith("AWS rejected the request: Could not find job 'j'. Fix:")
 
 
@@ -101,7 +116,8 @@ def test_launch_creates_job_and_record_and_refuses_a_duplicate(moto_env, tmp_pat
     with pytest.raises(aws.LaunchError, match="already holds a run"):
         launch(options, settings)
     s3.put_object(Bucket=BUCKET, Key="checkpoints/cloud_prod_001/ckpt_1.zip", Body=b"x")
-    s3.put_object(Bucket=BUCKET, Key="checkpoints/cloud_prod_0010/ckpt_1.zip", Body=b"x")  # another run, same leading characters
+    # Another run, with the same leading characters.
+    s3.put_object(Bucket=BUCKET, Key="checkpoints/cloud_prod_0010/ckpt_1.zip", Body=b"x")
     resumed = launch(LaunchOptions(run_id="cloud_prod_001", preset="smoke", resume=True), settings)
     assert resumed.job_name != first.job_name
     # --resume sends the prefix the checkpoints are under, with its slash (not also cloud_prod_0010's).
@@ -114,7 +130,7 @@ def test_launch_creates_job_and_record_and_refuses_a_duplicate(moto_env, tmp_pat
     assert len(record["attempts"]) == 3
     # moto reports the job Completed at once but writes no results: fetch names where it looked.
     with pytest.raises(RunNotFoundError, match=f"no results at s3://{BUCKET}/cloud_prod_001/output/.*/model.tar.gz"):
-        fetch_run(s3, RunLayout(BUCKET, "cloud_prod_001"), tmp_path, Limits())
+        fetch_job(S3RunStore(s3, BUCKET, Limits()), "cloud_prod_001", record["attempts"][-1]["job_name"], tmp_path)
 
 
 def test_force_refuses_a_crafted_checkpoint_key_before_deleting_anything(moto_env) -> None:
@@ -143,18 +159,30 @@ def test_latest_is_launched_by_its_digest(moto_env) -> None:
     _push_image(session)
     repo = "123456789012.dkr.ecr.il-central-1.amazonaws.com/roadsense-training"
     ecr = session.client("ecr")
-    manifest = ecr.batch_get_image(repositoryName="roadsense-training", imageIds=[{"imageTag": "abc"}])["images"][0]["imageManifest"]
+    manifest = ecr.batch_get_image(repositoryName="roadsense-training", imageIds=[{"imageTag": "abc"}])["images"][0][
+        "imageManifest"
+    ]
     ecr.put_image(repositoryName="roadsense-training", imageManifest=manifest, imageTag="latest")
-    digest = ecr.describe_images(repositoryName="roadsense-training", imageIds=[{"imageTag": "latest"}])["imageDetails"][0]["imageDigest"]
+    digest = ecr.describe_images(repositoryName="roadsense-training", imageIds=[{"imageTag": "latest"}])[
+        "imageDetails"
+    ][0]["imageDigest"]
     for given in (f"{repo}:latest", repo):
         launched = launch(LaunchOptions(run_id=f"pin{len(given)}", preset="smoke"), _settings(role, image_uri=given))
         sent = session.client("sagemaker").describe_training_job(TrainingJobName=launched.job_name)
         assert sent["AlgorithmSpecification"]["TrainingImage"] == f"{repo}@{digest}"
         assert launched.request["Environment"]["ROADSENSE_IMAGE"] == f"{repo}@{digest}"
     # A commit tag is immutable in the repository: sent as given.
-    assert launch(LaunchOptions(run_id="pin_tag", preset="smoke"), _settings(role)).request["AlgorithmSpecification"]["TrainingImage"] == f"{repo}:abc"
+    assert (
+        launch(LaunchOptions(run_id="pin_tag", preset="smoke"), _settings(role)).request["AlgorithmSpecification"][
+            "TrainingImage"
+        ]
+        == f"{repo}:abc"
+    )
     with pytest.raises(aws.LaunchError, match="mutable tag 'latest' and is not in ECR"):
-        launch(LaunchOptions(run_id="pin_other", preset="smoke"), _settings(role, image_uri="docker.io/library/python:latest"))
+        launch(
+            LaunchOptions(run_id="pin_other", preset="smoke"),
+            _settings(role, image_uri="docker.io/library/python:latest"),
+        )
 
 
 def test_upload_skips_unchanged_objects(moto_env, tmp_path: Path) -> None:
@@ -171,12 +199,19 @@ def test_upload_skips_unchanged_objects(moto_env, tmp_path: Path) -> None:
 
 
 def test_a_dataset_that_fails_verification_is_refused(tmp_path: Path, moto_env) -> None:
+    # The pipeline's own check (roadsense.scenarios.dataset) refuses it, before anything is sent.
     session, role = moto_env
-    with pytest.raises(DatasetError, match="is not valid"):
-        verify_dataset(_dataset(tmp_path / "ds"))  # a manifest, but not one roadsense wrote
-    with pytest.raises(DatasetError):
-        launch(LaunchOptions(run_id="r2", preset="smoke", dataset=tmp_path / "ds"), _settings(role))
-    assert session.client("s3").list_objects_v2(Bucket=BUCKET, Prefix="r2/")["KeyCount"] == 0
+    s3 = session.client("s3")
+    with pytest.raises(DatasetError, match="does not verify"):
+        # A manifest, but not one roadsense wrote.
+        upload_dataset(s3, _dataset(tmp_path / "ds"), RunLayout(BUCKET, "r2"))
+    for local in (False, True):
+        with pytest.raises(DatasetError):
+            launch(
+                LaunchOptions(run_id="r2", preset="smoke", dataset=tmp_path / "ds", local=local),
+                _settings(role, runs_dir=tmp_path / "runs"),
+            )
+    assert s3.list_objects_v2(Bucket=BUCKET, Prefix="r2/")["KeyCount"] == 0 and not (tmp_path / "runs").exists()
 
 
 def _tar(path: Path, member: tarfile.TarInfo, data: bytes = b"") -> Path:
@@ -213,10 +248,15 @@ def test_safe_extract_keeps_normal_members(tmp_path: Path) -> None:
 
 def _describe(status: str, secondary: str, reason: str = "") -> dict:
     response = {
-        "TrainingJobName": "job-1", "TrainingJobArn": "arn:aws:sagemaker:il-central-1:123456789012:training-job/job-1",
-        "TrainingJobStatus": status, "SecondaryStatus": secondary, "AlgorithmSpecification": {"TrainingInputMode": "File"},
-        "ModelArtifacts": {"S3ModelArtifacts": ""}, "ResourceConfig": {"VolumeSizeInGB": 30},
-        "StoppingCondition": {}, "CreationTime": datetime(2025, 1, 1, tzinfo=timezone.utc),
+        "TrainingJobName": "job-1",
+        "TrainingJobArn": "arn:aws:sagemaker:il-central-1:123456789012:training-job/job-1",
+        "TrainingJobStatus": status,
+        "SecondaryStatus": secondary,
+        "AlgorithmSpecification": {"TrainingInputMode": "File"},
+        "ModelArtifacts": {"S3ModelArtifacts": ""},
+        "ResourceConfig": {"VolumeSizeInGB": 30},
+        "StoppingCondition": {},
+        "CreationTime": datetime(2025, 1, 1, tzinfo=timezone.utc),
     }
     if reason:
         response["FailureReason"] = reason
@@ -230,20 +270,26 @@ def _log_page(messages: list[str], token: str) -> dict:
 def test_follow_reports_transitions_logs_and_failure_reason() -> None:
     sagemaker = boto3.client("sagemaker", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="y")
     logs = boto3.client("logs", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="y")
-    with Stubber(sagemaker) as sm_stub, Stubber(logs) as logs_stub:
-        sm_stub.add_response("describe_training_job", _describe("InProgress", "Starting"))
+    with Stubber(sagemaker) as sagemaker_stub, Stubber(logs) as logs_stub:
+        sagemaker_stub.add_response("describe_training_job", _describe("InProgress", "Starting"))
         logs_stub.add_client_error("describe_log_streams", "ResourceNotFoundException")
-        sm_stub.add_response("describe_training_job", _describe("InProgress", "Training"))
+        sagemaker_stub.add_response("describe_training_job", _describe("InProgress", "Training"))
         logs_stub.add_response("describe_log_streams", {"logStreams": [{"logStreamName": "job-1/algo-1-1"}]})
-        logs_stub.add_response("get_log_events", _log_page(["[train] timesteps=1024 total_timesteps=4096 fps=700"], "t1"))
+        logs_stub.add_response(
+            "get_log_events", _log_page(["[train] timesteps=1024 total_timesteps=4096 fps=700"], "t1")
+        )
         logs_stub.add_response("get_log_events", _log_page([], "t1"))
-        sm_stub.add_response("describe_training_job", _describe("Failed", "Failed", "sim errors: SUMO crashed 20 times"))
+        sagemaker_stub.add_response(
+            "describe_training_job", _describe("Failed", "Failed", "sim errors: SUMO crashed 20 times")
+        )
         logs_stub.add_response("describe_log_streams", {"logStreams": [{"logStreamName": "job-1/algo-1-1"}]})
         logs_stub.add_response("get_log_events", _log_page(["Traceback: boom"], "t2"))
         logs_stub.add_response("get_log_events", _log_page([], "t2"))
         lines, statuses = [], []
-        final = jobs.follow_job(sagemaker, logs, "job-1", lines.append, lambda s: statuses.append(s.secondary_status), sleep=lambda s: None)
-        sm_stub.assert_no_pending_responses()
+        final = jobs.follow_job(
+            sagemaker, logs, "job-1", lines.append, lambda s: statuses.append(s.secondary_status), sleep=lambda s: None
+        )
+        sagemaker_stub.assert_no_pending_responses()
     assert statuses == ["Starting", "Training", "Failed"]
     assert lines == ["[train] timesteps=1024 total_timesteps=4096 fps=700", "Traceback: boom"]
     assert final.status == "Failed" and final.failure_reason == "sim errors: SUMO crashed 20 times"
@@ -264,11 +310,20 @@ def test_stop_calls_stop_only_for_a_running_job() -> None:
 def test_quota_error_is_translated() -> None:
     sagemaker = boto3.client("sagemaker", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="y")
     with Stubber(sagemaker) as stub:
-        stub.add_client_error("create_training_job", "ResourceLimitExceeded", "account-level service limit 'ml.c6i.xlarge for training job usage' is 0")
+        stub.add_client_error(
+            "create_training_job",
+            "ResourceLimitExceeded",
+            "account-level service limit 'ml.c6i.xlarge for training job usage' is 0",
+        )
         with pytest.raises(Exception) as caught:
-            sagemaker.create_training_job(TrainingJobName="j", RoleArn="arn:aws:iam::123456789012:role/r", AlgorithmSpecification={"TrainingInputMode": "File"},
-                                          OutputDataConfig={"S3OutputPath": "s3://b/o"}, ResourceConfig={"InstanceType": "ml.c6i.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30},
-                                          StoppingCondition={"MaxRuntimeInSeconds": 60})
+            sagemaker.create_training_job(
+                TrainingJobName="j",
+                RoleArn="arn:aws:iam::123456789012:role/r",
+                AlgorithmSpecification={"TrainingInputMode": "File"},
+                OutputDataConfig={"S3OutputPath": "s3://b/o"},
+                ResourceConfig={"InstanceType": "ml.c6i.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30},
+                StoppingCondition={"MaxRuntimeInSeconds": 60},
+            )
     message = str(aws.translate(caught.value))
     assert "quota" in message and "Service Quotas" in message
 
@@ -283,10 +338,10 @@ def _deploy_stack(session: boto3.Session, name: str = "roadsense") -> None:
     projects, so the real template would give no project output; test_infra checks that the
     real template has these outputs)."""
     outputs = {
-        infra.OUTPUT_BUCKET: {"Ref": "Bucket"},
-        infra.OUTPUT_ROLE_ARN: STACK_ROLE,
-        infra.OUTPUT_REPOSITORY_URI: "123456789012.dkr.ecr.il-central-1.amazonaws.com/team/stack-repo",
-        infra.OUTPUT_PROJECT: "stack-project",
+        stack.OUTPUT_BUCKET: {"Ref": "Bucket"},
+        stack.OUTPUT_ROLE_ARN: STACK_ROLE,
+        stack.OUTPUT_REPOSITORY_URI: "123456789012.dkr.ecr.il-central-1.amazonaws.com/team/stack-repo",
+        stack.OUTPUT_PROJECT: "stack-project",
     }
     template = {
         "Resources": {"Bucket": {"Type": "AWS::S3::Bucket", "Properties": {"BucketName": "stack-bucket"}}},
@@ -297,29 +352,43 @@ def _deploy_stack(session: boto3.Session, name: str = "roadsense") -> None:
 
 def test_stack_outputs_fill_only_what_no_flag_env_or_file_sets(moto_env, tmp_path: Path) -> None:
     session, _ = moto_env
-    assert aws.with_stack_defaults(load_settings(env={}, cwd=tmp_path)) == LaunchSettings()  # no stack: built-in defaults
+    # No stack: the built-in defaults.
+    assert aws.with_stack_defaults(load_settings(env={}, cwd=tmp_path)) == LaunchSettings()
     _deploy_stack(session)
 
     from_stack = aws.with_stack_defaults(load_settings(env={}, cwd=tmp_path))
     assert (from_stack.bucket, from_stack.role_arn, from_stack.ecr_repository, from_stack.codebuild_project) == (
-        "stack-bucket", STACK_ROLE, "team/stack-repo", "stack-project",
+        "stack-bucket",
+        STACK_ROLE,
+        "team/stack-repo",
+        "stack-project",
     )
     other_stack = aws.with_stack_defaults(load_settings({"stack_name": "absent"}, env={}, cwd=tmp_path))
     assert other_stack.bucket == "saferide-training-results" and other_stack.role_arn is None
     (tmp_path / "roadsense-launch.toml").write_text('bucket = "file-bucket"\ncodebuild_project = "file-project"\n')
     from_file = aws.with_stack_defaults(load_settings(env={}, cwd=tmp_path))
-    assert (from_file.bucket, from_file.codebuild_project, from_file.role_arn) == ("file-bucket", "file-project", STACK_ROLE)
+    assert (from_file.bucket, from_file.codebuild_project, from_file.role_arn) == (
+        "file-bucket",
+        "file-project",
+        STACK_ROLE,
+    )
     from_env = aws.with_stack_defaults(load_settings(env={"ROADSENSE_LAUNCH_BUCKET": "env-bucket"}, cwd=tmp_path))
     assert from_env.bucket == "env-bucket"
-    from_flag = aws.with_stack_defaults(load_settings({"bucket": "flag-bucket"}, env={"ROADSENSE_LAUNCH_BUCKET": "env-bucket"}, cwd=tmp_path))
+    from_flag = aws.with_stack_defaults(
+        load_settings({"bucket": "flag-bucket"}, env={"ROADSENSE_LAUNCH_BUCKET": "env-bucket"}, cwd=tmp_path)
+    )
     assert from_flag.bucket == "flag-bucket"
 
 
-def test_dry_run_takes_bucket_and_role_from_the_stack(moto_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dry_run_takes_bucket_and_role_from_the_stack(
+    moto_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     session, _ = moto_env
     _deploy_stack(session)
     monkeypatch.chdir(tmp_path)  # no config file
-    result = CliRunner().invoke(app, ["--run-id", "r1", "--preset", "smoke", "--dry-run", "--json", "--image-uri", "example.org/roadsense:1"])
+    result = CliRunner().invoke(
+        app, ["--run-id", "r1", "--preset", "smoke", "--dry-run", "--json", "--image-uri", "example.org/roadsense:1"]
+    )
     assert result.exit_code == 0, result.output
     request = json.loads(result.output)
     assert request["RoleArn"] == STACK_ROLE
@@ -343,17 +412,36 @@ class _StubbedSession:
 
 
 def _stubbed_build(monkeypatch: pytest.MonkeyPatch, final_build: dict) -> CliRunner:
-    """``build --codebuild --tag abc123`` against stubs: the stack names the project, CodeBuild ends with ``final_build``."""
+    """``build --codebuild --tag abc123`` against stubs: the stack names the project, CodeBuild ends with
+    ``final_build``."""
     keys = {"region_name": REGION, "aws_access_key_id": "x", "aws_secret_access_key": "y"}
     cloudformation, codebuild = boto3.client("cloudformation", **keys), boto3.client("codebuild", **keys)
     cfn_stub, build_stub = Stubber(cloudformation), Stubber(codebuild)
-    cfn_stub.add_response("describe_stacks", {"Stacks": [{
-        "StackName": "roadsense", "CreationTime": datetime(2025, 1, 1, tzinfo=timezone.utc), "StackStatus": "CREATE_COMPLETE",
-        "Outputs": [{"OutputKey": infra.OUTPUT_PROJECT, "OutputValue": "stack-project"}],
-    }]}, {"StackName": "roadsense"})
-    build_stub.add_response("start_build", {"build": {"id": "stack-project:1"}}, {"projectName": "stack-project", "sourceVersion": "abc123"})
-    build_stub.add_response("batch_get_builds", {"builds": [{"id": "stack-project:1", **final_build}]}, {"ids": ["stack-project:1"]})
-    monkeypatch.setattr(aws, "make_session", lambda settings: _StubbedSession({"cloudformation": cloudformation, "codebuild": codebuild}))
+    cfn_stub.add_response(
+        "describe_stacks",
+        {
+            "Stacks": [
+                {
+                    "StackName": "roadsense",
+                    "CreationTime": datetime(2025, 1, 1, tzinfo=timezone.utc),
+                    "StackStatus": "CREATE_COMPLETE",
+                    "Outputs": [{"OutputKey": stack.OUTPUT_PROJECT, "OutputValue": "stack-project"}],
+                }
+            ]
+        },
+        {"StackName": "roadsense"},
+    )
+    build_stub.add_response(
+        "start_build", {"build": {"id": "stack-project:1"}}, {"projectName": "stack-project", "sourceVersion": "abc123"}
+    )
+    build_stub.add_response(
+        "batch_get_builds", {"builds": [{"id": "stack-project:1", **final_build}]}, {"ids": ["stack-project:1"]}
+    )
+    monkeypatch.setattr(
+        aws,
+        "make_session",
+        lambda settings: _StubbedSession({"cloudformation": cloudformation, "codebuild": codebuild}),
+    )
     with cfn_stub, build_stub:
         result = CliRunner().invoke(app, ["build", "--codebuild", "--tag", "abc123"])
         cfn_stub.assert_no_pending_responses()
@@ -363,20 +451,34 @@ def _stubbed_build(monkeypatch: pytest.MonkeyPatch, final_build: dict) -> CliRun
 
 def test_build_codebuild_starts_the_stack_project_and_prints_the_image(monkeypatch: pytest.MonkeyPatch) -> None:
     uri = "123456789012.dkr.ecr.il-central-1.amazonaws.com/roadsense-training:abc123"
-    result = _stubbed_build(monkeypatch, {
-        "currentPhase": "COMPLETED", "buildStatus": "SUCCEEDED",
-        "exportedEnvironmentVariables": [{"name": "IMAGE_URI", "value": uri}],
-    })
+    result = _stubbed_build(
+        monkeypatch,
+        {
+            "currentPhase": "COMPLETED",
+            "buildStatus": "SUCCEEDED",
+            "exportedEnvironmentVariables": [{"name": "IMAGE_URI", "value": uri}],
+        },
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[-1] == uri
 
 
 def test_build_codebuild_failure_is_one_line_and_exit_1(monkeypatch: pytest.MonkeyPatch) -> None:
-    result = _stubbed_build(monkeypatch, {
-        "currentPhase": "COMPLETED", "buildStatus": "FAILED",
-        "phases": [{"phaseType": "BUILD", "phaseStatus": "FAILED", "contexts": [{"statusCode": "COMMAND_EXECUTION_ERROR", "message": "docker build exit 1"}]}],
-        "logs": {"deepLink": "https://console.example/log"},
-    })
+    result = _stubbed_build(
+        monkeypatch,
+        {
+            "currentPhase": "COMPLETED",
+            "buildStatus": "FAILED",
+            "phases": [
+                {
+                    "phaseType": "BUILD",
+                    "phaseStatus": "FAILED",
+                    "contexts": [{"statusCode": "COMMAND_EXECUTION_ERROR", "message": "docker build exit 1"}],
+                }
+            ],
+            "logs": {"deepLink": "https://console.example/log"},
+        },
+    )
     assert result.exit_code == 1
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
     assert "FAILED in BUILD (docker build exit 1)" in result.stderr and "https://console.example/log" in result.stderr
@@ -385,24 +487,44 @@ def test_build_codebuild_failure_is_one_line_and_exit_1(monkeypatch: pytest.Monk
 def _compare_rows(output: str) -> dict[str, list[str]]:
     """compare's table as run id (or "run id" for the header) -> its cells (run id, settings, metrics...)."""
     # rich draws the header's column borders with a heavier line than the body's.
-    rows = ([cell.strip() for cell in re.split("[│┃]", line)[1:-1]] for line in output.splitlines() if re.search("[│┃]", line))
+    rows = (
+        [cell.strip() for cell in re.split("[│┃]", line)[1:-1]]
+        for line in output.splitlines()
+        if re.search("[│┃]", line)
+    )
     return {cells[0]: cells for cells in rows if cells and cells[0]}
 
 
 def test_compare_shows_intervals_and_marks_runs_that_differ_beyond_the_noise(
-        moto_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    moto_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     session, _ = moto_env
     monkeypatch.setattr(display.console, "width", 250)  # room for every column
     # compare needs no infra stack; asking moto for one that is not there costs seconds.
     monkeypatch.setattr(aws, "with_stack_defaults", lambda settings: settings)
     runs = {
         # Written with the intervals: 0 of 300 collisions, 294 of 300 behavioural successes (the best of both).
-        "lr-001": {"episodes": 300, "collision_rate": 0.0, "collision_rate_ci95": list(wilson_interval(0.0, 300)),
-                   "behavioral_success_rate": 0.98, "behavioral_success_rate_ci95": list(wilson_interval(0.98, 300)),
-                   "mean_reaction_time_s": 1.234},
+        "lr-001": {
+            "episodes": 300,
+            "collision_rate": 0.0,
+            "collision_rate_ci95": list(wilson_interval(0.0, 300)),
+            "behavioral_success_rate": 0.98,
+            "behavioral_success_rate_ci95": list(wilson_interval(0.98, 300)),
+            "mean_reaction_time_s": 1.234,
+        },
         # Older metrics.json files without _ci95 keys: the intervals come from the rate and the episodes.
-        "lr-002": {"episodes": 300, "collision_rate": 5 / 300, "behavioral_success_rate": 0.97, "mean_reaction_time_s": 1.5},
-        "lr-003": {"episodes": 300, "collision_rate": 1 / 300, "behavioral_success_rate": 0.90, "mean_reaction_time_s": 1.1},
+        "lr-002": {
+            "episodes": 300,
+            "collision_rate": 5 / 300,
+            "behavioral_success_rate": 0.97,
+            "mean_reaction_time_s": 1.5,
+        },
+        "lr-003": {
+            "episodes": 300,
+            "collision_rate": 1 / 300,
+            "behavioral_success_rate": 0.90,
+            "mean_reaction_time_s": 1.1,
+        },
         "lr-004": None,  # still running: no results yet
         "lr-005": {"collision_rate": 0.02},  # no episode count: the rate alone, never marked
     }

@@ -21,10 +21,10 @@ from typer.testing import CliRunner
 
 from launcher import display
 from launcher.cli import app
+from launcher.compare import read_metrics
 from launcher.fetch import PARTIAL_SUFFIX, ArchiveError, safe_extract, staged
 from launcher.layout import RunIdError, RunLayout, job_name, validate_run_id
 from launcher.remote import Limits, RemoteDataError, read_object
-from launcher.sweep import read_metrics
 
 REGION = "il-central-1"
 BUCKET = "saferide-training-results"  # the launcher's default bucket
@@ -86,7 +86,9 @@ def _config(tmp_path: Path, **settings: int) -> list[str]:
 
 
 def _record(job: str = JOB, mode: str = "sagemaker", run_id: str = "r1") -> bytes:
-    return json.dumps({"run_id": run_id, "attempts": [{"job_name": job, "mode": mode, "launched_at": "2025-01-01T12:00:00+00:00"}]}).encode()
+    return json.dumps(
+        {"run_id": run_id, "attempts": [{"job_name": job, "mode": mode, "launched_at": "2025-01-01T12:00:00+00:00"}]}
+    ).encode()
 
 
 @pytest.fixture
@@ -130,14 +132,24 @@ def test_job_names_that_become_keys_are_checked(bad: str) -> None:
         ["fetch", "{id}"],
         ["sweep", "{id}", "--seeds", "0"],
         ["compare", "{id}"],
-        ["--run-id", "{id}", "--dry-run", "--json", "--image-uri", "example.org/i:1", "--role-arn", "arn:aws:iam::123456789012:role/r"],
+        [
+            "--run-id",
+            "{id}",
+            "--dry-run",
+            "--json",
+            "--image-uri",
+            "example.org/i:1",
+            "--role-arn",
+            "arn:aws:iam::123456789012:role/r",
+        ],
     ],
 )
 @pytest.mark.parametrize("bad", ["../x y", "r1\n"])
 def test_every_command_refuses_a_bad_run_id_before_touching_aws(bucket, command: list[str], bad: str) -> None:
     result = _invoke(*(bad if part == "{id}" else part for part in command))
     _refused(result, "run id", "letters, digits")
-    assert bucket.list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0  # `upload '../x y'` uploaded to s3://bucket/../x y/
+    # `upload '../x y'` once uploaded to s3://bucket/../x y/.
+    assert bucket.list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0
 
 
 # --- fetch: crafted records ---------------------------------------------------------------------
@@ -161,7 +173,10 @@ def test_fetch_refuses_a_job_name_that_walks_out_of_the_destination(bucket, tmp_
         (b"[]", "(document)"),
         (json.dumps({"run_id": "r1", "attempts": []}).encode(), "attempts"),
         (json.dumps({"run_id": "r1", "attempts": "x"}).encode(), "attempts"),
-        (json.dumps({"run_id": "r1", "attempts": [{"job_name": 7, "mode": "local", "launched_at": "t"}]}).encode(), "attempts.0.job_name"),
+        (
+            json.dumps({"run_id": "r1", "attempts": [{"job_name": 7, "mode": "local", "launched_at": "t"}]}).encode(),
+            "attempts.0.job_name",
+        ),
         (_record(JOB + "\n"), "attempts.0.job_name"),
         (_record(mode="docker"), "attempts.0.mode"),
         (_record(run_id="../r1"), "run_id"),
@@ -187,7 +202,9 @@ def test_local_fetch_checks_the_local_record_the_same_way(tmp_path: Path, monkey
 # --- fetch: archives ----------------------------------------------------------------------------
 
 
-def _publish(bucket, tmp_path: Path, members: list[tuple[tarfile.TarInfo, bytes]] | None = None, raw: bytes | None = None) -> None:  # noqa: ANN001
+def _publish(
+    bucket, tmp_path: Path, members: list[tuple[tarfile.TarInfo, bytes]] | None = None, raw: bytes | None = None
+) -> None:  # noqa: ANN001
     """A run r1 whose latest job's model.tar.gz holds ``members`` (or is ``raw`` bytes)."""
     bucket.put_object(Bucket=BUCKET, Key="r1/launch.json", Body=_record())
     data = raw if raw is not None else _targz(tmp_path / "src" / "model.tar.gz", members or []).read_bytes()
@@ -195,7 +212,11 @@ def _publish(bucket, tmp_path: Path, members: list[tuple[tarfile.TarInfo, bytes]
 
 
 def test_fetch_extracts_a_normal_archive_and_replaces_a_previous_fetch(bucket, tmp_path: Path) -> None:
-    _publish(bucket, tmp_path, [_file("metrics.json", b"{}"), _special("tb", tarfile.DIRTYPE), _file("tb/events.out.tfevents.1.host", b"e")])
+    _publish(
+        bucket,
+        tmp_path,
+        [_file("metrics.json", b"{}"), _special("tb", tarfile.DIRTYPE), _file("tb/events.out.tfevents.1.host", b"e")],
+    )
     dest = tmp_path / "fetched"
     (dest / "model").mkdir(parents=True)
     (dest / "model" / "stale.txt").write_text("from an older fetch")
@@ -216,7 +237,10 @@ def test_fetch_into_a_file_is_refused_and_the_file_kept(bucket, tmp_path: Path) 
 @pytest.mark.parametrize(
     ("members", "message"),
     [
-        ([_file("ok.txt"), _special("l1", tarfile.SYMTYPE, "l2"), _special("l2", tarfile.SYMTYPE, "ok.txt")], "'l1': symlink"),
+        (
+            [_file("ok.txt"), _special("l1", tarfile.SYMTYPE, "l2"), _special("l2", tarfile.SYMTYPE, "ok.txt")],
+            "'l1': symlink",
+        ),
         ([_file("ok.txt"), _special("hard", tarfile.LNKTYPE, "ok.txt")], "hard link"),
         ([_file("ok.txt"), _special("fifo", tarfile.FIFOTYPE)], "device or FIFO"),
         ([_file("ok.txt"), _special("dev", tarfile.CHRTYPE)], "device or FIFO"),
@@ -264,14 +288,28 @@ def test_fetch_bounds_extracted_bytes_members_and_downloads(bucket, tmp_path: Pa
     dest = tmp_path / "fetched"
     bomb = [_file("zeros.bin", b"\0" * 5_000_000)]  # ~5 KB compressed
     _publish(bucket, tmp_path, bomb)
-    _refused(_invoke(*_config(tmp_path, max_extract_bytes=1_000_000), "fetch", "r1", "--to", str(dest)), "more than 1000000 bytes", "max_extract_bytes")
+    _refused(
+        _invoke(*_config(tmp_path, max_extract_bytes=1_000_000), "fetch", "r1", "--to", str(dest)),
+        "more than 1000000 bytes",
+        "max_extract_bytes",
+    )
     spread = [_file(f"part{i}.bin", b"\0" * 300_000) for i in range(5)]  # each part under the limit, the sum over it
     _publish(bucket, tmp_path, spread)
-    _refused(_invoke(*_config(tmp_path, max_extract_bytes=1_000_000), "fetch", "r1", "--to", str(dest)), "max_extract_bytes")
+    _refused(
+        _invoke(*_config(tmp_path, max_extract_bytes=1_000_000), "fetch", "r1", "--to", str(dest)), "max_extract_bytes"
+    )
     _publish(bucket, tmp_path, [_file(f"f{i}") for i in range(11)])
-    _refused(_invoke(*_config(tmp_path, max_archive_members=10), "fetch", "r1", "--to", str(dest)), "more than 10 members", "max_archive_members")
+    _refused(
+        _invoke(*_config(tmp_path, max_archive_members=10), "fetch", "r1", "--to", str(dest)),
+        "more than 10 members",
+        "max_archive_members",
+    )
     _publish(bucket, tmp_path, raw=os.urandom(5000))
-    _refused(_invoke(*_config(tmp_path, max_download_bytes=1000), "fetch", "r1", "--to", str(dest)), "larger than 1000 bytes", "max_download_bytes")
+    _refused(
+        _invoke(*_config(tmp_path, max_download_bytes=1000), "fetch", "r1", "--to", str(dest)),
+        "larger than 1000 bytes",
+        "max_download_bytes",
+    )
     assert not dest.exists() and _no_partial(tmp_path)
 
 
@@ -337,7 +375,11 @@ def test_download_size_is_checked_before_the_body_and_while_it_streams() -> None
             read_object(s3, "b", "k", 100, "max_json_bytes")
         # A server that announces 10 bytes and sends 200.
         stub.add_response("head_object", {"ContentLength": 10, "ETag": '"e"'}, {"Bucket": "b", "Key": "k"})
-        stub.add_response("get_object", {"Body": StreamingBody(io.BytesIO(b"x" * 200), 200)}, {"Bucket": "b", "Key": "k", "IfMatch": '"e"'})
+        stub.add_response(
+            "get_object",
+            {"Body": StreamingBody(io.BytesIO(b"x" * 200), 200)},
+            {"Bucket": "b", "Key": "k", "IfMatch": '"e"'},
+        )
         with pytest.raises(RemoteDataError, match="larger than 100 bytes"):
             read_object(s3, "b", "k", 100, "max_json_bytes")
         stub.assert_no_pending_responses()
@@ -349,7 +391,9 @@ def test_download_size_is_checked_before_the_body_and_while_it_streams() -> None
 def _local_sweep(runs: Path, metrics: object | bytes, sweep: object | None = None) -> None:
     """A local sweep ``grid`` with one finished child whose metrics.json is ``metrics``."""
     (runs / "grid").mkdir(parents=True)
-    (runs / "grid" / "sweep.json").write_text(json.dumps(sweep or {"parent_run_id": "grid", "preset": "smoke", "children": {"grid-001": {"seed": "0"}}}))
+    (runs / "grid" / "sweep.json").write_text(
+        json.dumps(sweep or {"parent_run_id": "grid", "preset": "smoke", "children": {"grid-001": {"seed": "0"}}})
+    )
     job = "grid-001-20250101-120000-ab12"
     (runs / "grid-001").mkdir()
     (runs / "grid-001" / "launch.json").write_bytes(_record(job, "local", "grid-001"))
@@ -362,7 +406,9 @@ def _compare(runs: Path):  # noqa: ANN202
 
 
 def test_compare_shows_valid_metrics(tmp_path: Path) -> None:
-    _local_sweep(tmp_path / "runs", {"overall": {"collision_rate": 0.25, "success_rate": 1, "episodes": 15, "policy": "model"}})
+    _local_sweep(
+        tmp_path / "runs", {"overall": {"collision_rate": 0.25, "success_rate": 1, "episodes": 15, "policy": "model"}}
+    )
     result = _compare(tmp_path / "runs")
     assert result.exit_code == 0, result.output
     assert "25.0% (" in result.output and "seed=0" in result.output
@@ -387,20 +433,26 @@ def test_compare_refuses_metrics_of_the_wrong_shape(tmp_path: Path, metrics: obj
 def test_metrics_json_and_its_archive_are_bounded(tmp_path: Path) -> None:
     archive = _targz(tmp_path / "model.tar.gz", [_file("metrics.json", b" " * 2_000_000 + b"{}")])
     with pytest.raises(ArchiveError, match="metrics.json is larger than 1048576 bytes"):
-        read_metrics(archive)
+        read_metrics(archive, Limits())
     (tmp_path / "junk.tar.gz").write_bytes(b"junk")
     with pytest.raises(ArchiveError, match="not a gzip-compressed tar archive"):
-        read_metrics(tmp_path / "junk.tar.gz")
+        read_metrics(tmp_path / "junk.tar.gz", Limits())
 
 
 @pytest.mark.parametrize(
     ("sweep", "field"),
     [
         ({"parent_run_id": "grid", "preset": "smoke", "children": {"../x": {}}}, "children"),
-        ({"parent_run_id": "grid", "preset": "smoke", "children": {"someone-else-001": {}}}, "is not a child of 'grid'"),
+        (
+            {"parent_run_id": "grid", "preset": "smoke", "children": {"someone-else-001": {}}},
+            "is not a child of 'grid'",
+        ),
         ({"parent_run_id": "grid", "preset": "smoke", "children": ["grid-001"]}, "children"),
         ({"parent_run_id": "grid", "preset": "smoke", "children": {"grid-001": {"seed": 0}}}, "children.grid-001.seed"),
-        ({"parent_run_id": "grid", "preset": "smoke", "children": {f"grid-{i:04d}": {} for i in range(1000)}}, "children"),
+        (
+            {"parent_run_id": "grid", "preset": "smoke", "children": {f"grid-{i:04d}": {} for i in range(1000)}},
+            "children",
+        ),
     ],
 )
 def test_compare_refuses_a_crafted_sweep_record(tmp_path: Path, sweep: object, field: str) -> None:
@@ -410,7 +462,11 @@ def test_compare_refuses_a_crafted_sweep_record(tmp_path: Path, sweep: object, f
 
 def test_compare_from_s3_bounds_what_it_downloads(bucket, tmp_path: Path) -> None:
     bucket.put_object(Bucket=BUCKET, Key="grid/sweep.json", Body=b" " * 2000 + b"{}")
-    _refused(_invoke(*_config(tmp_path, max_json_bytes=1000), "compare", "grid"), f"s3://{BUCKET}/grid/sweep.json", "larger than 1000 bytes")
+    _refused(
+        _invoke(*_config(tmp_path, max_json_bytes=1000), "compare", "grid"),
+        f"s3://{BUCKET}/grid/sweep.json",
+        "larger than 1000 bytes",
+    )
 
 
 # --- list: a bucket others write to ---------------------------------------------------------------
@@ -432,7 +488,11 @@ def test_list_shows_junk_prefixes_without_reading_them(bucket, monkeypatch: pyte
 
 def test_list_reads_a_bounded_number_of_runs(bucket, tmp_path: Path) -> None:
     for index in range(5):
-        bucket.put_object(Bucket=BUCKET, Key=f"run{index}/launch.json", Body=_record(f"run{index}-20250101-120000-ab12", run_id=f"run{index}"))
+        bucket.put_object(
+            Bucket=BUCKET,
+            Key=f"run{index}/launch.json",
+            Body=_record(f"run{index}-20250101-120000-ab12", run_id=f"run{index}"),
+        )
     result = _invoke(*_config(tmp_path, max_listed_runs=2), "list")
     assert result.exit_code == 0, result.output
     assert sum("run" in line and "-20250101-" in line for line in result.stdout.splitlines()) == 2

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from launcher.aws import LaunchError
 from launcher.cli import app
 from launcher.cost import SPOT_TYPICAL_DISCOUNT, STARTUP_SECONDS, estimate, vcpus
-from launcher.layout import RunIdError, job_name, validate_run_id
 from launcher.launch import LaunchOptions, plan, training_config
+from launcher.layout import RunIdError, job_name, validate_run_id
 from launcher.request import RequestError, request_problems
 from launcher.settings import LaunchSettings, SettingsError, load_settings
 from launcher.sweep import child_run_ids, grid, schedule, split_values
@@ -74,7 +74,13 @@ def test_spot_and_dataset() -> None:
         (lambda r: r["ResourceConfig"].update(InstanceType="c6i.xlarge"), "InstanceType"),
         (lambda r: r["HyperParameters"].update(seed=3), "must be strings"),
         (lambda r: r["HyperParameters"].update({f"k{i}": "v" for i in range(100)}), "at most 100"),
-        (lambda r: r.update(EnableManagedSpotTraining=True, StoppingCondition={"MaxRuntimeInSeconds": 100, "MaxWaitTimeInSeconds": 50}), "MaxWaitTimeInSeconds"),
+        (
+            lambda r: r.update(
+                EnableManagedSpotTraining=True,
+                StoppingCondition={"MaxRuntimeInSeconds": 100, "MaxWaitTimeInSeconds": 50},
+            ),
+            "MaxWaitTimeInSeconds",
+        ),
         (lambda r: r["OutputDataConfig"].update(S3OutputPath="saferide/out"), "S3 URI"),
         (lambda r: r.update(RoleArn="roadsense"), "RoleArn"),
     ],
@@ -102,7 +108,9 @@ def test_network_isolation_can_be_turned_off() -> None:
     ],
 )
 def test_a_job_is_never_launched_by_the_mutable_tag(image: str, mutable: bool) -> None:
-    problems = request_problems({**_request(), "AlgorithmSpecification": {**_request()["AlgorithmSpecification"], "TrainingImage": image}})
+    problems = request_problems(
+        {**_request(), "AlgorithmSpecification": {**_request()["AlgorithmSpecification"], "TrainingImage": image}}
+    )
     assert any("mutable tag 'latest'" in p for p in problems) is mutable
 
 
@@ -114,7 +122,13 @@ def test_the_buckets_own_prefixes_are_not_run_ids(run_id: str) -> None:
 
 def test_bad_instance_type_is_refused_before_aws() -> None:
     with pytest.raises(RequestError, match="InstanceType"):
-        plan(LaunchOptions(run_id="r1", sets=("instance_price_per_hour=1",)), LaunchSettings(instance_type="ml.bogus"), ROLE, IMAGE, "abc")
+        plan(
+            LaunchOptions(run_id="r1", sets=("instance_price_per_hour=1",)),
+            LaunchSettings(instance_type="ml.bogus"),
+            ROLE,
+            IMAGE,
+            "abc",
+        )
 
 
 @pytest.mark.parametrize("bad", ["", "_x", "a b", "a/b", "x" * 41, "run.1"])
@@ -132,7 +146,9 @@ def test_job_name_is_legal_and_unique_per_attempt() -> None:
 
 
 def test_settings_precedence(tmp_path: Path) -> None:
-    (tmp_path / "pyproject.toml").write_text('[tool.roadsense.launch]\nbucket = "from-pyproject"\nregion = "eu-west-1"\ninstance_count = 2\n')
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.roadsense.launch]\nbucket = "from-pyproject"\nregion = "eu-west-1"\ninstance_count = 2\n'
+    )
     settings = load_settings({"instance_count": 3, "bucket": None}, env={"AWS_REGION": "il-central-1"}, cwd=tmp_path)
     assert (settings.bucket, settings.region, settings.instance_count) == ("from-pyproject", "il-central-1", 3)
     (tmp_path / "roadsense-launch.toml").write_text('bucket = "from-file"\n')
@@ -165,25 +181,42 @@ def test_other_instance_needs_a_price_and_scales_with_its_vcpus() -> None:
     assert vcpus("ml.m5.large") == 2 and vcpus("ml.c6i.24xlarge") == 96 and vcpus("ml.c6i.bogus") is None
 
 
-def test_sweep_grid_and_scheduling() -> None:
+def test_sweep_grid() -> None:
     assert split_values("[0.8,1.2],[0.9,1.1]") == ["[0.8,1.2]", "[0.9,1.1]"]
     points = grid([0, 1], ["learning_rate=1e-4,3e-4"])
     assert points == [
-        {"seed": "0", "learning_rate": "1e-4"}, {"seed": "0", "learning_rate": "3e-4"},
-        {"seed": "1", "learning_rate": "1e-4"}, {"seed": "1", "learning_rate": "3e-4"},
+        {"seed": "0", "learning_rate": "1e-4"},
+        {"seed": "0", "learning_rate": "3e-4"},
+        {"seed": "1", "learning_rate": "1e-4"},
+        {"seed": "1", "learning_rate": "3e-4"},
     ]
     assert child_run_ids("grid", 2) == ["grid-001", "grid-002"]
-    # Each job stays "running" for two checks; never more than 2 at once.
+
+
+def test_schedule_never_runs_more_than_max_parallel() -> None:
+    """The test keeps its own count of the running jobs: a job runs from its start until the second time
+    it is checked. Starting a third job in the first batch (or any batch) shows in the counts."""
+    running: set[int] = set()
     checks: dict[int, int] = {}
-    running_counts = []
+    at_start: list[int] = []  # jobs running once each job has started, itself included
+    batches: list[list[int]] = []  # jobs running at each poll
+
+    def start(item: int) -> int:
+        running.add(item)
+        at_start.append(len(running))
+        return item
 
     def finished(item: int) -> bool:
         checks[item] = checks.get(item, 0) + 1
-        return checks[item] > 2
+        if checks[item] == 2:
+            running.remove(item)
+        return item not in running
 
-    started = schedule(range(5), lambda i: (running_counts.append(sum(1 for k in checks if checks[k] <= 2) + 1), i)[1], finished, 2, sleep=lambda s: None)
+    started = schedule(range(5), start, finished, 2, sleep=lambda seconds: batches.append(sorted(running)))
     assert started == [0, 1, 2, 3, 4]
-    assert max(running_counts) <= 2
+    assert batches[0] == [0, 1]  # the first batch is exactly max_parallel jobs
+    assert max(at_start) == 2 and all(len(batch) <= 2 for batch in batches)
+    assert running == set() and all(checks[item] == 2 for item in started)  # each ran to its end, checked no more
 
 
 # --- a run longer than the job may run --------------------------------------------------------
@@ -202,7 +235,12 @@ def test_a_run_longer_than_the_max_runtime_is_refused_with_both_figures_and_the_
     message = str(refused.value)
     assert f"~{expected.hours:.1f} h" in message and "max runtime of 1.0 h" in message
     assert "--max-runtime-hours" in message and "total_timesteps" in message and "--allow-overrun" in message
-    assert plan(_overrun_options(allow_overrun=True), settings, ROLE, IMAGE, "abc")[0]["StoppingCondition"]["MaxRuntimeInSeconds"] == 3600
+    assert (
+        plan(_overrun_options(allow_overrun=True), settings, ROLE, IMAGE, "abc")[0]["StoppingCondition"][
+            "MaxRuntimeInSeconds"
+        ]
+        == 3600
+    )
     plan(_overrun_options(local=True), settings, ROLE, IMAGE, "abc")  # a local run has no max runtime
     plan(_overrun_options(), LaunchSettings(max_runtime_s=int(expected.hours * 3600) + 60), ROLE, IMAGE, "abc")
 
@@ -210,10 +248,24 @@ def test_a_run_longer_than_the_max_runtime_is_refused_with_both_figures_and_the_
 def test_the_cli_refuses_an_overrun_unless_allowed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # needs no AWS
-    args = ["--run-id", "long_run", "--preset", "smoke", "--set", "total_timesteps=50000000", "--max-runtime-hours", "1",
-            "--dry-run", "--json", "--image-uri", IMAGE, "--role-arn", ROLE]
+    args = [
+        "--run-id",
+        "long_run",
+        "--preset",
+        "smoke",
+        "--set",
+        "total_timesteps=50000000",
+        "--max-runtime-hours",
+        "1",
+        "--dry-run",
+        "--json",
+        "--image-uri",
+        IMAGE,
+        "--role-arn",
+        ROLE,
+    ]
     refused = CliRunner().invoke(app, args)
-    assert refused.exit_code == 1 and refused.stderr.count("\n") == 1
+    assert refused.exit_code == 2 and refused.stderr.count("\n") == 1
     assert "max runtime of 1.0 h" in refused.stderr and "--allow-overrun" in refused.stderr
     allowed = CliRunner().invoke(app, ["--allow-overrun", *args])
     assert allowed.exit_code == 0, allowed.output
