@@ -221,7 +221,7 @@ def export(
         if split not in CALIBRATION_SPLITS:
             raise ConfigError(f"--split {split!r}: calibration reads {' or '.join(CALIBRATION_SPLITS)}, never the eval split")
         require_policy_file(model, "--model")
-        plan = None if dataset is None else calibration_plan(_config(preset, sets), dataset, split)  # type: ignore[arg-type]
+        plan = None if dataset is None else calibration_plan(_config(preset, sets), dataset, split)
         card = export_policy(model, output, vecnormalize, plan)
         sizes = ", ".join(f"{name} {doc['bytes']:,} B" for name, doc in card["graphs"].items())
         worst = max(e["action_mean_max_abs_error"] for label, e in card["parity"]["errors"].items() if label.startswith("float"))

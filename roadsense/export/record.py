@@ -24,7 +24,7 @@ from roadsense.export.runtime import ObsBatch
 from roadsense.scenarios.dataset import Dataset
 
 CalibrationSplit = Literal["val", "train"]
-CALIBRATION_SPLITS: tuple[str, ...] = get_args(CalibrationSplit)
+CALIBRATION_SPLITS: tuple[CalibrationSplit, ...] = get_args(CalibrationSplit)
 
 
 @dataclass(frozen=True)
