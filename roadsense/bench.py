@@ -103,4 +103,4 @@ def _rollout_times(progress_csv: Path) -> list[dict[str, float]]:
     steps = np.diff([0] + [int(row["time/total_timesteps"]) for row in rows])
     return [{"steps": int(n), **{key.removeprefix("time/"): float(row[key])
                                  for key in ("time/collect_s", "time/evaluate_gae_s", "time/update_s")}}
-            for n, row in zip(steps, rows)]
+            for n, row in zip(steps, rows, strict=True)]  # np.diff of [0, *totals]: one step count per row

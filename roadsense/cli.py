@@ -55,7 +55,7 @@ def _user_errors() -> Iterator[None]:
 def _config(preset: str, sets: list[str] | None, reads: Collection[str] | None = None,
             **flags: object) -> PipelineConfig:
     """The preset, then ``--set`` (refused for a key outside ``reads``, when given), then the flags that were passed."""
-    overrides: dict[str, object] = parse_set_options(sets or [])
+    overrides: dict[str, object] = dict(parse_set_options(sets or []))
     unread = sorted(key for key in overrides if reads is not None and key not in reads and key != "preset")
     if unread:
         raise ConfigError(f"--set {', '.join(unread)}: not read by this command, which reads {', '.join(reads or ())}")
@@ -132,7 +132,8 @@ def verify(
 @app.command()
 def train(
     dataset: Annotated[Optional[Path], typer.Option("--dataset", help="Dataset folder; default: the built-in scenario.")] = None,
-    output: Annotated[Path, typer.Option("--output", help="Folder for model.zip, vecnormalize.pkl, checkpoints/ and logs/.")] = Path("runs/train"),
+    output: Annotated[Path, typer.Option(
+        "--output", help="Folder for model.zip, vecnormalize.pkl, checkpoints/ and logs/.")] = Path("runs/train"),
     total_timesteps: Annotated[Optional[int], typer.Option("--total-timesteps", help="Env steps in total.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Training seed (PPO and env seeds).")] = None,
     n_envs: Annotated[Optional[int], typer.Option("--n-envs", help="Parallel envs; default one per CPU.")] = None,
@@ -164,7 +165,9 @@ def evaluate(
     output: Annotated[Path, typer.Option("--output", help="Folder for metrics.json, report.md and the plots.")],
     model: Annotated[Optional[Path], typer.Option("--model", help="model.zip to evaluate.")] = None,
     policy: Annotated[Optional[str], typer.Option("--policy", help=f"Evaluate a baseline instead: {' | '.join(BASELINES)}.")] = None,
-    onnx: Annotated[Optional[list[Path]], typer.Option("--onnx", help="An exported policy.onnx (or policy_int8.onnx), run by onnxruntime; repeatable. Alone: the policy evaluated. With --model: evaluated beside it on the same plan, side by side in the report.")] = None,
+    onnx: Annotated[Optional[list[Path]], typer.Option(
+        "--onnx", help="An exported policy.onnx (or policy_int8.onnx), run by onnxruntime; repeatable. Alone: the policy "
+                       "evaluated. With --model: evaluated beside it on the same plan, side by side in the report.")] = None,
     episodes_per_bucket: Annotated[Optional[int], typer.Option("--episodes-per-bucket", help="Episodes per (peers, rank) bucket.")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Processes; default one per CPU.")] = None,
     preset: PresetOpt = "production",
@@ -200,8 +203,11 @@ def evaluate(
 def export(
     model: Annotated[Path, typer.Option("--model", help="model.zip to export.")],
     output: Annotated[Path, typer.Option("--output", help="Folder for the .onnx graphs, roadsense_policy.h and deploy.json.")],
-    vecnormalize: Annotated[Optional[Path], typer.Option("--vecnormalize", help="The run's vecnormalize.pkl: checked to scale rewards only, hashed into deploy.json.")] = None,
-    dataset: Annotated[Optional[Path], typer.Option("--dataset", help="Dataset whose val (or train) split calibrates the INT8 graphs; without it only float graphs are written.")] = None,
+    vecnormalize: Annotated[Optional[Path], typer.Option(
+        "--vecnormalize", help="The run's vecnormalize.pkl: checked to scale rewards only, hashed into deploy.json.")] = None,
+    dataset: Annotated[Optional[Path], typer.Option(
+        "--dataset", help="Dataset whose val (or train) split calibrates the INT8 graphs; "
+                          "without it only float graphs are written.")] = None,
     split: Annotated[str, typer.Option("--split", help="Calibration split: val | train (never eval).")] = "val",
     preset: PresetOpt = "production",
     sets: SetOpt = None,
@@ -215,7 +221,7 @@ def export(
         if split not in CALIBRATION_SPLITS:
             raise ConfigError(f"--split {split!r}: calibration reads {' or '.join(CALIBRATION_SPLITS)}, never the eval split")
         require_policy_file(model, "--model")
-        plan = None if dataset is None else calibration_plan(_config(preset, sets), dataset, split)  # type: ignore[arg-type]
+        plan = None if dataset is None else calibration_plan(_config(preset, sets), dataset, split)
         card = export_policy(model, output, vecnormalize, plan)
         sizes = ", ".join(f"{name} {doc['bytes']:,} B" for name, doc in card["graphs"].items())
         worst = max(e["action_mean_max_abs_error"] for label, e in card["parity"]["errors"].items() if label.startswith("float"))
@@ -233,15 +239,16 @@ def replay(
     scenario: Annotated[Optional[str], typer.Option("--scenario", help="Without --run: scenario id, e.g. eval-0003.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Without --run: the episode seed (episodes.jsonl: seed).")] = None,
     hazard_rank: Annotated[Optional[int], typer.Option("--hazard-rank", help="Without --run: hazard on the k-th peer ahead.")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", help="Folder for the trace JSON and plot; default <run>/replays or replays/.")] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", help="Folder for the trace JSON and plot; default <run>/replays or replays/.")] = None,
     gui: Annotated[bool, typer.Option("--gui", help="Watch it in sumo-gui (needs a display).")] = False,
     preset: PresetOpt = "production",
     sets: SetOpt = None,
 ) -> None:
     """Re-run one evaluation episode over TraCI and write its per-step trace (JSON) and plot (PNG)."""
     from roadsense.evaluation.policies import require_policy_file
-    from roadsense.evaluation.replay import (ReplayError, check_display, replay as run_replay, target_explicit,
-                                             target_from_run)
+    from roadsense.evaluation.replay import ReplayError, check_display, target_explicit, target_from_run
+    from roadsense.evaluation.replay import replay as run_replay
 
     with _user_errors():
         if gui:
@@ -260,8 +267,8 @@ def replay(
             if (model is None) == (policy is None):
                 raise ReplayError(f"give exactly one of --model PATH or --policy {BASELINE_CHOICE} "
                                          "(or address an evaluated episode with --run RUN --bucket B --episode E)")
-            missing = [flag for flag, value in explicit.items() if value is None and flag not in ("--model", "--policy")]
-            if missing:
+            if dataset is None or scenario is None or seed is None or hazard_rank is None:
+                missing = [flag for flag, value in explicit.items() if value is None and flag not in ("--model", "--policy")]
                 raise ReplayError(f"{', '.join(missing)} missing: without --run, address the episode with "
                                          "--dataset, --scenario, --seed and --hazard-rank")
             if policy is not None and policy not in BASELINES:
@@ -269,7 +276,9 @@ def replay(
             if model is not None:
                 require_policy_file(model, "--model")
             env = _config(preset, sets).env
-            target = target_explicit(str(model) if model else policy, dataset, scenario, seed, hazard_rank, env)
+            driver = str(model) if model else policy
+            assert driver is not None  # exactly one of --model and --policy, checked above
+            target = target_explicit(driver, dataset, scenario, seed, hazard_rank, env)
             output = output or Path("replays")
         result = run_replay(target, output, gui)
         summary = result.summary
@@ -290,7 +299,8 @@ def run(
     output: Annotated[Path, typer.Option("--output", help="Run folder (resumes if it holds a run with the same settings).")],
     preset: PresetOpt = "production",
     sets: SetOpt = None,
-    dataset: Annotated[Optional[Path], typer.Option("--dataset", help="Use (after verifying) this dataset instead of generating one.")] = None,
+    dataset: Annotated[Optional[Path], typer.Option(
+        "--dataset", help="Use (after verifying) this dataset instead of generating one.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate everything and print the plan; run nothing.")] = False,
 ) -> None:
     """The whole pipeline: dataset -> train -> export -> evaluate -> package."""

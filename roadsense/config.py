@@ -53,6 +53,7 @@ class StrictNumbers(BaseModel):
     @classmethod
     def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
         """pydantic reads true as 1 for an int or float field (``total_timesteps=true`` trained 1 step): refuse it."""
+        assert info.field_name is not None  # a field validator only ever runs for a named field
         if cls.model_fields[info.field_name].annotation is not bool and _holds_bool(value):
             raise PydanticCustomError("bool_not_number", "expected a number, not true/false")
         return value
@@ -75,18 +76,19 @@ def _ordered(name: str, value: Range) -> Range:
 class DatasetConfig(_Section):
     """Scenario generation and augmentation (docs/design.md, "Scenarios and datasets")."""
 
-    dataset_seed: int = Field(42, ge=0, description="Seed of the training scenarios.")
-    eval_dataset_seed: int = Field(1042, ge=0, description="Seed of the evaluation scenarios.")
-    val_dataset_seed: int = Field(2042, ge=0, description="Seed of the validation scenarios (model selection; never the eval split).")
-    train_count: int = Field(25, ge=1, le=10_000, description="Training scenarios.")
-    val_count: int = Field(20, ge=5, le=10_000, description="Validation scenarios (balanced over peer counts 1..5).")
-    eval_count: int = Field(40, ge=1, le=10_000, description="Evaluation scenarios (balanced over peer counts 1..5).")
-    peer_drop_prob: float = Field(0.4, ge=0.0, lt=1.0, description="Per-peer dropout in training scenarios.")
-    speed_factor_range: Range = Field((0.8, 1.2), description="speedFactor U(low, high).")
-    sigma_range: Range = Field((0.0, 0.5), description="Krauss driver imperfection U(low, high).")
-    decel_range: Range = Field((3.5, 5.5), description="Vehicle decel U(low, high), m/s^2.")
-    tau_range: Range = Field((0.5, 1.5), description="Headway tau U(low, high), s.")
-    scenario_end_s: float = Field(65.0, gt=10.0, le=3600.0, description="Scenario end time, s.")
+    dataset_seed: int = Field(default=42, ge=0, description="Seed of the training scenarios.")
+    eval_dataset_seed: int = Field(default=1042, ge=0, description="Seed of the evaluation scenarios.")
+    val_dataset_seed: int = Field(
+        default=2042, ge=0, description="Seed of the validation scenarios (model selection; never the eval split).")
+    train_count: int = Field(default=25, ge=1, le=10_000, description="Training scenarios.")
+    val_count: int = Field(default=20, ge=5, le=10_000, description="Validation scenarios (balanced over peer counts 1..5).")
+    eval_count: int = Field(default=40, ge=1, le=10_000, description="Evaluation scenarios (balanced over peer counts 1..5).")
+    peer_drop_prob: float = Field(default=0.4, ge=0.0, lt=1.0, description="Per-peer dropout in training scenarios.")
+    speed_factor_range: Range = Field(default=(0.8, 1.2), description="speedFactor U(low, high).")
+    sigma_range: Range = Field(default=(0.0, 0.5), description="Krauss driver imperfection U(low, high).")
+    decel_range: Range = Field(default=(3.5, 5.5), description="Vehicle decel U(low, high), m/s^2.")
+    tau_range: Range = Field(default=(0.5, 1.5), description="Headway tau U(low, high), s.")
+    scenario_end_s: float = Field(default=65.0, gt=10.0, le=3600.0, description="Scenario end time, s.")
 
     @model_validator(mode="after")
     def _ranges_ordered(self) -> "DatasetConfig":
@@ -94,7 +96,8 @@ class DatasetConfig(_Section):
             _ordered(name, getattr(self, name))
         if self.speed_factor_range[0] <= 0 or self.decel_range[0] <= 0 or self.tau_range[0] <= 0:
             raise ValueError("speed_factor_range, decel_range and tau_range must be positive")
-        for a, b in (("dataset_seed", "val_dataset_seed"), ("dataset_seed", "eval_dataset_seed"), ("val_dataset_seed", "eval_dataset_seed")):
+        for a, b in (("dataset_seed", "val_dataset_seed"), ("dataset_seed", "eval_dataset_seed"),
+                     ("val_dataset_seed", "eval_dataset_seed")):
             if getattr(self, a) == getattr(self, b):  # a split seeded like another is not an independent sample
                 raise ValueError(f"{a} and {b} are both {getattr(self, a)}: each split needs its own seed; change one")
         return self
@@ -103,18 +106,20 @@ class DatasetConfig(_Section):
 class EnvConfig(_Section):
     """The convoy environment (docs/design.md, "Observation", "Hazard", "Reward")."""
 
-    backend: Literal["libsumo", "traci"] = Field("libsumo", description="SUMO backend: in-process libsumo or a TraCI subprocess.")
-    emulator_params: str | None = Field(None, description="ESP-NOW parameter JSON; None = the measured defaults shipped with roadsense.")
-    frame_stack: int = Field(3, ge=1, le=16, description="Ego frames stacked in the observation, newest first.")
-    episode_steps: int = Field(500, ge=10, le=100_000, description="Steps after warm-up before truncation (0.1 s each).")
-    warmup_steps: int = Field(20, ge=0, le=1000, description="Steps run before the agent acts, so peers reach speed.")
-    hazard_step: int = Field(200, ge=1, description="Step after warm-up at which the hazard starts.")
-    hazard_window: tuple[int, int] | None = Field(None, description="If set, hazard step ~ U[low, high] per episode instead of hazard_step.")
-    domain_randomization: bool = Field(True, description="Draw emulator latency, loss, jitter and GPS noise per episode.")
+    backend: Literal["libsumo", "traci"] = Field(default="libsumo", description="SUMO backend: in-process libsumo or a TraCI subprocess.")
+    emulator_params: str | None = Field(
+        default=None, description="ESP-NOW parameter JSON; None = the measured defaults shipped with roadsense.")
+    frame_stack: int = Field(default=3, ge=1, le=16, description="Ego frames stacked in the observation, newest first.")
+    episode_steps: int = Field(default=500, ge=10, le=100_000, description="Steps after warm-up before truncation (0.1 s each).")
+    warmup_steps: int = Field(default=20, ge=0, le=1000, description="Steps run before the agent acts, so peers reach speed.")
+    hazard_step: int = Field(default=200, ge=1, description="Step after warm-up at which the hazard starts.")
+    hazard_window: tuple[int, int] | None = Field(
+        default=None, description="If set, hazard step ~ U[low, high] per episode instead of hazard_step.")
+    domain_randomization: bool = Field(default=True, description="Draw emulator latency, loss, jitter and GPS noise per episode.")
     # 1000 = -2 a step (beyond 35 m) for a whole episode: a crash is never cheaper than a safe stop. Over training
     # seeds 0-3 it took the worst seed from 23.7 % collisions to 0.3 % (README, "Learning result").
     collision_penalty: float = Field(
-        1000.0, ge=0, le=1e6,
+        default=1000.0, ge=0, le=1e6,
         description="Charged once on the step that ends in a collision, on top of the reference reward (0 = the reference).")
 
     @model_validator(mode="after")
@@ -130,28 +135,31 @@ class EnvConfig(_Section):
 class TrainConfig(_Section):
     """PPO and its checkpoints (docs/design.md, "Training")."""
 
-    seed: int = Field(0, ge=0, description="Training seed: PPO, and each env's seed is derived from it.")
-    total_timesteps: int = Field(2_000_000, ge=1, description="Environment steps to train for, in total across envs.")
-    n_envs: int = Field(0, ge=0, le=256, description="Parallel envs (one SUMO each); 0 = one per CPU.")
+    seed: int = Field(default=0, ge=0, description="Training seed: PPO, and each env's seed is derived from it.")
+    total_timesteps: int = Field(default=2_000_000, ge=1, description="Environment steps to train for, in total across envs.")
+    n_envs: int = Field(default=0, ge=0, le=256, description="Parallel envs (one SUMO each); 0 = one per CPU.")
     # Production departs from the reference lr 1e-4 / batch 64 on purpose: over 4 training seeds
     # at 500k steps, 2e-4 / 128 learned at least as well at 1.33x the speed (docs/design.md, "PPO settings").
-    learning_rate: float = Field(2e-4, gt=0, le=1.0, description="Adam step size (reference: 1e-4 with batch 64; docs/design.md, 'PPO settings').")
+    learning_rate: float = Field(
+        default=2e-4, gt=0, le=1.0, description="Adam step size (reference: 1e-4 with batch 64; docs/design.md, 'PPO settings').")
     lr_schedule: Literal["constant", "linear"] = Field(
-        "constant", description="constant, or linear: from learning_rate at the start down to 0 at total_timesteps.")
-    rollout_steps: int = Field(4096, ge=16, description="Env steps per PPO update, across all envs (each env runs rollout_steps / n_envs).")
-    batch_size: int = Field(128, ge=2, description="PPO minibatch size (reference: 64, with lr 1e-4; docs/design.md, 'PPO settings').")
-    n_epochs: int = Field(10, ge=1, le=100)
-    gamma: float = Field(0.99, gt=0, le=1)
-    gae_lambda: float = Field(0.95, ge=0, le=1)
-    clip_range: float = Field(0.2, gt=0, le=1)
-    ent_coef: float = Field(0.0, ge=0)
-    log_std_init: float = Field(-0.5)
-    peer_hidden: int = Field(32, ge=1, le=1024, description="Width of the shared per-peer MLP (6 -> h -> h).")
-    torch_threads: int = Field(1, ge=1, le=64, description="torch threads in the learner; envs take the other cores.")
-    checkpoint_every: int = Field(50_000, ge=1, description="Env steps between checkpoints.")
-    keep_checkpoints: int = Field(3, ge=1, description="Newest checkpoints kept (milestones are kept too).")
-    milestone_every: int = Field(500_000, ge=0, description="Env steps between checkpoints that are never pruned; 0 = none.")
-    max_consecutive_sim_errors: int = Field(20, ge=1, description="Simulation errors in a row (per env) that abort the run.")
+        default="constant", description="constant, or linear: from learning_rate at the start down to 0 at total_timesteps.")
+    rollout_steps: int = Field(
+        default=4096, ge=16, description="Env steps per PPO update, across all envs (each env runs rollout_steps / n_envs).")
+    batch_size: int = Field(
+        default=128, ge=2, description="PPO minibatch size (reference: 64, with lr 1e-4; docs/design.md, 'PPO settings').")
+    n_epochs: int = Field(default=10, ge=1, le=100)
+    gamma: float = Field(default=0.99, gt=0, le=1)
+    gae_lambda: float = Field(default=0.95, ge=0, le=1)
+    clip_range: float = Field(default=0.2, gt=0, le=1)
+    ent_coef: float = Field(default=0.0, ge=0)
+    log_std_init: float = Field(default=-0.5)
+    peer_hidden: int = Field(default=32, ge=1, le=1024, description="Width of the shared per-peer MLP (6 -> h -> h).")
+    torch_threads: int = Field(default=1, ge=1, le=64, description="torch threads in the learner; envs take the other cores.")
+    checkpoint_every: int = Field(default=50_000, ge=1, description="Env steps between checkpoints.")
+    keep_checkpoints: int = Field(default=3, ge=1, description="Newest checkpoints kept (milestones are kept too).")
+    milestone_every: int = Field(default=500_000, ge=0, description="Env steps between checkpoints that are never pruned; 0 = none.")
+    max_consecutive_sim_errors: int = Field(default=20, ge=1, description="Simulation errors in a row (per env) that abort the run.")
 
     @model_validator(mode="after")
     def _batch_fits(self) -> "TrainConfig":
@@ -163,24 +171,30 @@ class TrainConfig(_Section):
 class EvalConfig(_Section):
     """The deterministic evaluation matrix (docs/design.md, "Evaluation")."""
 
-    eval_seed: int = Field(7, ge=0, description="Seed of the evaluation episodes (emulator draws, hazard strength).")
+    eval_seed: int = Field(default=7, ge=0, description="Seed of the evaluation episodes (emulator draws, hazard strength).")
     # 20 per bucket = 300 episodes: enough that a 0-collision result bounds the rate under ~1.3 % (Wilson 95 %).
-    episodes_per_bucket: int = Field(20, ge=1, le=10_000, description="Episodes per (peer count, hazard rank) bucket.")
+    episodes_per_bucket: int = Field(default=20, ge=1, le=10_000, description="Episodes per (peer count, hazard rank) bucket.")
     # 250k: a validation of 45 episodes takes ~2 s on 2 CPUs, so 8 of them cost under 10 % of a 2M-step run.
-    val_every: int = Field(250_000, ge=0, description="Env steps between validations of the current policy on the val split; 0 = never (model.zip is then the last checkpoint).")
-    val_seed: int = Field(11, ge=0, description="Seed of the validation episodes (its own, so val and eval never share emulator or hazard draws).")
-    val_episodes_per_bucket: int = Field(3, ge=1, le=1000, description="Episodes per bucket of the validation matrix.")
-    eval_workers: int = Field(0, ge=0, le=256, description="Evaluation processes; 0 = one per CPU. Results do not depend on it.")
-    baselines: tuple[Baseline, ...] = Field(BASELINES, description="Baselines evaluated on the same matrix.")
-    export_onnx: bool = Field(True, description="Export the policy to ONNX (float and INT8) and evaluate both beside the torch model on the same plan.")
-    calibration_episodes_per_bucket: int = Field(1, ge=1, le=100, description="Episodes per bucket of the val split recorded to calibrate the INT8 graphs.")
+    val_every: int = Field(
+        default=250_000, ge=0,
+        description="Env steps between validations of the current policy on the val split; "
+                    "0 = never (model.zip is then the last checkpoint).")
+    val_seed: int = Field(
+        default=11, ge=0, description="Seed of the validation episodes (its own, so val and eval never share emulator or hazard draws).")
+    val_episodes_per_bucket: int = Field(default=3, ge=1, le=1000, description="Episodes per bucket of the validation matrix.")
+    eval_workers: int = Field(default=0, ge=0, le=256, description="Evaluation processes; 0 = one per CPU. Results do not depend on it.")
+    baselines: tuple[Baseline, ...] = Field(default=BASELINES, description="Baselines evaluated on the same matrix.")
+    export_onnx: bool = Field(
+        default=True, description="Export the policy to ONNX (float and INT8) and evaluate both beside the torch model on the same plan.")
+    calibration_episodes_per_bucket: int = Field(
+        default=1, ge=1, le=100, description="Episodes per bucket of the val split recorded to calibrate the INT8 graphs.")
 
 
 class CostConfig(_Section):
     """What a run is expected to cost, for the provenance and the launcher's estimate."""
 
-    instance_type: str = Field("ml.c6i.xlarge", description="SageMaker instance type the run is priced at.")
-    instance_price_per_hour: float = Field(0.238, ge=0, description="On-demand USD per hour of instance_type (il-central-1).")
+    instance_type: str = Field(default="ml.c6i.xlarge", description="SageMaker instance type the run is priced at.")
+    instance_price_per_hour: float = Field(default=0.238, ge=0, description="On-demand USD per hour of instance_type (il-central-1).")
 
 
 SECTIONS: dict[str, type[_Section]] = {

@@ -20,9 +20,9 @@ from multiprocessing import forkserver
 from multiprocessing.context import ForkServerContext, ForkServerProcess
 from multiprocessing.pool import Pool
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, Final
 
-START_METHOD = "forkserver"
+START_METHOD: Final = "forkserver"
 _PRELOAD = ["roadsense.env.convoy_env", "roadsense.evaluation.policies", "roadsense.training.rollout"]
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -70,8 +70,10 @@ class _KilledOnTerminate(ForkServerProcess):
 class _WorkerPool(Pool):
     """A Pool whose ``terminate()`` kills the workers: with SIGTERM ignored, Pool's own would wait on them forever."""
 
+    # The override is ignored for mypy: typeshed declares Pool.Process to return multiprocessing.context.Process,
+    # but CPython's returns ctx.Process(...), which under forkserver is a ForkServerProcess, as this one is.
     @staticmethod
-    def Process(ctx: Any, *args: Any, **kwargs: Any) -> BaseProcess:  # noqa: N802 - Pool's hook for its worker class
+    def Process(ctx: Any, *args: Any, **kwargs: Any) -> BaseProcess:  # type: ignore[override]  # noqa: N802 - Pool's hook for its worker class
         return _KilledOnTerminate(*args, **kwargs)
 
 

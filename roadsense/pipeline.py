@@ -40,7 +40,7 @@ from roadsense.export.exporter import EVALUATED, calibration_plan, export_policy
 from roadsense.scenarios.dataset import Dataset
 from roadsense.scenarios.generate import generate_dataset
 from roadsense.sim.sumo_home import sumo_version
-from roadsense.training.train import train
+from roadsense.training.train import TrainResult, train
 from roadsense.v2v import load_params, params_hash
 
 STAGES = ["dataset", "train", "export", "evaluate", "package"]
@@ -215,7 +215,7 @@ def _prepare_dataset(paths: RunPaths, config: PipelineConfig, dataset: Path | No
     return Dataset.open(paths.dataset)
 
 
-def _provenance(config: PipelineConfig, dataset: Dataset, trained, status: RunStatus, started_at: datetime,
+def _provenance(config: PipelineConfig, dataset: Dataset, trained: TrainResult, status: RunStatus, started_at: datetime,
                 wall_s: float) -> dict[str, Any]:
     hours = wall_s / 3600
     return {

@@ -19,13 +19,17 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import numpy.typing as npt
 from gymnasium import spaces
 
+from roadsense.arrays import Observation
 from roadsense.config import EnvConfig
 from roadsense.env.hazard import HazardPlan
 from roadsense.env.observation import (
     BRAKING_ACCEL,
     EGO_FEATURES,
+    MAX_PEERS,
+    PEER_FEATURES,
     SIGNAL_DECAY,
     PeerView,
     ego_frame,
@@ -33,11 +37,11 @@ from roadsense.env.observation import (
     observation_space,
     visible_peers,
 )
-from roadsense.env.reward import BRAKING_ACTION, DECEL_THRESHOLD, REWARD_TERM_NAMES, reward_terms
+from roadsense.env.reward import BRAKING_ACTION, DECEL_THRESHOLD, REWARD_TERM_NAMES, RewardTerms, reward_terms
 from roadsense.env.scenario_source import ScenarioSource
-from roadsense.scenarios.scenario import EGO_ID
+from roadsense.scenarios.scenario import EGO_ID, Split
 from roadsense.sim.backend import STEP_S, SimBackend, SimulationError, make_backend
-from roadsense.v2v import MeshEmulator, load_params
+from roadsense.v2v import MeshEmulator, Reception, load_params
 
 MAX_DECEL = 8.0  # m/s^2 at action 1
 COLLISION_GAP_M = 5.0
@@ -46,8 +50,14 @@ SPAWN_STEPS = 100  # steps to wait for V001 before the scenario is declared brok
 SPEED_MODE_SUMO = 31  # all of SUMO's safety checks
 SPEED_MODE_COMMAND = 0  # the commanded speed is applied as is
 
+# What step() returns: observation, reward, terminated (a collision), truncated (time limit or
+# simulation error), info.
+StepResult = tuple[Observation, float, bool, bool, dict[str, Any]]
 
-class ConvoyEnv(gym.Env):
+
+# ObsType is dict[str, Any], not Observation: gymnasium types a Dict space as Space[dict[str, Space]],
+# which Space[Observation] would refuse. reset() and step() are annotated with Observation.
+class ConvoyEnv(gym.Env[dict[str, Any], npt.NDArray[np.float32]]):
     """Gymnasium env over real SUMO; see the module docstring.
 
     Args:
@@ -62,19 +72,19 @@ class ConvoyEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, scenario: str | Path | None = None, split: str = "train", config: EnvConfig | None = None) -> None:
+    def __init__(self, scenario: str | Path | None = None, split: Split = "train", config: EnvConfig | None = None) -> None:
         self.config = config or EnvConfig()
         self.source = ScenarioSource(scenario, split)
         params_file = self.config.emulator_params or self.source.emulator_params_file
         self.emulator = MeshEmulator(load_params(params_file), domain_randomization=self.config.domain_randomization)
         self.backend: SimBackend = make_backend(self.config.backend)
-        self.observation_space = observation_space(self.config.frame_stack)
-        self.action_space = spaces.Box(0.0, 1.0, (1,), np.float32)
+        self.observation_space: spaces.Dict = observation_space(self.config.frame_stack)
+        self.action_space: spaces.Box[np.float32] = spaces.Box(0.0, 1.0, (1,), np.float32)
         self._ego_stack = np.zeros((self.config.frame_stack, EGO_FEATURES), np.float32)
         self._ids: list[str] = []
 
     # ------------------------------------------------------------------------------------
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Observation, dict[str, Any]]:
         super().reset(seed=seed)
         options = options or {}
         if seed is not None or not self.source.seeded:
@@ -129,7 +139,8 @@ class ConvoyEnv(gym.Env):
         return self._observe(view), {"scenario_id": scenario_id, "n_peers": len(peers), "hazard_step": start,
                                      "emulator": dict(self.emulator.episode_params)}
 
-    def step(self, action):
+    def step(self, action: npt.NDArray[np.float32]) -> StepResult:
+        """Apply ``action`` (brake intensity, shape (1,), clipped to [0, 1]) for one 0.1 s step."""
         a = min(1.0, max(0.0, float(np.asarray(action).reshape(-1)[0])))
         try:
             self._apply_hazard()
@@ -185,7 +196,8 @@ class ConvoyEnv(gym.Env):
 
     # ------------------------------------------------------------------------------------
     def _now(self) -> float:
-        return self.backend.api.simulation.getTime()
+        now: float = self.backend.api.simulation.getTime()  # s; the TraCI API is untyped
+        return now
 
     def _read_states(self) -> None:
         vehicle = self._vehicle
@@ -196,16 +208,16 @@ class ConvoyEnv(gym.Env):
         ]
         self._ego_x, self._ego_y, self._ego_speed, self._ego_accel, self._ego_heading, _ = rows[0]
         self._lanepos = [row[5] for row in rows]  # a list: the gap check reads it every step
-        state = np.array(rows)
+        state: npt.NDArray[np.float64] = np.array(rows)
         self._pos, self._speed, self._accel, self._heading = state[:, :2], state[:, 2], state[:, 3], state[:, 4]
 
     def _true_gap(self) -> float:
         """Ground-truth bumper-to-bumper gap from the ego to the nearest peer ahead, m."""
         ego = self._lanepos[0]
-        gaps = [p - length - ego for p, length in zip(self._lanepos[1:], self._peer_lengths) if p > ego]
+        gaps = [p - length - ego for p, length in zip(self._lanepos[1:], self._peer_lengths, strict=True) if p > ego]
         return min(gaps, default=math.inf)
 
-    def _view(self, reception) -> PeerView:
+    def _view(self, reception: Reception) -> PeerView:
         view = visible_peers(self._ego_x, self._ego_y, self._ego_speed, self._ego_heading, reception)
         if view.index and view.min_accel <= BRAKING_ACCEL:
             self.braking_signal = 1.0
@@ -214,7 +226,7 @@ class ConvoyEnv(gym.Env):
         self._last_view = view
         return view
 
-    def _observe(self, view: PeerView) -> dict[str, np.ndarray]:
+    def _observe(self, view: PeerView) -> Observation:
         self._ego_stack[1:] = self._ego_stack[:-1]
         self._ego_stack[0] = ego_frame(self._ego_speed, self._ego_accel, view, self.braking_signal)
         peers, mask = fill_peer_slots(view, self._slot_rng)
@@ -248,7 +260,9 @@ class ConvoyEnv(gym.Env):
             self._hazard_speed = float(self._speed[self._hazard_peer])
             vehicle.setSpeedMode(self._ids[self._hazard_peer], SPEED_MODE_COMMAND)
             self._summary.hazard_started(self._hazard_peer, rank)
-        peer = self._ids[self._hazard_peer]
+        hazard_peer = self._hazard_peer
+        assert hazard_peer is not None  # picked at plan.start_step, and t >= plan.start_step here
+        peer = self._ids[hazard_peer]
         if t < plan.start_step + plan.brake_steps:
             self._hazard_speed = max(0.0, self._hazard_speed - plan.decel * STEP_S)
             vehicle.setSpeed(peer, self._hazard_speed)
@@ -265,15 +279,15 @@ class ConvoyEnv(gym.Env):
         rank = min(rank, len(ahead))
         return ahead[rank - 1], rank
 
-    def _end_on_error(self, exc: Exception):
+    def _end_on_error(self, exc: Exception) -> StepResult:
         """A simulation error ends the episode (truncated) and says so in ``info``."""
         self.backend.close()
         message = f"scenario {self.scenario_id}: SUMO failed at step {self.t}: {exc}"
         info = {"sim_error": message, "scenario_id": self.scenario_id,
                 "episode_summary": self._summary.finish(False, message)}
         obs = {"ego": self._ego_stack.reshape(-1).copy(),
-               "peers": np.zeros(self.observation_space["peers"].shape, np.float32),
-               "peer_mask": np.zeros(self.observation_space["peer_mask"].shape, np.float32)}
+               "peers": np.zeros((MAX_PEERS, PEER_FEATURES), np.float32),
+               "peer_mask": np.zeros(MAX_PEERS, np.float32)}
         return obs, 0.0, False, True, info
 
 
@@ -298,12 +312,12 @@ class _EpisodeSummary:
         self.hazard_peer = peer
         self.hazard_rank = rank
 
-    def record(self, env: ConvoyEnv, terms, reward: float, gap: float, decel: float, commanded: bool,
-               reception) -> None:
+    def record(self, env: ConvoyEnv, terms: RewardTerms, reward: float, gap: float, decel: float, commanded: bool,
+               reception: Reception) -> None:
         self.steps += 1
         self.reward += reward
         self.steps_gap_lt_10 += gap < 10.0
-        for name, value in zip(REWARD_TERM_NAMES, terms):
+        for name, value in zip(REWARD_TERM_NAMES, terms, strict=True):
             if value != 0.0:
                 self.term_fired[name] += 1
         if self.hazard_peer is None:

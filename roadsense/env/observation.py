@@ -10,12 +10,16 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 from gymnasium import spaces
 
 from roadsense.scenarios.scenario import VEHICLE_LENGTH_M
+
+if TYPE_CHECKING:
+    from roadsense.v2v import Reception
 
 
 class EgoFrame(NamedTuple):
@@ -66,7 +70,7 @@ class PeerView:
     min_accel: float  # min reported accel over visible peers, m/s^2; 0 if none
 
 
-def visible_peers(ego_x: float, ego_y: float, ego_speed: float, ego_heading_deg: float, reception) -> PeerView:
+def visible_peers(ego_x: float, ego_y: float, ego_speed: float, ego_heading_deg: float, reception: Reception) -> PeerView:
     """Peers whose held message is fresh and that lie in the ego's +-45 degree forward cone.
 
     Args:
@@ -113,7 +117,7 @@ def ego_frame(speed: float, accel: float, view: PeerView, braking_signal: float)
     )
 
 
-def fill_peer_slots(view: PeerView, rng: random.Random) -> tuple[np.ndarray, np.ndarray]:
+def fill_peer_slots(view: PeerView, rng: random.Random) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """(peers (MAX_PEERS, 6), peer_mask (MAX_PEERS,)) with the visible peers in a random slot order."""
     peers = np.zeros((MAX_PEERS, PEER_FEATURES), np.float32)
     mask = np.zeros(MAX_PEERS, np.float32)

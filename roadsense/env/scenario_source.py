@@ -8,15 +8,17 @@ from roadsense.errors import InputNotFound
 from roadsense.scenarios.dataset import Dataset
 from roadsense.scenarios.generate import builtin_scenario
 from roadsense.scenarios.manager import ScenarioManager
+from roadsense.scenarios.scenario import Split
 
 
 class ScenarioSource:
     """Picks the next scenario for the env; a dataset is verified once, when it is opened."""
 
-    def __init__(self, scenario: str | Path | None, split: str = "train") -> None:
+    def __init__(self, scenario: str | Path | None, split: Split = "train") -> None:
         self.split = split
         self.dataset: Dataset | None = None
         self.emulator_params_file: Path | None = None
+        self._single: Path | None  # the one .sumocfg when there is no dataset
         if scenario is None:
             self._single = builtin_scenario()
         else:
@@ -40,6 +42,7 @@ class ScenarioSource:
     def seed(self, seed: int) -> None:
         """(Re)start the scenario sequence; in train mode the seed fixes the random draws."""
         if self.dataset is None:
+            assert self._single is not None  # set whenever there is no dataset
             self._manager = ScenarioManager.single(self._single)
         else:
             self._manager = ScenarioManager(self.dataset, self.split, seed)

@@ -29,11 +29,13 @@ def aggregate(episodes: list[dict[str, Any]]) -> dict[str, Any]:
     completed = [e["sim_error"] is None for e in episodes]
     reacted = [e for e in episodes if e["reaction"]]
     gaps = [e["min_gap_post_hazard_m"] for e in episodes if e["min_gap_post_hazard_m"] is not None]
+    # completed and collisions hold one entry per episode, so every zip below is strict.
     rates = {
         "collision_rate": float(np.mean(collisions)),
-        "success_rate": float(np.mean([ok and not c for ok, c in zip(completed, collisions)])),
+        "success_rate": float(np.mean([ok and not c for ok, c in zip(completed, collisions, strict=True)])),
         "behavioral_success_rate": float(np.mean(
-            [ok and not e["collision"] and e["reward"] > BEHAVIORAL_REWARD_FLOOR for ok, e in zip(completed, episodes)])),
+            [ok and not e["collision"] and e["reward"] > BEHAVIORAL_REWARD_FLOOR
+             for ok, e in zip(completed, episodes, strict=True)])),
         "reception_rate": float(np.mean([e["hazard_received"] for e in episodes])),
         "reaction_rate": len(reacted) / n,
     }

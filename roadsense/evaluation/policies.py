@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Literal, get_args
 
 import numpy as np
+import numpy.typing as npt
 
+from roadsense.arrays import Observation
 from roadsense.errors import InputNotFound
 
 if TYPE_CHECKING:
@@ -18,7 +20,7 @@ BASELINES: tuple[Baseline, ...] = get_args(Baseline)
 RULE_THRESHOLD = 0.5  # the signal is 'up' for about 1.3 s after a braking message
 ONNX_SUFFIX = ".onnx"
 
-Act = Callable[[dict[str, np.ndarray]], np.ndarray]
+Act = Callable[[Observation], npt.NDArray[np.float32]]  # obs -> action (1,) in [0, 1]
 
 
 def load_policy(spec: str) -> Act:
@@ -59,10 +61,14 @@ def model_act(model: "PPO") -> Act:
     """The model's deterministic action: the Gaussian mean clipped to the action space, which is
     what SB3's ``predict(deterministic=True)`` returns, computed by the numpy forward pass the
     training workers use (a tenth of predict's cost per step; tests/test_evaluation.py compares them)."""
+    from gymnasium import spaces
+
     from roadsense.policy.actor_critic import PolicyNet
 
     actor = PolicyNet.of(model.policy)
-    low, high = model.action_space.low, model.action_space.high
+    action_space = model.action_space  # SB3 types it as any Space; a model trained on ConvoyEnv has its Box
+    assert isinstance(action_space, spaces.Box), f"expected a Box action space, got {action_space}"
+    low, high = action_space.low, action_space.high
     return lambda obs: np.clip(actor.mean({key: value[None] for key, value in obs.items()})[0], low, high)
 
 

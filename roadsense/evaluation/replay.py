@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from roadsense.config import EnvConfig
 from roadsense.env.convoy_env import ConvoyEnv
 from roadsense.errors import UserError
 from roadsense.evaluation.policies import BASELINES, load_policy
 from roadsense.evaluation.runner import play_episode
-from roadsense.evaluation.traces import REPRODUCED_KEYS, TraceRecorder, TracedEpisode, write_trace
+from roadsense.evaluation.traces import REPRODUCED_KEYS, TracedEpisode, TraceRecorder, write_trace
 from roadsense.scenarios.dataset import Dataset
 from roadsense.scenarios.scenario import EGO_ID
 from roadsense.sim.backend import STEP_S, make_backend
@@ -132,10 +133,11 @@ def replay(target: ReplayTarget, output: Path, gui: bool = False) -> ReplayResul
         torch.set_num_threads(1)  # as in the evaluation's workers: the same arithmetic, the same actions
     act = load_policy(target.episode.policy)
     env = ConvoyEnv(target.dataset, split="eval", config=target.env.model_copy(update={"backend": "traci"}))
-    recorder: TraceRecorder | _GuiView = TraceRecorder()
+    tracer = TraceRecorder()
+    recorder: TraceRecorder | _GuiView = tracer
     if gui:
         env.backend = make_backend("traci", gui=True)  # the backend starts at reset, so swapping it here is safe
-        recorder = _GuiView(recorder)
+        recorder = _GuiView(tracer)
     try:
         episode = target.episode
         summary = play_episode(env, act, episode.scenario_id, episode.seed, episode.hazard_rank, recorder)
@@ -159,7 +161,7 @@ class _GuiView:
         self.recorder = recorder
         self.started = 0.0
 
-    def __call__(self, env: ConvoyEnv, action: np.ndarray, reward: float, info: dict[str, Any]) -> None:
+    def __call__(self, env: ConvoyEnv, action: npt.NDArray[np.float32], reward: float, info: dict[str, Any]) -> None:
         if not self.recorder.rows:
             gui = env.backend.api.gui
             gui.trackVehicle(gui.DEFAULT_VIEW, EGO_ID)

@@ -9,22 +9,34 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol, TypedDict
 
 import numpy as np
+import numpy.typing as npt
 
 from roadsense.config import EnvConfig
 from roadsense.evaluation.matrix import EpisodeSpec
 from roadsense.exits import sigterm_raises
 from roadsense.parallel import ignore_stop_signals, worker_pool
+from roadsense.scenarios.scenario import Split
 
 if TYPE_CHECKING:
+    from roadsense.arrays import Observation
     from roadsense.env.convoy_env import ConvoyEnv
+    from roadsense.evaluation.policies import Act
 
-_worker: dict[str, Any] = {}
+
+class _WorkerState(TypedDict, total=False):
+    """What a worker process holds, set by :func:`_init_worker` (so empty in the parent)."""
+
+    env: ConvoyEnv
+    policies: dict[str, Act]  # loaded on first use, by name
 
 
-def _init_worker(dataset: str, split: str, env_config: dict[str, Any]) -> None:
+_worker: _WorkerState = {}
+
+
+def _init_worker(dataset: str, split: Split, env_config: dict[str, Any]) -> None:
     ignore_stop_signals()  # the parent decides when to stop
     import torch
 
@@ -35,7 +47,7 @@ def _init_worker(dataset: str, split: str, env_config: dict[str, Any]) -> None:
     _worker["policies"] = {}
 
 
-def _policy(name: str) -> Callable:
+def _policy(name: str) -> Act:
     from roadsense.evaluation.policies import load_policy
 
     policies = _worker["policies"]
@@ -47,12 +59,12 @@ def _policy(name: str) -> Callable:
 class Observer(Protocol):
     """Watches one episode: called after every env step, then asked for what it gathered."""
 
-    def __call__(self, env: "ConvoyEnv", action: np.ndarray, reward: float, info: dict[str, Any]) -> None: ...
+    def __call__(self, env: "ConvoyEnv", action: npt.NDArray[np.float32], reward: float, info: dict[str, Any]) -> None: ...
 
     def result(self) -> Any: ...
 
 
-def play_episode(env: "ConvoyEnv", act: Callable[[dict[str, np.ndarray]], np.ndarray], scenario_id: str, seed: int,
+def play_episode(env: "ConvoyEnv", act: Callable[[Observation], npt.NDArray[np.float32]], scenario_id: str, seed: int,
                  hazard_rank: int, observer: Observer | None = None) -> dict[str, Any]:
     """Run one episode (scenario, seed, hazard rank) to its end; returns the env's episode summary.
 
@@ -80,7 +92,7 @@ def _run_episode(task: tuple[str, EpisodeSpec, Callable[[], Observer] | None]) -
 
 
 def run_episodes(plan: list[EpisodeSpec], policies: list[str], dataset: Path, env_config: EnvConfig,
-                 workers: int = 0, split: str = "eval",
+                 workers: int = 0, split: Split = "eval",
                  observer: Callable[[], Observer] | None = None) -> dict[str, list[dict[str, Any]]]:
     """Per policy, one summary per planned episode in plan order; ``workers`` 0 = one per CPU.
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from roadsense.env.convoy_env import COLLISION_GAP_M, MAX_DECEL
 from roadsense.env.observation import BRAKING_ACCEL, SIGNAL_DECAY
@@ -90,7 +91,7 @@ class TraceRecorder:
         self.hazard_start_step = -1
         self.backend = ""
 
-    def __call__(self, env: "ConvoyEnv", action: np.ndarray, reward: float, info: dict[str, Any]) -> None:
+    def __call__(self, env: "ConvoyEnv", action: npt.NDArray[np.float32], reward: float, info: dict[str, Any]) -> None:
         if not self.rows:
             self.hazard_start_step, self.backend = env.hazard.start_step, env.backend.name
         gap = info.get("true_gap_m")  # absent when SUMO failed in this step
@@ -183,13 +184,13 @@ def select_failures(episodes: list[dict[str, Any]], cap: int = MAX_TRACED) -> li
     the second...), so a policy that collides often shows where, not just its first bucket.
     """
     seen: dict[tuple[int, int], int] = {}
-    collisions = []
+    rounds: list[tuple[int, dict[str, Any]]] = []  # (the collision's round in its bucket, the episode)
     for e in episodes:
         if outcome(e) == "collision":
             bucket = (e["bucket_n"], e["bucket_k"])
             seen[bucket] = seen.get(bucket, -1) + 1
-            collisions.append((seen[bucket], e))
-    collisions = [e for _, e in sorted(collisions, key=lambda pair: pair[0])]  # stable: plan order within a round
+            rounds.append((seen[bucket], e))
+    collisions = [e for _, e in sorted(rounds, key=lambda pair: pair[0])]  # stable: plan order within a round
     near = sorted((e for e in episodes if outcome(e) == "near-miss"), key=lambda e: e["min_gap_post_hazard_m"])
     return (collisions + near)[:cap]
 
@@ -243,7 +244,7 @@ def failure_section(policy: str, episodes: list[dict[str, Any]], chosen: list[di
         "reaction (s) | reproduced |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for evaluated, rerun in zip(chosen, reruns):
+    for evaluated, rerun in zip(chosen, reruns, strict=True):  # one re-run per chosen episode
         same = all(evaluated[k] == rerun[k] for k in REPRODUCED_KEYS)
         reaction = "none" if evaluated["reaction_time_s"] is None else f"{evaluated['reaction_time_s']:.1f}"
         lines.append(

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from roadsense.env.observation import MAX_PEERS, PEER_FEATURES
 from roadsense.export.graph import ACTION_HIGH, ACTION_LOW, MASK_THRESHOLD, Dense, PolicyWeights
@@ -30,7 +31,7 @@ def _float(value: float) -> str:
     return f"{text}f" if any(c in text for c in ".e") else f"{text}.0f"
 
 
-def _floats(values: np.ndarray) -> str:
+def _floats(values: npt.NDArray[np.float32]) -> str:
     return ", ".join(_float(v) for v in values.reshape(-1).tolist())
 
 

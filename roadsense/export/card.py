@@ -8,6 +8,7 @@ every divisor against those functions, so the card cannot drift from what the po
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,7 @@ def graph_doc(path: Path) -> dict[str, Any]:
     """A graph file's size, hash, opset and input/output names, shapes and dtypes, read from the file itself."""
     model = onnx.load(str(path))
 
-    def io(values) -> list[dict[str, Any]]:  # a list: the order is the graph's, for positional runtimes
+    def io(values: Iterable[onnx.ValueInfoProto]) -> list[dict[str, Any]]:  # a list: the order is the graph's, for positional runtimes
         return [{"name": v.name, "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim],
                  "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name}
                 for v in values]

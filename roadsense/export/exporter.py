@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from roadsense.artifacts.status import write_json_atomic
-from roadsense.env.observation import EGO_FEATURES, MAX_PEERS, PEER_FEATURES
 from roadsense.config import PipelineConfig
+from roadsense.env.observation import EGO_FEATURES, MAX_PEERS, PEER_FEATURES
 from roadsense.errors import InputNotFound, RunFailed
 from roadsense.evaluation.policies import load_model, onnx_act
 from roadsense.export import c_header, card, parity
@@ -92,8 +92,10 @@ def export_policy(model_path: Path, output: Path, vecnormalize: Path | None = No
         observations = {"source": "synthetic", "parity_rows": SYNTHETIC_ROWS, "seed": SYNTHETIC_SEED,
                         "note": "no dataset given: random observations; INT8 needs --dataset (val or train split)"}
 
-    graphs: dict[str, Any] = {"float policy.onnx": session(output / POLICY),
-                              "float peer_encoder.onnx + policy_head.onnx": (session(output / ENCODER), session(output / HEAD))}
+    graphs: dict[str, parity.Graph] = {
+        "float policy.onnx": session(output / POLICY),
+        "float peer_encoder.onnx + policy_head.onnx": (session(output / ENCODER), session(output / HEAD)),
+    }
     if recording is not None:
         graphs["int8 policy_int8.onnx"] = session(output / INT8[POLICY])
         graphs["int8 peer_encoder_int8.onnx + policy_head_int8.onnx"] = (session(output / INT8[ENCODER]),

@@ -27,12 +27,14 @@ still cannot reach the output. For 0/1 masks, which is all the env produces, the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 import onnx
+from gymnasium import spaces
 from onnx import TensorProto, helper, numpy_helper
-from stable_baselines3.common.policies import MultiInputActorCriticPolicy
+from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
 
 from roadsense.env.observation import MAX_PEERS, PEER_FEATURES
@@ -59,8 +61,8 @@ class ExportError(UserError):
 class Dense:
     """One layer y = act(x W^T + b): ``weight`` (out, in) float32, ``bias`` (out,) float32."""
 
-    weight: np.ndarray
-    bias: np.ndarray
+    weight: npt.NDArray[np.float32]
+    bias: npt.NDArray[np.float32]
     activation: Activation
 
 
@@ -81,7 +83,7 @@ class PolicyWeights:
         return int(self.phi[-1].weight.shape[0])
 
 
-def policy_weights(policy: MultiInputActorCriticPolicy) -> PolicyWeights:
+def policy_weights(policy: ActorCriticPolicy) -> PolicyWeights:
     """Read the actor of a Deep Sets PPO policy; ExportError for anything the graphs cannot express."""
     if policy.squash_output or getattr(policy, "use_sde", False):
         raise ExportError("the policy squashes its output or uses gSDE; the exported graphs assume a plain Gaussian mean")
@@ -93,7 +95,9 @@ def policy_weights(policy: MultiInputActorCriticPolicy) -> PolicyWeights:
     if phi[0].weight.shape[1] != PEER_FEATURES or head[-1].weight.shape[0] != 1:
         raise ExportError(f"expected {PEER_FEATURES} peer features in and 1 action out, got "
                           f"{phi[0].weight.shape[1]} and {head[-1].weight.shape[0]}")
-    ego_dim = int(policy.observation_space["ego"].shape[0])
+    observation_space = policy.observation_space  # SB3 types it as any Space; DeepSetsExtractor's is a Dict of Boxes
+    assert isinstance(observation_space, spaces.Dict) and isinstance(observation_space["ego"], spaces.Box)
+    ego_dim = int(observation_space["ego"].shape[0])
     if head[0].weight.shape[1] != ego_dim + phi[-1].weight.shape[0]:
         raise ExportError("the head's input is not ego + pooled embedding")
     return PolicyWeights(phi, head, ego_dim)
@@ -121,12 +125,15 @@ class _Builder:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
 
-    def const(self, name: str, value: np.ndarray) -> str:
+    def const(self, name: str, value: npt.NDArray[np.float32] | npt.NDArray[np.int64]) -> str:
         self.initializers.append(numpy_helper.from_array(value, name))
         return name
 
-    def node(self, op: str, inputs: list[str], output: str, **attrs: object) -> str:
-        self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
+    def node(self, op: str, inputs: list[str], output: str, **attrs: int | list[int]) -> str:
+        # make_node takes the node's attributes as **kwargs: Any, beside keywords (doc_string, domain)
+        # that no attribute here is named after.
+        onnx_attrs: dict[str, Any] = attrs
+        self.nodes.append(helper.make_node(op, inputs, [output], name=output, **onnx_attrs))
         return output
 
     def dense(self, prefix: str, layers: tuple[Dense, ...], x: str) -> str:

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                      quantize_static)
+import numpy.typing as npt
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
 CALIBRATION_BATCH = 256  # rows per calibration feed; the batch dimension is dynamic
 SETTINGS = {
@@ -26,15 +26,15 @@ SETTINGS = {
 }
 
 
-class _Feeds(CalibrationDataReader):
+class _Feeds(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime ships no types: its base class is Any
     """The calibration inputs of one graph, in batches of :data:`CALIBRATION_BATCH` rows."""
 
-    def __init__(self, inputs: dict[str, np.ndarray]) -> None:
+    def __init__(self, inputs: dict[str, npt.NDArray[np.float32]]) -> None:
         rows = len(next(iter(inputs.values())))
-        self._batches: Iterator[dict[str, np.ndarray]] = iter(
+        self._batches: Iterator[dict[str, npt.NDArray[np.float32]]] = iter(
             [{k: v[i:i + CALIBRATION_BATCH] for k, v in inputs.items()} for i in range(0, rows, CALIBRATION_BATCH)])
 
-    def get_next(self) -> dict[str, np.ndarray] | None:
+    def get_next(self) -> dict[str, npt.NDArray[np.float32]] | None:
         return next(self._batches, None)
 
 
@@ -47,7 +47,7 @@ class _NoPreprocessHint(logging.Filter):
         return "pre-processing" not in record.getMessage()
 
 
-def quantize(float_model: Path, int8_model: Path, inputs: dict[str, np.ndarray]) -> None:
+def quantize(float_model: Path, int8_model: Path, inputs: dict[str, npt.NDArray[np.float32]]) -> None:
     """Write the INT8 variant of ``float_model`` to ``int8_model``.
 
     ``inputs``: the graph's input name -> float32 calibration rows (rows first, all the same length).

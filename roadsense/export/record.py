@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 import numpy as np
+import numpy.typing as npt
 
+from roadsense.arrays import Observation
 from roadsense.config import EnvConfig
 from roadsense.evaluation.matrix import plan_matrix
 from roadsense.evaluation.policies import Act
@@ -22,7 +24,7 @@ from roadsense.export.runtime import ObsBatch
 from roadsense.scenarios.dataset import Dataset
 
 CalibrationSplit = Literal["val", "train"]
-CALIBRATION_SPLITS: tuple[str, ...] = get_args(CalibrationSplit)
+CALIBRATION_SPLITS: tuple[CalibrationSplit, ...] = get_args(CalibrationSplit)
 
 
 @dataclass(frozen=True)
@@ -35,9 +37,9 @@ class Recording:
     seed: int
     episodes: int
     obs: ObsBatch
-    episode: np.ndarray
+    episode: npt.NDArray[np.int64]
 
-    def rows(self, keep: np.ndarray) -> ObsBatch:
+    def rows(self, keep: npt.NDArray[np.bool_]) -> ObsBatch:
         """The observations where ``keep`` (N,) bool is true."""
         return {name: values[keep] for name, values in self.obs.items()}
 
@@ -68,13 +70,13 @@ class CalibrationPlan:
 
         counts = tuple(sorted({self.dataset.peer_count(self.split, sid) for sid in self.dataset.ids(self.split)}))
         plan = plan_matrix(self.dataset, self.episodes_per_bucket, self.seed, peer_counts=counts, split=self.split)
-        seen: list[dict[str, np.ndarray]] = []
+        seen: list[Observation] = []
         episode: list[int] = []
 
         env = ConvoyEnv(self.dataset.root, split=self.split, config=self.env_config)
         try:
             for i, spec in enumerate(plan):
-                def recording_act(obs: dict[str, np.ndarray], i: int = i) -> np.ndarray:
+                def recording_act(obs: Observation, i: int = i) -> npt.NDArray[np.float32]:
                     seen.append(obs)
                     episode.append(i)
                     return act(obs)

@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import onnx
 import onnxruntime as ort
 
-ObsBatch = dict[str, np.ndarray]  # ego (B, 6K), peers (B, 8, 6), peer_mask (B, 8); float32
+from roadsense.arrays import Observation
+
+ObsBatch = Observation  # ego (B, 6K), peers (B, 8, 6), peer_mask (B, 8); float32
 
 
 def session(path: Path) -> ort.InferenceSession:
@@ -24,7 +27,7 @@ def session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def run_policy(sess: ort.InferenceSession, obs: ObsBatch) -> tuple[np.ndarray, np.ndarray]:
+def run_policy(sess: ort.InferenceSession, obs: ObsBatch) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """``policy.onnx`` (or its INT8 variant) on a batch: (action_mean (B, 1), action (B, 1)), float32."""
     feed = {name: np.ascontiguousarray(obs[name], np.float32) for name in ("ego", "peers", "peer_mask")}
     mean, action = sess.run(["action_mean", "action"], feed)

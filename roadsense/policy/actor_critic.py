@@ -19,16 +19,19 @@ from __future__ import annotations
 
 import ctypes
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, overload
 
 import numpy as np
+import numpy.typing as npt
 from stable_baselines3.common.distributions import DiagGaussianDistribution
-from stable_baselines3.common.policies import MultiInputActorCriticPolicy
+from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
 
+from roadsense.arrays import Observation, Weights
 from roadsense.policy.deep_sets import DeepSetsExtractor
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -55,8 +58,9 @@ class Layout:
     vf: tuple[Dense, ...]
 
     @classmethod
-    def of(cls, policy: MultiInputActorCriticPolicy) -> "Layout":
-        """Read the layers, checking every assumption :class:`PolicyNet` makes about them."""
+    def of(cls, policy: ActorCriticPolicy) -> "Layout":
+        """Read the layers, checking every assumption :class:`PolicyNet` makes about them (any
+        actor-critic that passes is one: SB3 types ``PPO.policy`` as the base class)."""
         if not isinstance(policy.features_extractor, DeepSetsExtractor) or not policy.share_features_extractor:
             raise ValueError("PolicyNet needs one Deep Sets extractor shared by actor and critic")
         if type(policy.action_dist) is not DiagGaussianDistribution:
@@ -71,22 +75,24 @@ class Layout:
                    vf=_dense(policy.mlp_extractor.value_net, names) + (value,))
 
 
-def _dense(sequential: nn.Module, names: dict[int, str]) -> tuple[Dense, ...]:
+def _dense(sequential: nn.Sequential, names: dict[int, str]) -> tuple[Dense, ...]:
     """``Sequential(Linear, activation, Linear, activation, ...)`` -> its Dense layers."""
     modules = list(sequential)
-    pairs = list(zip(modules[::2], modules[1::2]))
+    # strict=False: an odd count leaves a Linear unpaired, which the check below refuses with a message.
+    pairs = list(zip(modules[::2], modules[1::2], strict=False))
     if len(modules) % 2 or any(type(linear) is not nn.Linear or type(activation) not in (nn.ReLU, nn.Tanh)
                                for linear, activation in pairs):
         raise ValueError(f"expected Linear/ReLU or Linear/Tanh pairs, got {sequential}")
     return tuple(Dense(names[id(linear)], type(activation)) for linear, activation in pairs)
 
 
-def gaussian_log_prob(z: np.ndarray, log_std: np.ndarray) -> np.ndarray:
+def gaussian_log_prob(z: npt.NDArray[np.float32], log_std: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """Log-density ``(B,)`` of a diagonal Gaussian at standardised actions ``z = (a - mean) / std`` ``(B, A)``."""
-    return -0.5 * np.square(z).sum(axis=1) - (log_std.sum() + len(log_std) * LOG_SQRT_2PI)
+    log_prob: npt.NDArray[np.float32] = -0.5 * np.square(z).sum(axis=1) - (log_std.sum() + len(log_std) * LOG_SQRT_2PI)
+    return log_prob
 
 
-def gaussian_entropy(log_std: np.ndarray) -> float:
+def gaussian_entropy(log_std: npt.NDArray[np.float32]) -> float:
     """Entropy of a diagonal Gaussian with these log standard deviations (the same for every state)."""
     return float((0.5 + LOG_SQRT_2PI + log_std).sum())
 
@@ -98,14 +104,14 @@ class Activations:
     phi runs on the ``R`` occupied peer slots only, in observation order.
     """
 
-    sample: np.ndarray  # (R,) the observation each occupied slot belongs to (ascending)
-    groups: np.ndarray  # (G,) where each observation with an occupied slot starts in ``sample``
-    mask: np.ndarray  # (R, 1) the occupied slots' mask values
-    phi: list[np.ndarray]  # phi's input (R, F), then each layer's output (R, h)
-    masked: np.ndarray  # (R, h): phi's output times the mask
-    pooled: np.ndarray  # (B, h): the max over each observation's slots (0 for an empty set)
-    pi: list[np.ndarray]  # the features (B, E + h), then each actor layer's output; the last is the mean (B, A)
-    vf: list[np.ndarray]  # the features, then each critic layer's output; the last is the value (B, 1)
+    sample: npt.NDArray[np.intp]  # (R,) the observation each occupied slot belongs to (ascending)
+    groups: npt.NDArray[np.intp]  # (G,) where each observation with an occupied slot starts in ``sample``
+    mask: npt.NDArray[np.float32]  # (R, 1) the occupied slots' mask values
+    phi: list[npt.NDArray[np.float32]]  # phi's input (R, F), then each layer's output (R, h)
+    masked: npt.NDArray[np.float32]  # (R, h): phi's output times the mask
+    pooled: npt.NDArray[np.float32]  # (B, h): the max over each observation's slots (0 for an empty set)
+    pi: list[npt.NDArray[np.float32]]  # the features (B, E + h), then each actor layer's output; the last is the mean (B, A)
+    vf: list[npt.NDArray[np.float32]]  # the features, then each critic layer's output; the last is the value (B, 1)
 
 
 class PolicyNet:
@@ -122,35 +128,36 @@ class PolicyNet:
             needed for training.
     """
 
-    def __init__(self, layout: Layout, weights: dict[str, np.ndarray],
-                 grads: dict[str, np.ndarray] | None = None) -> None:
+    def __init__(self, layout: Layout, weights: Weights, grads: Weights | None = None) -> None:
         self.layout = layout
         self.weights = weights
         self.grads = grads
         self.log_std = weights["log_std"]
 
     @classmethod
-    def of(cls, policy: MultiInputActorCriticPolicy, grads: dict[str, np.ndarray] | None = None) -> "PolicyNet":
+    def of(cls, policy: ActorCriticPolicy, grads: Weights | None = None) -> "PolicyNet":
         """Over ``policy``'s own parameters (numpy views, so every optimizer step shows at the next call)."""
         return cls(Layout.of(policy), {name: p.detach().numpy() for name, p in policy.named_parameters()}, grads)
 
-    def mean(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+    def mean(self, obs: Observation) -> npt.NDArray[np.float32]:
         """The Gaussian's means ``(B, A)``: the actor alone (a worker's step)."""
         return _forward(self.layout.pi, self.weights, self._features(obs).pi[0])[-1]
 
-    def forward(self, obs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, Activations]:
+    def forward(self, obs: Observation) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], Activations]:
         """Values ``(B,)``, Gaussian means ``(B, A)`` and the activations for :meth:`backward`."""
         saved = self._features(obs)
         saved.pi = _forward(self.layout.pi, self.weights, saved.pi[0])
         saved.vf = _forward(self.layout.vf, self.weights, saved.vf[0])
         return saved.vf[-1][:, 0], saved.pi[-1], saved
 
-    def backward(self, saved: Activations, d_values: np.ndarray, d_mean: np.ndarray) -> None:
+    def backward(self, saved: Activations, d_values: npt.NDArray[np.float32], d_mean: npt.NDArray[np.float32]) -> None:
         """Write ``d loss / d weight`` of every layer into ``grads``, from ``d loss / d values`` ``(B,)``
         and ``d loss / d means`` ``(B, A)``. ``log_std``'s gradient is the caller's (it depends on the loss).
         """
-        d_features = _backward(self.layout.pi, self.weights, self.grads, saved.pi, d_mean)
-        d_features += _backward(self.layout.vf, self.weights, self.grads, saved.vf, d_values[:, None])
+        grads = self.grads
+        assert grads is not None, "backward() writes into the grads given to PolicyNet(..., grads)"
+        d_features = _backward(self.layout.pi, self.weights, grads, saved.pi, d_mean)
+        d_features += _backward(self.layout.vf, self.weights, grads, saved.vf, d_values[:, None])
         d_pooled = d_features[:, -saved.pooled.shape[1]:]
         # A max shares its gradient equally among tied maxima, as torch's amax backward does. Only
         # occupied slots are counted: where an empty slot ties, the max is 0 and phi's final ReLU
@@ -161,9 +168,9 @@ class PolicyNet:
         if len(saved.groups):
             ties[group] = np.add.reduceat(tied, saved.groups, axis=0, dtype=np.float32)
         d_encoded = tied * (d_pooled / ties)[saved.sample] * saved.mask
-        _backward(self.layout.phi, self.weights, self.grads, saved.phi, d_encoded, input_grad=False)
+        _backward(self.layout.phi, self.weights, grads, saved.phi, d_encoded, input_grad=False)
 
-    def _features(self, obs: dict[str, np.ndarray]) -> Activations:
+    def _features(self, obs: Observation) -> Activations:
         """The Deep Sets features and what led to them; ``pi`` and ``vf`` hold just the features ``(B, E + h)``.
 
         phi runs on the occupied peer slots only: an empty slot's encoding is multiplied by a
@@ -191,7 +198,7 @@ class PolicyNet:
         return Activations(sample, groups, occupied_mask, phi, masked, pooled, [features], [features])
 
 
-def _forward(layers: tuple[Dense, ...], weights: dict[str, np.ndarray], x: np.ndarray) -> list[np.ndarray]:
+def _forward(layers: tuple[Dense, ...], weights: Weights, x: npt.NDArray[np.float32]) -> list[npt.NDArray[np.float32]]:
     """``[x, output of layer 1, ..., output of the last layer]``."""
     outputs = [x]
     for layer in layers:
@@ -205,8 +212,18 @@ def _forward(layers: tuple[Dense, ...], weights: dict[str, np.ndarray], x: np.nd
     return outputs
 
 
-def _backward(layers: tuple[Dense, ...], weights: dict[str, np.ndarray], grads: dict[str, np.ndarray],
-              outputs: list[np.ndarray], grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+@overload
+def _backward(layers: tuple[Dense, ...], weights: Weights, grads: Weights, outputs: list[npt.NDArray[np.float32]],
+              grad: npt.NDArray[np.float32], input_grad: Literal[True] = ...) -> npt.NDArray[np.float32]: ...
+
+
+@overload
+def _backward(layers: tuple[Dense, ...], weights: Weights, grads: Weights, outputs: list[npt.NDArray[np.float32]],
+              grad: npt.NDArray[np.float32], input_grad: Literal[False]) -> None: ...
+
+
+def _backward(layers: tuple[Dense, ...], weights: Weights, grads: Weights, outputs: list[npt.NDArray[np.float32]],
+              grad: npt.NDArray[np.float32], input_grad: bool = True) -> npt.NDArray[np.float32] | None:
     """Backpropagate ``grad`` (d loss / d last output) through ``layers``, writing the weights'
     gradients into ``grads``; returns d loss / d input (when ``input_grad``)."""
     for i in reversed(range(len(layers))):
@@ -232,7 +249,7 @@ def blas_threads(n: int) -> Iterator[None]:
     (another BLAS, another platform) this does nothing.
     """
     set_threads, get_threads = openblas_thread_functions()
-    if set_threads is None:
+    if set_threads is None or get_threads is None:  # both or neither: they come from the same library
         yield
         return
     previous = get_threads()
@@ -243,7 +260,7 @@ def blas_threads(n: int) -> Iterator[None]:
         set_threads(previous)
 
 
-def openblas_thread_functions() -> tuple[ctypes._CFuncPtr | None, ctypes._CFuncPtr | None]:
+def openblas_thread_functions() -> tuple[Callable[[int], object] | None, Callable[[], int] | None]:
     """``openblas_set_num_threads`` and ``openblas_get_num_threads`` of the OpenBLAS numpy wheels bundle."""
     for library in sorted((Path(np.__file__).parent.parent / "numpy.libs").glob("*openblas*")):
         blas = ctypes.CDLL(str(library))  # already loaded by numpy: this returns the same library

@@ -25,8 +25,10 @@ class DeepSetsExtractor(BaseFeaturesExtractor):
     """
 
     def __init__(self, observation_space: spaces.Dict, peer_hidden: int = 32) -> None:
-        ego_dim = int(observation_space["ego"].shape[0])
-        peer_features = int(observation_space["peers"].shape[1])
+        ego, peers = observation_space["ego"], observation_space["peers"]
+        assert isinstance(ego, spaces.Box) and isinstance(peers, spaces.Box), "ego and peers are Boxes (env/observation.py)"
+        ego_dim = int(ego.shape[0])
+        peer_features = int(peers.shape[1])
         super().__init__(observation_space, features_dim=ego_dim + peer_hidden)
         self.phi = nn.Sequential(
             nn.Linear(peer_features, peer_hidden),

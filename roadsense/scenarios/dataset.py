@@ -194,7 +194,8 @@ class Manifest(_Model):
         return self
 
     def split(self, name: Split) -> SplitEntry:
-        return getattr(self.splits, name)
+        entry: SplitEntry = getattr(self.splits, name)  # every Split is a field of Splits
+        return entry
 
 
 def peer_count_distribution(scenarios: list[ScenarioEntry]) -> dict[str, int]:
@@ -287,14 +288,15 @@ def _layout_problem(relative: str, ids: dict[str, set[str]]) -> str | None:
     parts = relative.split("/")
     if len(parts) == 3 and parts[1] in ids.get(parts[0], ()) and parts[2] in (SUMOCFG_FILE, NETWORK_FILE, ROUTES_FILE):
         return None
-    return f"{relative}: not a file of the dataset format (<split>/<scenario id>/{SUMOCFG_FILE}|{NETWORK_FILE}|{ROUTES_FILE}, {EMULATOR_PARAMS_FILE})"
+    return (f"{relative}: not a file of the dataset format "
+            f"(<split>/<scenario id>/{SUMOCFG_FILE}|{NETWORK_FILE}|{ROUTES_FILE}, {EMULATOR_PARAMS_FILE})")
 
 
 def _file_problems(root: Path, manifest: Manifest, regular: set[str]) -> tuple[list[str], set[str]]:
     """Problems with the listed files, and the listed files that are sound (safe to parse)."""
     problems = []
     sound = set()
-    ids = {split: {s.id for s in manifest.split(split).scenarios} for split in SPLITS}
+    ids: dict[str, set[str]] = {split: {s.id for s in manifest.split(split).scenarios} for split in SPLITS}
     for relative in sorted(manifest.files):
         layout = _layout_problem(relative, ids)
         if layout:
@@ -359,7 +361,7 @@ def _scenario_problems(root: Path, manifest: Manifest, split: Split, entry: Scen
     if len(positions) - 1 != entry.peer_count:
         return [f"{folder}: {len(positions) - 1} peers in the routes, manifest says {entry.peer_count}"]
     expected_positions = depart_positions(entry.peer_count)
-    if any(abs(a - b) > 0.005 for a, b in zip(positions, expected_positions)):
+    if any(abs(a - b) > 0.005 for a, b in zip(positions, expected_positions, strict=True)):  # both ego + peer_count
         return [f"{routes}: departPos {positions} do not follow the {SPACING_RULE} spacing {expected_positions}; "
                 "regenerate the dataset with `roadsense generate`"]
     return []
@@ -432,7 +434,7 @@ class Dataset:
     def peer_count(self, split: Split, scenario_id: str) -> int:
         return self._peer_counts[self._entry_key(split, scenario_id)]
 
-    def _entry_key(self, split: Split, scenario_id: str) -> tuple[str, str]:
+    def _entry_key(self, split: Split, scenario_id: str) -> tuple[Split, str]:
         key = (self._check_split(split), scenario_id)
         if key not in self._peer_counts:
             raise KeyError(f"no scenario {scenario_id!r} in the {split} split of dataset {self.dataset_id}")
@@ -440,6 +442,6 @@ class Dataset:
 
     @staticmethod
     def _check_split(split: str) -> Split:
-        if split not in SPLITS:
+        if split not in SPLITS:  # narrows split to Split
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-        return split  # type: ignore[return-value]
+        return split

@@ -130,13 +130,14 @@ def _write_dataset(root: Path, config: DatasetConfig, emulator_params_hash: str,
         "emulator_params_file": EMULATOR_PARAMS_FILE if emulator_params_file is not None else None,
         "files": files,
     }
-    manifest = Manifest(
-        dataset_id=_dataset_id(content),
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        git_commit=git_commit(),
-        container_image=container_image(),
+    # Validated from plain data: content is the JSON that the dataset id hashes.
+    manifest = Manifest.model_validate({
+        "dataset_id": _dataset_id(content),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "container_image": container_image(),
         **content,
-    )
+    })
     text = json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
     (root / MANIFEST_FILE).write_text(text, encoding="utf-8")
 

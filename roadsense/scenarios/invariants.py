@@ -16,7 +16,6 @@ from pathlib import Path
 from roadsense.errors import RunFailed
 from roadsense.scenarios.scenario import BASE_PEERS, EGO_ID, VEHICLE_LENGTH_M
 
-
 _ROUTE_ELEMENTS = ("vType", "route", "vehicle")
 
 
@@ -44,8 +43,8 @@ def routes_problems(path: Path) -> list[str]:
     if not 2 <= len(vehicles) <= BASE_PEERS + 1:
         problems.append(f"{path.name}: {len(vehicles) - 1} peers, expected 1..{BASE_PEERS}")
 
-    departs = [_number(v.get("depart")) for v in vehicles]
-    if None in departs:
+    departs = [depart for depart in (_number(v.get("depart")) for v in vehicles) if depart is not None]
+    if len(departs) < len(vehicles):
         problems.append(f"{path.name}: every depart must be a number of seconds")
     else:
         if departs[0] != 0.0 or ids[0] != EGO_ID:

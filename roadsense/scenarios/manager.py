@@ -8,23 +8,21 @@ evaluation) sees the same scenarios in the same order.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 
 from roadsense.errors import InputNotFound
 from roadsense.scenarios.dataset import Dataset
-from roadsense.scenarios.scenario import SPLITS, Split
+from roadsense.scenarios.scenario import SPLITS
 
 
 class ScenarioManager:
     """Hands out ``(scenario_id, sumocfg_path)`` pairs, one per episode."""
 
     def __init__(self, dataset: Dataset, split: str, seed: int) -> None:
-        if split not in SPLITS:
+        if split not in SPLITS:  # narrows split to Split
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-        checked = cast(Split, split)
-        self._scenarios = [(i, dataset.sumocfg(checked, i)) for i in dataset.ids(checked)]
+        self._scenarios = [(i, dataset.sumocfg(split, i)) for i in dataset.ids(split)]
         self._random = split == "train"  # val and eval: the fixed list, in order
         self._rng = np.random.default_rng(seed)
         self._cursor = 0

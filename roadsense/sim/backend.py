@@ -110,7 +110,8 @@ def parse_sumocfg(sumocfg: Path) -> SumoConfig:
             if kind is None or set(option.attrib) != {"value"} or len(option) or option.tag in values:
                 allowed = ", ".join(f"{section.tag}/{name}" for name in _ALLOWED[section.tag])
                 raise SumocfgError(
-                    f"SUMO config {sumocfg}: <{section.tag}/{option.tag}> is not allowed (only one each of {allowed}, with a single value attribute)"
+                    f"SUMO config {sumocfg}: <{section.tag}/{option.tag}> is not allowed "
+                    f"(only one each of {allowed}, with a single value attribute)"
                 )
             problem = _check_value(kind, option.attrib["value"])
             if problem:
@@ -216,7 +217,7 @@ class LibsumoBackend(SimBackend):
         sumo_binary()  # sets SUMO_HOME and PROJ_LIB before SUMO reads them
         try:
             libsumo.start([sumo_binary("sumo"), *sumo_args(config, seed)])
-        except Exception as exc:  # libsumo raises its own TraCIException type
+        except Exception as exc:  # noqa: BLE001 - libsumo raises its own TraCIException type
             _close_libsumo_quietly()
             raise SimulationError(f"SUMO could not load {sumocfg}: {exc}") from None
         LibsumoBackend._owner = self
@@ -313,7 +314,8 @@ class TraciBackend(SimBackend):
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]  # getsockname() is typed Any: (host, port) for AF_INET
+        return port
 
 
 def make_backend(name: BackendName = "libsumo", gui: bool = False) -> SimBackend:

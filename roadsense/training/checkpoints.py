@@ -15,12 +15,16 @@ import json
 import logging
 import os
 import shutil
-from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from roadsense.artifacts.status import WriteError, temp_path
 from roadsense.provenance import sha256_file
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.base_class import BaseAlgorithm
+    from stable_baselines3.common.vec_env import VecNormalize
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +50,8 @@ class Checkpoint:
         return self.path / VECNORM_FILE
 
 
-def save_checkpoint(directory: Path, model, vecnormalize, num_timesteps: int, milestone: bool, *,
-                    settings: dict[str, Any]) -> Checkpoint:
+def save_checkpoint(directory: Path, model: BaseAlgorithm, vecnormalize: VecNormalize, num_timesteps: int,
+                    milestone: bool, *, settings: dict[str, Any]) -> Checkpoint:
     """Write one checkpoint atomically; ``model`` is an SB3 algorithm, ``vecnormalize`` its VecNormalize."""
     final = directory / f"{_PREFIX}{num_timesteps:012d}"
     tmp = temp_path(final)  # what a killed run leaves is removed at the next start (remove_stale_temps)

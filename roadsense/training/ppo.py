@@ -26,10 +26,12 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import torch
-from stable_baselines3.common.policies import MultiInputActorCriticPolicy
+from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.utils import explained_variance
 
+from roadsense.arrays import Weights
 from roadsense.policy.actor_critic import PolicyNet, blas_threads, gaussian_entropy, gaussian_log_prob
 from roadsense.training.rollout import RolloutBatch
 
@@ -63,7 +65,7 @@ def learning_rate_at(learning_rate: float, schedule: str, steps_done: int, total
     return learning_rate * max(0.0, 1.0 - steps_done / total_steps)
 
 
-def ppo_update(policy: MultiInputActorCriticPolicy, batch: RolloutBatch, n_epochs: int, batch_size: int,
+def ppo_update(policy: ActorCriticPolicy, batch: RolloutBatch, n_epochs: int, batch_size: int,
                clip_range: float, ent_coef: float, learning_rate: float, rng: np.random.Generator) -> UpdateStats:
     """``n_epochs`` passes over ``batch`` in shuffled minibatches of ``batch_size``; updates ``policy`` in place."""
     policy.set_training_mode(True)
@@ -128,7 +130,7 @@ def ppo_update(policy: MultiInputActorCriticPolicy, batch: RolloutBatch, n_epoch
     )
 
 
-def _flat_gradients(policy: MultiInputActorCriticPolicy) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def _flat_gradients(policy: ActorCriticPolicy) -> tuple[npt.NDArray[np.float32], Weights]:
     """Give every parameter a ``.grad`` that is a view into one flat buffer.
 
     Returns the buffer and, by parameter name, numpy views of each ``.grad``.
@@ -136,12 +138,15 @@ def _flat_gradients(policy: MultiInputActorCriticPolicy) -> tuple[np.ndarray, di
     parameters = dict(policy.named_parameters())
     flat = torch.zeros(sum(p.numel() for p in parameters.values()))
     offset = 0
-    for p in parameters.values():
+    grads: Weights = {}
+    for name, p in parameters.items():
         p.grad = flat[offset:offset + p.numel()].view_as(p)
+        grads[name] = p.grad.numpy()
         offset += p.numel()
-    return flat.numpy(), {name: p.grad.numpy() for name, p in parameters.items()}
+    return flat.numpy(), grads
 
 
-def _minibatch_means(values: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+def _minibatch_means(values: npt.NDArray[np.float32], sizes: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
     """Per-minibatch means of ``values``, the minibatches laid end to end with these ``sizes``."""
-    return np.add.reduceat(values, np.cumsum(sizes) - sizes) / sizes
+    means: npt.NDArray[np.float64] = np.add.reduceat(values, np.cumsum(sizes) - sizes) / sizes
+    return means

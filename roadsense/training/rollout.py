@@ -20,14 +20,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
+import numpy.typing as npt
 import torch
-from stable_baselines3.common.policies import MultiInputActorCriticPolicy
+from gymnasium import spaces
+from stable_baselines3.common.policies import ActorCriticPolicy, MultiInputActorCriticPolicy
 from stable_baselines3.common.vec_env import VecNormalize
 
+from roadsense.arrays import Observation, Weights
 from roadsense.policy.actor_critic import Layout, PolicyNet, blas_threads, gaussian_log_prob
 from roadsense.training.sb3_internals import normalize_rewards
 
@@ -51,18 +54,18 @@ class Segment:
     Observations are dicts of arrays shaped ``(T, *space shape)``.
     """
 
-    obs: dict[str, np.ndarray]  # the observation each step's action was chosen from
-    actions: np.ndarray  # (T, action dim) as sampled, before clipping to the action space
-    rewards: np.ndarray  # (T,) raw env rewards
-    episode_starts: np.ndarray  # (T,) bool: obs[t] is the first observation of an episode
-    dones: np.ndarray  # (T,) bool: the episode ended with step t
-    truncated_steps: np.ndarray  # (k,) steps that ended an episode at a time limit (to bootstrap)
-    truncated_obs: dict[str, np.ndarray]  # (k, ...) the final observations of those episodes
-    last_obs: dict[str, np.ndarray]  # the observation after step T-1 (its value closes GAE)
+    obs: Observation  # the observation each step's action was chosen from
+    actions: npt.NDArray[np.float32]  # (T, action dim) as sampled, before clipping to the action space
+    rewards: npt.NDArray[np.float64]  # (T,) raw env rewards
+    episode_starts: npt.NDArray[np.bool_]  # (T,) obs[t] is the first observation of an episode
+    dones: npt.NDArray[np.bool_]  # (T,) the episode ended with step t
+    truncated_steps: npt.NDArray[np.int64]  # (k,) steps that ended an episode at a time limit (to bootstrap)
+    truncated_obs: Observation  # (k, ...) the final observations of those episodes
+    last_obs: Observation  # the observation after step T-1 (its value closes GAE)
     episodes: list[EpisodeEnd] = field(default_factory=list)
 
 
-class RolloutCollector(gym.Wrapper):
+class RolloutCollector(gym.Wrapper[dict[str, Any], npt.NDArray[np.float32], dict[str, Any], npt.NDArray[np.float32]]):
     """Wraps the env inside a worker process and runs whole segments with a local policy copy.
 
     The trainer calls :meth:`collect` through ``SubprocVecEnv.env_method``, so every worker
@@ -76,34 +79,39 @@ class RolloutCollector(gym.Wrapper):
             name the scenario even if this process dies with SUMO.
     """
 
-    def __init__(self, env: gym.Env, policy_kwargs: dict[str, Any], seed: int, scenario_file: Path | None) -> None:
+    def __init__(self, env: gym.Env[dict[str, Any], npt.NDArray[np.float32]], policy_kwargs: dict[str, Any], seed: int,
+                 scenario_file: Path | None) -> None:
         super().__init__(env)
-        self.policy = MultiInputActorCriticPolicy(env.observation_space, env.action_space, lambda _: 0.0,
-                                                  **policy_kwargs)
+        # The wrapper's own observation_space and action_space are plain Spaces to the type checker; these are
+        # the same objects, as the Dict and Box the policy is built for.
+        assert isinstance(env.observation_space, spaces.Dict) and isinstance(env.action_space, spaces.Box)
+        self.observation_dict: spaces.Dict = env.observation_space
+        self.action_box: spaces.Box = env.action_space
+        self.policy = MultiInputActorCriticPolicy(self.observation_dict, self.action_box, lambda _: 0.0, **policy_kwargs)
         self.layout = Layout.of(self.policy)  # what the numpy actor reads the weights it is sent by
         self.seed = seed
         self.rng = np.random.default_rng([seed, ACTION_STREAM])
         self.scenario_file = scenario_file
-        self._obs: dict[str, np.ndarray] | None = None  # None until the first collect resets the env
+        self._obs: Observation | None = None  # None until the first collect resets the env
         self._episode_start = True
         self._episode_reward = 0.0
         self._episode_length = 0
         self._scenario_id = ""
 
-    def collect(self, weights: dict[str, np.ndarray], n_steps: int) -> Segment:
+    def collect(self, weights: Weights, n_steps: int) -> Segment:
         """Run ``n_steps`` steps with the given policy weights; episodes carry over between calls."""
         actor = PolicyNet(self.layout, weights)
         if self._obs is None:
             self._obs = self._reset(seed=self.seed)
-        low, high = self.action_space.low, self.action_space.high
+        low, high = self.action_box.low, self.action_box.high
 
-        obs = {key: np.empty((n_steps, *space.shape), np.float32) for key, space in self.observation_space.items()}
-        actions = np.empty((n_steps, *self.action_space.shape), np.float32)
+        obs = {key: np.empty((n_steps, *_shape(space)), np.float32) for key, space in self.observation_dict.items()}
+        actions = np.empty((n_steps, *self.action_box.shape), np.float32)
         rewards = np.empty(n_steps, np.float64)  # what SubprocVecEnv would hand VecNormalize
         episode_starts = np.empty(n_steps, bool)
         dones = np.zeros(n_steps, bool)
         truncated_steps: list[int] = []
-        truncated_obs: list[dict[str, np.ndarray]] = []
+        truncated_obs: list[Observation] = []
         episodes: list[EpisodeEnd] = []
         # Drawn for the whole segment at once: the same numbers, in the same order, as one draw per step.
         noise = np.exp(weights["log_std"]) * self.rng.standard_normal(actions.shape, np.float32)
@@ -132,12 +140,12 @@ class RolloutCollector(gym.Wrapper):
         return Segment(
             obs=obs, actions=actions, rewards=rewards, episode_starts=episode_starts, dones=dones,
             truncated_steps=np.asarray(truncated_steps, np.int64),
-            truncated_obs={key: np.asarray([o[key] for o in truncated_obs], np.float32).reshape(-1, *space.shape)
-                           for key, space in self.observation_space.items()},
+            truncated_obs={key: np.asarray([o[key] for o in truncated_obs], np.float32).reshape(-1, *_shape(space))
+                           for key, space in self.observation_dict.items()},
             last_obs=self._obs, episodes=episodes,
         )
 
-    def _reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
+    def _reset(self, seed: int | None = None) -> Observation:
         """Start the next episode and its bookkeeping; returns its first observation."""
         obs, info = self.env.reset(seed=seed)
         self._scenario_id = info.get("scenario_id", "")
@@ -149,6 +157,12 @@ class RolloutCollector(gym.Wrapper):
         return obs
 
 
+def _shape(space: spaces.Space[Any]) -> tuple[int, ...]:
+    """The shape of one of the observation's Boxes (a Space's shape may be None; a Box's never is)."""
+    assert space.shape is not None, f"{space} has no shape"
+    return space.shape
+
+
 @dataclass
 class RolloutBatch:
     """What one PPO update learns from: ``N = n_envs * T`` samples, flattened.
@@ -157,18 +171,18 @@ class RolloutBatch:
     float32 except ``actions`` ``(N, action dim)``.
     """
 
-    obs: dict[str, np.ndarray]
-    actions: np.ndarray
-    old_log_prob: np.ndarray
-    old_values: np.ndarray
-    advantages: np.ndarray
-    returns: np.ndarray
+    obs: Observation
+    actions: npt.NDArray[np.float32]
+    old_log_prob: npt.NDArray[np.float32]
+    old_values: npt.NDArray[np.float32]
+    advantages: npt.NDArray[np.float32]
+    returns: npt.NDArray[np.float32]
 
     def __len__(self) -> int:
         return len(self.actions)
 
 
-def build_batch(segments: list[Segment], policy: MultiInputActorCriticPolicy, normalizer: VecNormalize,
+def build_batch(segments: list[Segment], policy: ActorCriticPolicy, normalizer: VecNormalize,
                 gamma: float, gae_lambda: float) -> RolloutBatch:
     """Normalise rewards, evaluate the batch with the collecting weights, bootstrap, and compute GAE.
 
@@ -194,7 +208,8 @@ def build_batch(segments: list[Segment], policy: MultiInputActorCriticPolicy, no
     net = PolicyNet.of(policy)
     with blas_threads(torch.get_num_threads()):
         all_values, mean, _ = net.forward(evaluated)
-    log_prob = gaussian_log_prob((flat_actions - mean[:n_samples]) / np.exp(net.log_std), net.log_std)
+    z = (flat_actions - mean[:n_samples]) / np.exp(net.log_std)  # float32: numpy's stubs type the division float64
+    log_prob = gaussian_log_prob(cast("npt.NDArray[np.float32]", z), net.log_std)
     values = all_values[:n_samples]
     bootstraps = np.split(all_values[n_samples:], np.cumsum([len(s.truncated_steps) for s in segments]))
     for env, segment in enumerate(segments):
@@ -206,8 +221,9 @@ def build_batch(segments: list[Segment], policy: MultiInputActorCriticPolicy, no
                         advantages=advantages, returns=advantages + values)
 
 
-def gae(rewards: np.ndarray, values: np.ndarray, episode_starts: np.ndarray, last_values: np.ndarray,
-        last_dones: np.ndarray, gamma: float, gae_lambda: float) -> np.ndarray:
+def gae(rewards: npt.NDArray[np.float32], values: npt.NDArray[np.float32], episode_starts: npt.NDArray[np.bool_],
+        last_values: npt.NDArray[np.float32], last_dones: npt.NDArray[np.bool_], gamma: float,
+        gae_lambda: float) -> npt.NDArray[np.float32]:
     """Generalised advantage estimates, ``(T, n_envs)``; the recursion of SB3's rollout buffer.
 
     ``episode_starts[t]`` cuts the bootstrap from step t-1 to step t; after the last step the

@@ -14,6 +14,7 @@ from __future__ import annotations
 from multiprocessing.process import BaseProcess
 
 import numpy as np
+import numpy.typing as npt
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv, VecNormalize
 
@@ -55,7 +56,8 @@ def worker_processes(venv: VecEnv) -> list[BaseProcess]:
     return unwrapped.processes
 
 
-def normalize_rewards(normalizer: VecNormalize, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
+def normalize_rewards(normalizer: VecNormalize, rewards: npt.NDArray[np.float64],
+                      dones: npt.NDArray[np.bool_]) -> npt.NDArray[np.float32]:
     """``(T, n_envs)`` raw rewards -> ``(T, n_envs)`` float32 normalised, as ``T`` calls of ``step_wait`` would.
 
     ``dones`` ``(T, n_envs)`` bool: the episode ended with that step.
@@ -83,7 +85,7 @@ def normalize_rewards(normalizer: VecNormalize, rewards: np.ndarray, dones: np.n
         returns = np.empty(rewards.shape)  # the discounted return after each step, before a done resets it
         for env in range(n_envs):
             running, column = float(normalizer.returns[env]), []
-            for reward, done in zip(rewards[:, env].tolist(), dones[:, env].tolist()):
+            for reward, done in zip(rewards[:, env].tolist(), dones[:, env].tolist(), strict=True):
                 running = running * normalizer.gamma + reward
                 column.append(running)
                 if done:
@@ -93,7 +95,7 @@ def normalize_rewards(normalizer: VecNormalize, rewards: np.ndarray, dones: np.n
         # RunningMeanStd.update(returns[t]) for each t: the moments over the envs, then the running merge.
         mean, var, count = float(rms.mean), float(rms.var), rms.count
         variances = []
-        for batch_mean, batch_var in zip(returns.mean(axis=1).tolist(), returns.var(axis=1).tolist()):
+        for batch_mean, batch_var in zip(returns.mean(axis=1).tolist(), returns.var(axis=1).tolist(), strict=True):
             delta = batch_mean - mean
             tot_count = count + n_envs
             mean = mean + delta * n_envs / tot_count
@@ -101,7 +103,9 @@ def normalize_rewards(normalizer: VecNormalize, rewards: np.ndarray, dones: np.n
             var = m_2 / (count + n_envs)
             count = n_envs + count
             variances.append(var)
-        rms.mean, rms.var, rms.count = np.float64(mean), np.float64(var), count
+        # SB3 annotates mean and var as arrays, but its own update_from_moments stores float64 scalars
+        # (for the shape () it uses here); these are the values and types it would store.
+        rms.mean, rms.var, rms.count = np.float64(mean), np.float64(var), count  # type: ignore[assignment]
         std = np.sqrt(np.asarray(variances) + normalizer.epsilon)[:, None]
     else:
         normalizer.returns[dones.any(axis=0)] = 0

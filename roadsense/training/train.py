@@ -36,6 +36,7 @@ from roadsense.errors import RunFailed
 from roadsense.exits import Stopped
 from roadsense.parallel import STOP_SIGNALS
 from roadsense.policy import policy_kwargs
+from roadsense.scenarios.dataset import Dataset
 from roadsense.training.checkpoints import (
     MODEL_FILE,
     VECNORM_FILE,
@@ -44,12 +45,11 @@ from roadsense.training.checkpoints import (
     prune_checkpoints,
     save_checkpoint,
 )
-from roadsense.scenarios.dataset import Dataset
 from roadsense.training.metrics_writer import MetricLineWriter
-from roadsense.training.validation import SELECTION_FILE, ValidationScore, Validator, selection_record
 from roadsense.training.ppo import UpdateStats, learning_rate_at, ppo_update
-from roadsense.training.rollout import Segment, build_batch
+from roadsense.training.rollout import EpisodeEnd, Segment, build_batch
 from roadsense.training.sb3_internals import count_update, n_updates
+from roadsense.training.validation import SELECTION_FILE, ValidationScore, Validator, selection_record
 from roadsense.training.vec import close_vec_env, default_n_envs, make_vec_env
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class TrainResult:
     steps_per_s: float  # env steps of this process (resumed steps excluded) per wall second
     n_envs: int
     sim_errors: int
-    model_selection: dict  # what model.zip is and why (validation.selection_record)
+    model_selection: dict[str, Any]  # what model.zip is and why (validation.selection_record)
 
 
 def train(
@@ -184,7 +184,7 @@ def _train_loop(model: PPO, venv: VecNormalize, config: PipelineConfig, settings
                 weights = {name: value.numpy() for name, value in model.policy.state_dict().items()}
                 segments: list[Segment] = venv.env_method("collect", weights, steps_per_env)
                 collected = time.monotonic()
-                if stop:  # the rollout in hand is not learned from: the checkpoint is the last update
+                if stop.signal_name is not None:  # the rollout in hand is not learned from: the checkpoint is the last update
                     save_checkpoint(checkpoint_dir, model, venv, model.num_timesteps, milestone=False,
                                     settings=settings)
                     raise TrainingInterrupted(
@@ -217,6 +217,7 @@ def _train_loop(model: PPO, venv: VecNormalize, config: PipelineConfig, settings
                     prune_checkpoints(checkpoint_dir, train_config.keep_checkpoints)
                     last_checkpoint = model.num_timesteps
                 if validate:  # a stop signal meanwhile only sets `stop`: the run ends after the next rollout
+                    assert validator is not None  # validate is only ever true with a validator
                     _log_validation(model, validator.validate(checkpoint))
         except (EOFError, BrokenPipeError, ConnectionResetError) as exc:
             raise TrainingAborted(
@@ -332,7 +333,7 @@ class _RolloutMonitor:
         self.max_consecutive = max_consecutive_errors
         self.consecutive = [0] * len(scenario_files)
         self.scenario_files = scenario_files
-        self.episodes: deque = deque(maxlen=100)  # the newest EpisodeEnds, for ep_rew_mean as SB3 reports it
+        self.episodes: deque[EpisodeEnd] = deque(maxlen=100)  # the newest EpisodeEnds, for ep_rew_mean as SB3 reports it
         show = sys.stderr.isatty() if progress is None else progress
         self.bar = None
         if show:

@@ -11,6 +11,7 @@ from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv
 
 from roadsense.config import EnvConfig
 from roadsense.parallel import START_METHOD, ignore_stop_signals, stop_processes, worker_context
+from roadsense.scenarios.scenario import Split
 from roadsense.training.sb3_internals import worker_processes
 
 CLOSE_GRACE_S = 5.0  # a worker told to close stops its SUMO and exits in well under a second
@@ -21,7 +22,7 @@ def default_n_envs() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
-def _env_factory(scenario: Path | None, split: str, config: EnvConfig, policy_kwargs: dict[str, Any], seed: int,
+def _env_factory(scenario: Path | None, split: Split, config: EnvConfig, policy_kwargs: dict[str, Any], seed: int,
                  scenario_file: Path) -> Callable[[], gym.Env]:
     def make() -> gym.Env:
         ignore_stop_signals()  # runs inside the worker: the trainer checkpoints, then closes it
@@ -37,7 +38,7 @@ def _env_factory(scenario: Path | None, split: str, config: EnvConfig, policy_kw
 
 
 def make_vec_env(scenario: Path | None, config: EnvConfig, seed: int, policy_kwargs: dict[str, Any],
-                 scenario_files: list[Path], split: str = "train") -> VecEnv:
+                 scenario_files: list[Path], split: Split = "train") -> VecEnv:
     """One ConvoyEnv per scenario file, in worker processes, seeded ``seed, seed+1, ...``, that collect rollouts.
 
     Each worker builds a policy from ``policy_kwargs`` (see :class:`RolloutCollector`) and

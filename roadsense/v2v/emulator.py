@@ -62,6 +62,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from roadsense.v2v.params import EspNowParams
 
@@ -79,13 +80,13 @@ class Reception:
     Entries where ``valid`` is False are meaningless (never received, or stale).
     """
 
-    valid: np.ndarray  # bool: a message is held and its age <= staleness_ms
-    pos: np.ndarray  # (n-1, 2) reported position, m, world frame
-    speed: np.ndarray  # reported speed, m/s
-    accel: np.ndarray  # reported acceleration, m/s^2
-    heading_deg: np.ndarray  # reported heading, degrees (not wrapped)
-    age_ms: np.ndarray  # now - the time the source sampled its state, ms
-    hops: np.ndarray  # int: links the held message travelled (1 = direct)
+    valid: npt.NDArray[np.bool_]  # bool: a message is held and its age <= staleness_ms
+    pos: npt.NDArray[np.float64]  # (n-1, 2) reported position, m, world frame
+    speed: npt.NDArray[np.float64]  # reported speed, m/s
+    accel: npt.NDArray[np.float64]  # reported acceleration, m/s^2
+    heading_deg: npt.NDArray[np.float64]  # reported heading, degrees (not wrapped)
+    age_ms: npt.NDArray[np.float64]  # now - the time the source sampled its state, ms
+    hops: npt.NDArray[np.int64]  # int: links the held message travelled (1 = direct)
 
 
 class MeshEmulator:
@@ -110,7 +111,7 @@ class MeshEmulator:
         p = self.params
         if self.domain_randomization:
             r = p.randomization
-            lows, highs = zip(r.latency_base_ms, r.loss_rate, r.latency_jitter_ms, r.gps_noise_m)
+            lows, highs = zip(r.latency_base_ms, r.loss_rate, r.latency_jitter_ms, r.gps_noise_m, strict=True)
             latency_base, loss_rate, jitter, gps = rng.uniform(lows, highs)
             loss_scale = loss_rate / p.loss_prob[0]
         else:
@@ -178,7 +179,12 @@ class MeshEmulator:
         self._ones = np.ones(width)
 
     def step(
-        self, now_s: float, pos: np.ndarray, speed: np.ndarray, accel: np.ndarray, heading_deg: np.ndarray
+        self,
+        now_s: float,
+        pos: npt.NDArray[np.float64],
+        speed: npt.NDArray[np.float64],
+        accel: npt.NDArray[np.float64],
+        heading_deg: npt.NDArray[np.float64],
     ) -> Reception:
         """Every car broadcasts its state at time ``now_s`` (s); return what the ego holds afterwards.
 

@@ -81,7 +81,8 @@ class EspNowParams(StrictNumbers):
             raise ValueError(
                 f"loss_bin_upper_m has {len(edges)} edges but loss_prob has {len(probs)} values; give one probability per bin"
             )
-        if any(low >= high for low, high in zip([0.0, *edges], edges)):
+        # strict=False: [0.0, *edges] is one longer on purpose, pairing each edge with the one below it.
+        if any(low >= high for low, high in zip([0.0, *edges], edges, strict=False)):
             raise ValueError(f"loss_bin_upper_m must be positive and strictly increasing, got {edges}")
         if edges[-1] != self.max_range_m:
             raise ValueError(
