@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from launcher.layout import JobName, RunId, RunLayout
 from launcher.remote import parse
 from launcher.store import RunStore
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 MAX_ATTEMPTS = 1000  # far more than anyone retries one run id; bounds what `list` and `fetch` walk
 
@@ -75,7 +78,7 @@ def write_record(store: RunStore, run_id: str, record: dict[str, Any]) -> None:
     store.put(store.layout(run_id).launch_key, to_json(record).encode())
 
 
-def prefix_in_use(s3: Any, layout: RunLayout) -> bool:
+def prefix_in_use(s3: S3Client, layout: RunLayout) -> bool:
     """True if anything is stored for the run: under its prefix (a launch or results) or its
     checkpoints prefix (which a new job would silently resume from)."""
     return any(

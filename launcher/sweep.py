@@ -28,6 +28,7 @@ from roadsense.config import ConfigError
 
 CHILD_SUFFIX = "-000"
 MAX_POINTS = 999  # the child suffix has three digits
+Item = TypeVar("Item")
 Handle = TypeVar("Handle")
 
 
@@ -79,15 +80,17 @@ def child_run_ids(parent: str, count: int) -> list[str]:
 
 
 def schedule(
-    items: Iterable[Any],
-    start: Callable[[Any], Handle],
+    items: Iterable[Item],
+    start: Callable[[Item], Handle],
     finished: Callable[[Handle], bool],
     max_parallel: int,
     poll_seconds: float = 30.0,
     sleep: Callable[[float], None] = time.sleep,
 ) -> list[Handle]:
     """Start every item, never more than ``max_parallel`` unfinished at once; returns all handles."""
-    pending, running, started = list(items), [], []
+    pending: list[Item] = list(items)
+    running: list[Handle] = []
+    started: list[Handle] = []
     while pending or running:
         running = [handle for handle in running if not finished(handle)]
         while pending and len(running) < max_parallel:

@@ -24,7 +24,7 @@ import tomllib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -45,6 +45,9 @@ from roadsense.config import (
 )
 from roadsense.exits import clip
 from roadsense.metric_lines import EVAL_TAG, METRIC_DEFINITIONS, VAL_TAG
+
+if TYPE_CHECKING:
+    from mypy_boto3_sagemaker import SageMakerClient
 
 # The objective is a published metric (roadsense/metric_lines.py), so the children's logs carry it.
 _PUBLISHED = {definition["Name"] for definition in METRIC_DEFINITIONS}
@@ -99,12 +102,16 @@ class ParamRange:
         }
 
 
-def _number_type(key: str) -> type | None:
+def _number_type(key: str) -> type[int] | type[float] | None:
     """int or float for a plain number setting; None for anything else (text, bools, pairs, optional values)."""
     if key not in KEY_SECTION:  # preset
         return None
     annotation = SECTIONS[KEY_SECTION[key]].model_fields[key].annotation
-    return annotation if annotation in (int, float) else None
+    if annotation is int:
+        return int
+    if annotation is float:
+        return float
+    return None
 
 
 def parse_range(text: str, preset: str, sets: dict[str, str], source: str = "--range") -> ParamRange:
@@ -145,7 +152,7 @@ def parse_range(text: str, preset: str, sets: dict[str, str], source: str = "--r
     return ParamRange(key, low, high, kind is int, log)
 
 
-def _bound(text: str, kind: type) -> float:
+def _bound(text: str, kind: type[int] | type[float]) -> float:
     """A bound as a finite number of the setting's type (true/false, NaN and 1.5 for an int are refused)."""
     value = json.loads(text)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
@@ -306,7 +313,7 @@ class Child:
     failure_reason: str = ""
 
 
-def list_children(sagemaker: Any, tuning_job: str) -> list[Child]:
+def list_children(sagemaker: SageMakerClient, tuning_job: str) -> list[Child]:
     """The tuning job's training jobs, best objective first (jobs without one last). Their names become
     S3 keys and paths, so each passes the job-name check."""
     pages = sagemaker.get_paginator("list_training_jobs_for_hyper_parameter_tuning_job").paginate(
@@ -326,7 +333,7 @@ def list_children(sagemaker: Any, tuning_job: str) -> list[Child]:
     return sorted(children, key=lambda c: (c.objective is None, -(c.objective or 0.0)))
 
 
-def best_child(sagemaker: Any, tuning_job: str) -> str | None:
+def best_child(sagemaker: SageMakerClient, tuning_job: str) -> str | None:
     """The tuning job's best training job so far (DescribeHyperParameterTuningJob), or None before one completed."""
     best = sagemaker.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=tuning_job).get("BestTrainingJob")
     return validate_job_name(best["TrainingJobName"]) if best else None
@@ -379,7 +386,7 @@ def tuning_options(
     )
 
 
-def chosen_child(sagemaker: Any, tuning_job: str, job: str | None) -> str:
+def chosen_child(sagemaker: SageMakerClient, tuning_job: str, job: str | None) -> str:
     """``job`` if it is one of the tuning job's children, else (None) its best child so far."""
     if job is None:
         best = best_child(sagemaker, tuning_job)
@@ -394,7 +401,7 @@ def chosen_child(sagemaker: Any, tuning_job: str, job: str | None) -> str:
     return job
 
 
-def tuning_report(sagemaker: Any, tuning_job: str) -> Report:
+def tuning_report(sagemaker: SageMakerClient, tuning_job: str) -> Report:
     """The tuning job's state and its children, best objective first."""
     described = sagemaker.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=tuning_job)
     objective = described["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"]["MetricName"]
