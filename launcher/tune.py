@@ -24,7 +24,7 @@ import tomllib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -48,6 +48,12 @@ from roadsense.metric_lines import EVAL_TAG, METRIC_DEFINITIONS, VAL_TAG
 
 if TYPE_CHECKING:
     from mypy_boto3_sagemaker import SageMakerClient
+    from mypy_boto3_sagemaker.type_defs import (
+        CreateHyperParameterTuningJobRequestTypeDef,
+        CreateTrainingJobRequestTypeDef,
+        HyperParameterTrainingJobDefinitionTypeDef,
+        IntegerParameterRangeTypeDef,
+    )
 
 # The objective is a published metric (roadsense/metric_lines.py), so the children's logs carry it.
 _PUBLISHED = {definition["Name"] for definition in METRIC_DEFINITIONS}
@@ -92,7 +98,8 @@ class ParamRange:
     integer: bool
     log: bool
 
-    def to_api(self) -> dict[str, str]:
+    def to_api(self) -> IntegerParameterRangeTypeDef:
+        """The range as the API takes it (an IntegerParameterRange and a ContinuousParameterRange have the same fields)."""
         spell = (lambda v: str(int(v))) if self.integer else repr
         return {
             "Name": self.key,
@@ -190,18 +197,25 @@ class TuningOptions:
     early_stopping: bool = True
 
 
-def tuning_request(training: dict[str, Any], options: TuningOptions, name: str) -> dict[str, Any]:
+def tuning_request(
+    training: CreateTrainingJobRequestTypeDef, options: TuningOptions, name: str
+) -> CreateHyperParameterTuningJobRequestTypeDef:
     """The CreateHyperParameterTuningJob request whose children run ``training`` (a validated
     CreateTrainingJob request) with the ranges searched; validated, so safe to send."""
     tuned = {r.key for r in options.ranges}
-    definition = {key: value for key, value in training.items() if key not in _NOT_IN_DEFINITION}
+    # A HyperParameterTrainingJobDefinition takes the request's other fields as they are; the type checker
+    # cannot follow a TypedDict through a key filter.
+    definition = cast(
+        "HyperParameterTrainingJobDefinitionTypeDef",
+        {key: value for key, value in training.items() if key not in _NOT_IN_DEFINITION},
+    )
     definition["StaticHyperParameters"] = {k: v for k, v in training["HyperParameters"].items() if k not in tuned}
     if not training["EnableManagedSpotTraining"]:
         # Every child would get the same checkpoint prefix, and the container resumes from what it
         # finds there: one child would continue another's training with other settings. Only spot
         # needs checkpoints (an interrupted child restarts from them); see launcher/README.md.
         definition.pop("CheckpointConfig", None)
-    request = {
+    request: CreateHyperParameterTuningJobRequestTypeDef = {
         "HyperParameterTuningJobName": name,
         "HyperParameterTuningJobConfig": {
             "Strategy": "Bayesian",
@@ -229,7 +243,7 @@ def tuning_request(training: dict[str, Any], options: TuningOptions, name: str) 
     return request
 
 
-def tuning_problems(request: dict[str, Any], options: TuningOptions) -> list[str]:
+def tuning_problems(request: CreateHyperParameterTuningJobRequestTypeDef, options: TuningOptions) -> list[str]:
     """Every rule of CreateHyperParameterTuningJob (and of a useful search) that ``request`` breaks."""
     problems: list[str] = []
     try:
@@ -273,7 +287,7 @@ class _TuningRecord(BaseModel):
     launched_at: str = Field(max_length=64)
 
 
-def tuning_record(parent: str, request: dict[str, Any]) -> str:
+def tuning_record(parent: str, request: CreateHyperParameterTuningJobRequestTypeDef) -> str:
     return (
         json.dumps(
             {
@@ -339,14 +353,18 @@ def best_child(sagemaker: SageMakerClient, tuning_job: str) -> str | None:
     return validate_job_name(best["TrainingJobName"]) if best else None
 
 
-def dry_run_tuning(options: LaunchOptions, settings: LaunchSettings, tuning: TuningOptions) -> dict[str, Any]:
+def dry_run_tuning(
+    options: LaunchOptions, settings: LaunchSettings, tuning: TuningOptions
+) -> CreateHyperParameterTuningJobRequestTypeDef:
     """The request ``tune`` would send; AWS is read (never written) only for what was not given, as in a dry-run
     launch."""
     training, _ = dry_run_request(options, settings)
     return tuning_request(training, tuning, tuning_job_name(options.run_id))
 
 
-def launch_tuning(options: LaunchOptions, settings: LaunchSettings, tuning: TuningOptions) -> dict[str, Any]:
+def launch_tuning(
+    options: LaunchOptions, settings: LaunchSettings, tuning: TuningOptions
+) -> CreateHyperParameterTuningJobRequestTypeDef:
     """Create the tuning job of the parent run ``options.run_id`` and its tuning.json; returns the request sent."""
     session = aws.make_session(settings)
     planned = plan_cloud(options, settings, session)
