@@ -131,10 +131,10 @@ def compare(store: RunStore, sagemaker: SageMaker, parent: str) -> Report:
             return read_metrics(archive, store.limits) if archive else {}
 
         if found is not None:
-            records = {child: read_record(store, child) for child in found["children"]}
+            # Every record is read (and checked) before the first archive is downloaded.
+            records = [(child, point, read_record(store, child)) for child, point in found["children"].items()]
             rows = [
-                (child, point, metrics(child, latest_job(records[child])) if records[child] else {})
-                for child, point in found["children"].items()
+                (child, point, metrics(child, latest_job(record)) if record else {}) for child, point, record in records
             ]
         elif tuning_job is not None:
             # A tuning job's children write under the parent's prefix: <parent>/output/<child>/output/.

@@ -13,7 +13,7 @@ import json
 import re
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Callable, Iterable, TypedDict, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -108,6 +108,14 @@ def sweep_record(parent: str, children: dict[str, dict[str, str]], preset: str) 
     )
 
 
+class SweepRecord(TypedDict):
+    """sweep.json as the launcher reads it back: the fields :class:`_SweepRecord` checks."""
+
+    parent_run_id: str
+    preset: str
+    children: dict[str, dict[str, str]]  # child run id -> its --set overrides
+
+
 class _SweepRecord(BaseModel):
     """sweep.json as read back: its child run ids become S3 keys and paths, so they are checked."""
 
@@ -129,9 +137,10 @@ class _SweepRecord(BaseModel):
         return children
 
 
-def parse_sweep(data: bytes, source: str) -> dict[str, Any]:
+def parse_sweep(data: bytes, source: str) -> SweepRecord:
     """A sweep record checked against its schema."""
-    return parse(_SweepRecord, data, source).model_dump()
+    # _SweepRecord checked every field of SweepRecord; model_dump() returns them (and the unchecked rest) untyped.
+    return cast(SweepRecord, parse(_SweepRecord, data, source).model_dump())
 
 
 def run_sweep(

@@ -24,7 +24,7 @@ import tomllib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, TypedDict, cast
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -277,6 +277,14 @@ def tuning_problems(request: CreateHyperParameterTuningJobRequestTypeDef, option
     return problems
 
 
+class TuningRecord(TypedDict):
+    """tuning.json as the launcher reads it back: the fields :class:`_TuningRecord` checks."""
+
+    parent_run_id: str
+    tuning_job_name: str
+    launched_at: str
+
+
 class _TuningRecord(BaseModel):
     """tuning.json as read back: its names become AWS requests and S3 keys, so they are checked."""
 
@@ -304,9 +312,10 @@ def tuning_record(parent: str, request: CreateHyperParameterTuningJobRequestType
     )
 
 
-def parse_tuning(data: bytes, source: str) -> dict[str, Any]:
+def parse_tuning(data: bytes, source: str) -> TuningRecord:
     """A tuning record checked against its schema."""
-    return parse(_TuningRecord, data, source).model_dump()
+    # _TuningRecord checked every field of TuningRecord; model_dump() returns them (and the unchecked rest) untyped.
+    return cast(TuningRecord, parse(_TuningRecord, data, source).model_dump())
 
 
 def read_tuning(store: RunStore, run_id: str) -> str | None:
