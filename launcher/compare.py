@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, create_model
 
@@ -42,19 +42,26 @@ DIFFERS_LEGEND = (
 # Values read back must be finite JSON numbers (episode counts whole ones): a string, a boolean,
 # NaN or an infinity is refused, so nothing downstream meets them.
 _Number = Annotated[StrictFloat, Field(allow_inf_nan=False)]
-_Overall = create_model(  # type: ignore[call-overload]
+# Field definitions: (type, default). Their types are values here, which the type checker cannot follow.
+_METRIC_FIELDS: dict[str, Any] = {name: (_Number | None, None) for name in EVAL_METRICS}
+_INTERVAL_FIELDS: dict[str, Any] = {rate + CI_SUFFIX: (tuple[_Number, _Number] | None, None) for rate in RATES}
+_Overall: type[BaseModel] = create_model(
     "_Overall",
     __config__=ConfigDict(extra="ignore"),
     episodes=(Annotated[StrictInt, Field(ge=0)] | None, None),
-    **{name: (_Number | None, None) for name in EVAL_METRICS},
-    **{rate + CI_SUFFIX: (tuple[_Number, _Number] | None, None) for rate in RATES},
+    **_METRIC_FIELDS,
+    **_INTERVAL_FIELDS,
 )
 
 
 class _Metrics(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    overall: _Overall = Field(default_factory=_Overall)  # type: ignore[valid-type]
+    if TYPE_CHECKING:
+        # The model is made at run time; the type checker knows it only as a model, read through model_dump().
+        overall: BaseModel
+    else:
+        overall: _Overall = Field(default_factory=_Overall)
 
 
 def read_metrics(model_archive: Path, limits: Limits) -> dict[str, Any]:
