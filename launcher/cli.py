@@ -72,7 +72,7 @@ class GlobalOptions:
     """The options given before the subcommand: the settings flags and config file, and the launch flags
     (a template that each launching command completes with its run id)."""
 
-    settings_flags: dict[str, Any]
+    settings_flags: dict[str, object]
     config_file: Path | None
     template: LaunchOptions
     _settings: LaunchSettings | None = None
@@ -178,7 +178,7 @@ def main(
     """Launch a training run (no subcommand), or manage runs (subcommands)."""
     if engine not in (None, "docker", "podman") or builder not in ("codebuild", "local"):
         raise aws.LaunchError("--engine is docker or podman; --builder is codebuild or local")
-    flags: dict[str, Any] = {
+    flags: dict[str, object] = {
         "region": region,
         "profile": profile,
         "bucket": bucket,

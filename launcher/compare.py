@@ -78,7 +78,7 @@ def read_metrics(model_archive: Path, limits: Limits) -> dict[str, Any]:
     return parse(_Metrics, data, f"metrics.json in {model_archive}").overall.model_dump(exclude_none=True)
 
 
-def _number(value: Any) -> bool:
+def _number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 

@@ -138,7 +138,7 @@ def _table(path: Path) -> dict[str, Any]:
 
 
 def load_settings(
-    flags: Mapping[str, Any] | None = None,
+    flags: Mapping[str, object] | None = None,
     config_file: Path | None = None,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
