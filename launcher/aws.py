@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, TypeVar, cast
 
 import boto3
 import botocore.exceptions
@@ -23,6 +23,11 @@ from launcher.request import MUTABLE_TAG, mutable_image
 from launcher.settings import STACK_FIELDS, LaunchSettings, with_stack_outputs
 from launcher.stack import OUTPUT_ROLE_ARN, stack_outputs
 from roadsense.errors import RoadsenseError, RunFailed, UserError
+
+if TYPE_CHECKING:
+    # The boto3 stubs (boto3-stubs' service packages) are needed for type checking only, never at run time.
+    from mypy_boto3_ecr.type_defs import ImageIdentifierTypeDef
+    from mypy_boto3_s3 import S3Client
 
 INFRA_FIX = "deploy the infrastructure: roadsense-launch infra deploy (see infra/)"
 Result = TypeVar("Result")
@@ -58,9 +63,9 @@ def make_session(settings: LaunchSettings) -> boto3.Session:
 QUICK = Config(connect_timeout=3, read_timeout=5, retries={"max_attempts": 1})
 
 
-def quick_client(session: boto3.Session, service: str):  # noqa: ANN201 - boto3 clients are untyped
-    """A client that gives up fast (:data:`QUICK`)."""
-    return session.client(service, config=QUICK)
+def quick_s3_client(session: boto3.Session) -> S3Client:
+    """An S3 client that gives up fast (:data:`QUICK`)."""
+    return session.client("s3", config=QUICK)
 
 
 def probe(call: Callable[[], Result]) -> Result | None:
@@ -199,7 +204,9 @@ def check_bucket(session: boto3.Session, bucket: str, region: str) -> None:
         if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket"):
             raise LaunchError(f"bucket {bucket!r} does not exist", INFRA_FIX) from None
         raise
-    location = s3.get_bucket_location(Bucket=bucket).get("LocationConstraint") or "us-east-1"
+    # The stubs type LocationConstraint as always a region, but AWS answers null for us-east-1.
+    constraint = cast("str | None", s3.get_bucket_location(Bucket=bucket).get("LocationConstraint"))
+    location = constraint or "us-east-1"
     if location != region:
         raise LaunchError(
             f"bucket {bucket!r} is in {location}, the job would run in {region}",
@@ -240,7 +247,7 @@ def resolve_image(session: boto3.Session, image_uri: str) -> str:
                 "pass --image-uri with a commit tag or an @sha256:... digest",
             )
         return image_uri
-    image_id = {"imageDigest": match["digest"]} if match["digest"] else {"imageTag": match["tag"] or MUTABLE_TAG}
+    image_id: ImageIdentifierTypeDef = {"imageDigest": match["digest"]} if match["digest"] else {"imageTag": match["tag"] or MUTABLE_TAG}
     try:
         found = session.client("ecr", region_name=match["region"]).describe_images(
             registryId=match["account"], repositoryName=match["repo"], imageIds=[image_id]
@@ -261,5 +268,5 @@ def s3_reachable(session: boto3.Session, bucket: str) -> bool:
     """True if there are credentials and ``bucket`` answers: decides whether a local run is published."""
     return (
         session.get_credentials() is not None
-        and probe(lambda: quick_client(session, "s3").head_bucket(Bucket=bucket)) is not None
+        and probe(lambda: quick_s3_client(session).head_bucket(Bucket=bucket)) is not None
     )

@@ -17,7 +17,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional, cast
 
 import typer
 from typer.core import TyperGroup
@@ -32,6 +32,9 @@ from launcher.upload import upload_dataset
 from roadsense.config import PRESETS
 from roadsense.errors import RoadsenseError
 from roadsense.provenance import git_commit
+
+if TYPE_CHECKING:
+    from mypy_boto3_sagemaker import SageMakerClient
 
 
 def _exit(exc: RoadsenseError) -> NoReturn:
@@ -69,7 +72,7 @@ class GlobalOptions:
     """The options given before the subcommand: the settings flags and config file, and the launch flags
     (a template that each launching command completes with its run id)."""
 
-    settings_flags: dict[str, Any]
+    settings_flags: dict[str, object]
     config_file: Path | None
     template: LaunchOptions
     _settings: LaunchSettings | None = None
@@ -89,12 +92,13 @@ class GlobalOptions:
         """The runs of --runs-dir with --local, else those of the bucket."""
         return open_store(self.settings(), self.template.local)
 
-    def sagemaker(self) -> Any:
+    def sagemaker(self) -> SageMakerClient:
         return aws.make_session(self.settings()).client("sagemaker")
 
 
 def _options(ctx: typer.Context) -> GlobalOptions:
-    return ctx.obj
+    # click keeps ctx.obj untyped; main() always sets it to the GlobalOptions before a subcommand runs.
+    return cast(GlobalOptions, ctx.obj)
 
 
 def _checked_run_id(value: str | None) -> str | None:
@@ -174,7 +178,7 @@ def main(
     """Launch a training run (no subcommand), or manage runs (subcommands)."""
     if engine not in (None, "docker", "podman") or builder not in ("codebuild", "local"):
         raise aws.LaunchError("--engine is docker or podman; --builder is codebuild or local")
-    flags: dict[str, Any] = {
+    flags: dict[str, object] = {
         "region": region,
         "profile": profile,
         "bucket": bucket,

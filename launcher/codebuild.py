@@ -8,12 +8,15 @@ exports the pushed URI as ``IMAGE_URI``, which :func:`follow_build` returns.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 import boto3
 from rich.console import Console
 
 from roadsense.errors import RunFailed
+
+if TYPE_CHECKING:
+    from mypy_boto3_codebuild.type_defs import BuildTypeDef
 
 IMAGE_URI_VARIABLE = "IMAGE_URI"  # exported by buildspec.yml (env: exported-variables)
 
@@ -47,7 +50,7 @@ def follow_build(session: boto3.Session, build_id: str, poll_s: float = 10.0) ->
         time.sleep(poll_s)
 
 
-def _image_uri(build: dict[str, Any]) -> str:
+def _image_uri(build: BuildTypeDef) -> str:
     exported = {v["name"]: v["value"] for v in build.get("exportedEnvironmentVariables", [])}
     if not exported.get(IMAGE_URI_VARIABLE):
         raise BuildError(
@@ -56,7 +59,7 @@ def _image_uri(build: dict[str, Any]) -> str:
     return exported[IMAGE_URI_VARIABLE]
 
 
-def _failure(build: dict[str, Any]) -> str:
+def _failure(build: BuildTypeDef) -> str:
     """One line: the status, the first failed phase with CodeBuild's reason, and the log link."""
     failed = [p for p in build.get("phases", []) if p.get("phaseStatus") not in (None, "SUCCEEDED")]
     where = ""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, create_model
 
@@ -42,19 +42,26 @@ DIFFERS_LEGEND = (
 # Values read back must be finite JSON numbers (episode counts whole ones): a string, a boolean,
 # NaN or an infinity is refused, so nothing downstream meets them.
 _Number = Annotated[StrictFloat, Field(allow_inf_nan=False)]
-_Overall = create_model(  # type: ignore[call-overload]
+# Field definitions: (type, default). Their types are values here, which the type checker cannot follow.
+_METRIC_FIELDS: dict[str, Any] = {name: (_Number | None, None) for name in EVAL_METRICS}
+_INTERVAL_FIELDS: dict[str, Any] = {rate + CI_SUFFIX: (tuple[_Number, _Number] | None, None) for rate in RATES}
+_Overall: type[BaseModel] = create_model(
     "_Overall",
     __config__=ConfigDict(extra="ignore"),
     episodes=(Annotated[StrictInt, Field(ge=0)] | None, None),
-    **{name: (_Number | None, None) for name in EVAL_METRICS},
-    **{rate + CI_SUFFIX: (tuple[_Number, _Number] | None, None) for rate in RATES},
+    **_METRIC_FIELDS,
+    **_INTERVAL_FIELDS,
 )
 
 
 class _Metrics(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    overall: _Overall = Field(default_factory=_Overall)  # type: ignore[valid-type]
+    if TYPE_CHECKING:
+        # The model is made at run time; the type checker knows it only as a model, read through model_dump().
+        overall: BaseModel
+    else:
+        overall: _Overall = Field(default_factory=_Overall)
 
 
 def read_metrics(model_archive: Path, limits: Limits) -> dict[str, Any]:
@@ -71,7 +78,7 @@ def read_metrics(model_archive: Path, limits: Limits) -> dict[str, Any]:
     return parse(_Metrics, data, f"metrics.json in {model_archive}").overall.model_dump(exclude_none=True)
 
 
-def _number(value: Any) -> bool:
+def _number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -131,10 +138,10 @@ def compare(store: RunStore, sagemaker: SageMaker, parent: str) -> Report:
             return read_metrics(archive, store.limits) if archive else {}
 
         if found is not None:
-            records = {child: read_record(store, child) for child in found["children"]}
+            # Every record is read (and checked) before the first archive is downloaded.
+            records = [(child, point, read_record(store, child)) for child, point in found["children"].items()]
             rows = [
-                (child, point, metrics(child, latest_job(records[child])) if records[child] else {})
-                for child, point in found["children"].items()
+                (child, point, metrics(child, latest_job(record)) if record else {}) for child, point, record in records
             ]
         elif tuning_job is not None:
             # A tuning job's children write under the parent's prefix: <parent>/output/<child>/output/.

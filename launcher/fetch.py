@@ -19,14 +19,16 @@ tarfile's ``data`` filter guards each extraction as a second line.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
+import io
 import re
 import shutil
 import tarfile
 import tempfile
 import zlib
 from pathlib import Path, PurePosixPath
-from typing import IO, Callable, Iterator
+from typing import Callable, Iterator
 
 from launcher.remote import CHUNK, Limits, RemoteDataError
 from launcher.store import RunStore
@@ -79,9 +81,9 @@ def _move_into(new: Path, dest: Path, old: Path) -> None:
             target = dest / entry.name
             if target.exists() or target.is_symlink():
                 target.rename(old / entry.name)
-                undo.append(lambda target=target, previous=old / entry.name: previous.rename(target))
+                undo.append(functools.partial((old / entry.name).rename, target))
             entry.rename(target)
-            undo.append(lambda target=target, entry=entry: target.rename(entry))
+            undo.append(functools.partial(target.rename, entry))
     except OSError:
         for step in reversed(undo):
             step()
@@ -92,7 +94,7 @@ class _BoundedReader:
     """A read-only stream that refuses to yield more than ``limit`` bytes: bounds everything tarfile
     decompresses, headers included (a pax or long-name header is read into memory)."""
 
-    def __init__(self, raw: IO[bytes], limit: int, source: str, setting: str) -> None:
+    def __init__(self, raw: io.BufferedIOBase, limit: int, source: str, setting: str) -> None:
         self._raw, self._limit, self._source, self._setting = raw, limit, source, setting
         self.consumed = 0
 
@@ -151,6 +153,7 @@ def _walk(
                 raw, limits.extract_bytes + limits.members * _HEADER_ALLOWANCE, source, "max_extract_bytes"
             )
             # Stream mode ("r|"): one pass, members are never revisited, nothing is seeked past unread.
+            # The stubs want a seekable, writable file for every mode; stream mode only reads.
             with tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
                 for member in tar:
                     count += 1

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import boto3
 
@@ -50,7 +49,7 @@ def build_locally(engine: str, tag: str, repo_root: Path, build_args: dict[str, 
     return name
 
 
-def push(session: Any, engine: str, local_name: str, settings: LaunchSettings) -> str:
+def push(session: boto3.Session, engine: str, local_name: str, settings: LaunchSettings) -> str:
     """Log in to ECR, tag ``local_name`` for the repository and push it; returns the ECR URI."""
     account = session.client("sts").get_caller_identity()["Account"]
     token = session.client("ecr").get_authorization_token()["authorizationData"][0]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable, Literal
 
 import boto3
 import botocore.exceptions
@@ -34,6 +34,10 @@ from launcher.stack import (
     outputs_of,
     stack_outputs,
 )
+
+if TYPE_CHECKING:
+    from mypy_boto3_cloudformation import CloudFormationClient
+    from mypy_boto3_cloudformation.type_defs import ParameterTypeDef, StackTypeDef, WaiterConfigTypeDef
 
 BUDGET_REGION = "us-east-1"
 INFRA_DIR = Path(__file__).resolve().parent.parent / "infra"
@@ -57,7 +61,9 @@ _BLOCKED_STATES = {
     ),
 }
 _NO_CHANGES = ("didn't contain changes", "No updates are to be performed")
-_WAIT = {"Delay": 5, "MaxAttempts": 720}  # poll every 5 s for up to an hour
+_WAIT: WaiterConfigTypeDef = {"Delay": 5, "MaxAttempts": 720}  # poll every 5 s for up to an hour
+# The CloudFormation waiters _wait uses, one per stack operation.
+StackWaiter = Literal["stack_create_complete", "stack_update_complete", "stack_delete_complete"]
 
 
 @dataclass(frozen=True)
@@ -129,9 +135,9 @@ def status(session: boto3.Session, stack_name: str) -> None:
     _print_outputs(outputs_of(stack))
 
 
-def delete(session: boto3.Session, stack_name: str, confirm: Callable[[str], None]) -> None:
-    """Delete both stacks once ``confirm(question)`` returns (it raises to abort). The bucket and the
-    repository are kept (they hold results and images)."""
+def delete(session: boto3.Session, stack_name: str, confirm: Callable[[str], object]) -> None:
+    """Delete both stacks once ``confirm(question)`` returns (it raises to abort; what it returns is ignored).
+    The bucket and the repository are kept (they hold results and images)."""
     targets = [
         (session.client("cloudformation"), stack_name),
         (session.client("cloudformation", region_name=BUDGET_REGION), budget_stack_name(stack_name)),
@@ -159,12 +165,12 @@ def _given(values: dict[str, str | None]) -> dict[str, str]:
     return {key: value for key, value in values.items() if value is not None}
 
 
-def _creating(stack: dict[str, Any] | None) -> bool:
+def _creating(stack: StackTypeDef | None) -> bool:
     # REVIEW_IN_PROGRESS: a create change set was made but never executed; create again.
     return stack is None or stack["StackStatus"] == "REVIEW_IN_PROGRESS"
 
 
-def _deployable(client: Any, spec: StackSpec) -> dict[str, Any] | None:
+def _deployable(client: CloudFormationClient, spec: StackSpec) -> StackTypeDef | None:
     """The current stack (None if there is none), after checking that a change set can proceed."""
     stack = describe_stack(client, spec.name)
     state = stack["StackStatus"] if stack else ""
@@ -184,11 +190,11 @@ def _deployable(client: Any, spec: StackSpec) -> dict[str, Any] | None:
     return stack
 
 
-def _deploy(client: Any, spec: StackSpec, stack: dict[str, Any] | None) -> None:
+def _deploy(client: CloudFormationClient, spec: StackSpec, stack: StackTypeDef | None) -> None:
     """Create or update one stack through a change set and wait until it is done."""
     creating = _creating(stack)
-    parameters = [{"ParameterKey": k, "ParameterValue": v} for k, v in spec.parameters.items()]
-    if not creating:
+    parameters: list[ParameterTypeDef] = [{"ParameterKey": k, "ParameterValue": v} for k, v in spec.parameters.items()]
+    if stack is not None and not creating:
         # Keep every current value the caller did not override.
         parameters += [
             {"ParameterKey": p["ParameterKey"], "UsePreviousValue": True}
@@ -225,10 +231,12 @@ def _deploy(client: Any, spec: StackSpec, stack: dict[str, Any] | None) -> None:
     console.print(f"{spec.name}: {'creating' if creating else 'updating'} ...")
     client.execute_change_set(ChangeSetName=change_set)
     _wait(client, "stack_create_complete" if creating else "stack_update_complete", spec.name)
-    console.print(f"{spec.name}: {describe_stack(client, spec.name)['StackStatus']}")
+    deployed = describe_stack(client, spec.name)
+    assert deployed is not None, "the stack was just created or updated"
+    console.print(f"{spec.name}: {deployed['StackStatus']}")
 
 
-def _wait(client: Any, waiter: str, stack_name: str) -> None:
+def _wait(client: CloudFormationClient, waiter: StackWaiter, stack_name: str) -> None:
     """Wait for a stack operation; on failure say which resource failed and why."""
     try:
         client.get_waiter(waiter).wait(StackName=stack_name, WaiterConfig=_WAIT)
@@ -239,7 +247,7 @@ def _wait(client: Any, waiter: str, stack_name: str) -> None:
         ) from None
 
 
-def _first_failure(client: Any, stack_name: str) -> str:
+def _first_failure(client: CloudFormationClient, stack_name: str) -> str:
     """The earliest failed resource event of the latest operation (the root cause, not the rollback noise)."""
     events = client.describe_stack_events(StackName=stack_name)["StackEvents"]  # newest first
     failures = [e for e in events if e["ResourceStatus"].endswith("_FAILED") and e["LogicalResourceId"] != stack_name]

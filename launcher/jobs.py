@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import boto3
 import botocore.exceptions
@@ -13,10 +13,20 @@ import botocore.exceptions
 from launcher import display
 from roadsense.errors import RunFailed
 
+if TYPE_CHECKING:
+    from mypy_boto3_logs import CloudWatchLogsClient
+    from mypy_boto3_logs.type_defs import GetLogEventsRequestTypeDef
+    from mypy_boto3_sagemaker import SageMakerClient
+    from mypy_boto3_sagemaker.type_defs import (
+        CreateTrainingJobRequestTypeDef,
+        DescribeTrainingJobResponseTypeDef,
+        ListTrainingJobsRequestTypeDef,
+    )
+
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 TERMINAL = ("Completed", "Failed", "Stopped")
 # Makes a SageMaker client when called: commands that may not need one (a local run) connect only if they do.
-SageMaker = Callable[[], Any]
+SageMaker = Callable[[], "SageMakerClient"]
 UNSUCCESSFUL = ("Failed", "Stopped")
 
 
@@ -50,7 +60,7 @@ class JobStatus:
         return self.status in TERMINAL
 
     @classmethod
-    def from_describe(cls, response: dict[str, Any]) -> "JobStatus":
+    def from_describe(cls, response: DescribeTrainingJobResponseTypeDef) -> "JobStatus":
         return cls(
             name=response["TrainingJobName"],
             status=response["TrainingJobStatus"],
@@ -63,16 +73,16 @@ class JobStatus:
         )
 
 
-def create_job(sagemaker: Any, request: dict[str, Any]) -> str:
+def create_job(sagemaker: SageMakerClient, request: CreateTrainingJobRequestTypeDef) -> str:
     """Send the (validated) request; returns the job's ARN."""
     return sagemaker.create_training_job(**request)["TrainingJobArn"]
 
 
-def describe_job(sagemaker: Any, name: str) -> JobStatus:
+def describe_job(sagemaker: SageMakerClient, name: str) -> JobStatus:
     return JobStatus.from_describe(sagemaker.describe_training_job(TrainingJobName=name))
 
 
-def stop_job(sagemaker: Any, name: str) -> JobStatus:
+def stop_job(sagemaker: SageMakerClient, name: str) -> JobStatus:
     """Ask SageMaker to stop the job (the container gets SIGTERM and 120 s to checkpoint).
 
     A job that already ended is returned as is instead of making AWS reject the call.
@@ -84,9 +94,9 @@ def stop_job(sagemaker: Any, name: str) -> JobStatus:
     return status
 
 
-def list_jobs(sagemaker: Any, name_contains: str = "", max_results: int = 20) -> list[JobStatus]:
+def list_jobs(sagemaker: SageMakerClient, name_contains: str = "", max_results: int = 20) -> list[JobStatus]:
     """The newest jobs, optionally only those whose name contains ``name_contains``."""
-    kwargs: dict[str, Any] = {"SortBy": "CreationTime", "SortOrder": "Descending", "MaxResults": max_results}
+    kwargs: ListTrainingJobsRequestTypeDef = {"SortBy": "CreationTime", "SortOrder": "Descending", "MaxResults": max_results}
     if name_contains:
         kwargs["NameContains"] = name_contains
     summaries = sagemaker.list_training_jobs(**kwargs)["TrainingJobSummaries"]
@@ -105,7 +115,7 @@ def list_jobs(sagemaker: Any, name_contains: str = "", max_results: int = 20) ->
 class LogReader:
     """Reads a job's log lines as they arrive, across all its streams (one per host and restart)."""
 
-    def __init__(self, logs: Any, job_name: str) -> None:
+    def __init__(self, logs: CloudWatchLogsClient, job_name: str) -> None:
         self._logs = logs
         self._job = job_name
         self._tokens: dict[str, str | None] = {}
@@ -128,9 +138,10 @@ class LogReader:
     def _read_stream(self, stream: str) -> list[str]:
         lines: list[str] = []
         while True:
-            kwargs: dict[str, Any] = {"logGroupName": LOG_GROUP, "logStreamName": stream, "startFromHead": True}
-            if self._tokens.get(stream):
-                kwargs["nextToken"] = self._tokens[stream]
+            kwargs: GetLogEventsRequestTypeDef = {"logGroupName": LOG_GROUP, "logStreamName": stream, "startFromHead": True}
+            token = self._tokens.get(stream)
+            if token:
+                kwargs["nextToken"] = token
             response = self._logs.get_log_events(**kwargs)
             lines += [event["message"].rstrip("\r\n") for event in response["events"]]
             # CloudWatch returns the same token when there is nothing newer.
@@ -141,8 +152,8 @@ class LogReader:
 
 
 def follow_job(
-    sagemaker: Any,
-    logs: Any,
+    sagemaker: SageMakerClient,
+    logs: CloudWatchLogsClient,
     name: str,
     on_line: Callable[[str], None],
     on_status: Callable[[JobStatus], None] = lambda status: None,
@@ -176,7 +187,7 @@ def follow_with_progress(session: boto3.Session, name: str, show_progress: bool 
         )
 
 
-def print_log(logs: Any, name: str) -> None:
+def print_log(logs: CloudWatchLogsClient, name: str) -> None:
     """Print the job's log so far (its own output: terminal escapes are shown, not obeyed)."""
     lines = LogReader(logs, name).read_new()
     for line in lines:

@@ -13,7 +13,7 @@ import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import boto3
 
@@ -31,6 +31,9 @@ from launcher.upload import upload_tree
 from roadsense.config import ConfigError, CostConfig, PipelineConfig, parse_set_options
 from roadsense.provenance import git_commit
 from roadsense.scenarios.dataset import verify_or_raise
+
+if TYPE_CHECKING:
+    from mypy_boto3_sagemaker.type_defs import CreateTrainingJobRequestTypeDef
 
 # A local run has no SageMaker role; the request still needs a well-formed one for its record.
 LOCAL_ROLE_ARN = "arn:aws:iam::000000000000:role/local-run"
@@ -62,7 +65,7 @@ class LaunchOptions:
 class Launched:
     run_id: str
     job_name: str
-    request: dict[str, Any]
+    request: CreateTrainingJobRequestTypeDef
     status: str = "InProgress"
     failure_reason: str = ""
 
@@ -75,7 +78,9 @@ def training_config(preset: str, sets: dict[str, str], instance_type: str) -> Pi
             f"--set instance_type={overrides['instance_type']} differs from the launch instance {instance_type}; "
             "drop it"
         )
-    if instance_type != CostConfig().instance_type and "instance_price_per_hour" not in sets:
+    # The ignore: roadsense.config gives CostConfig's defaults positionally (Field("ml.c6i.xlarge", ...)), which
+    # mypy, without pydantic's plugin, reads as required arguments.
+    if instance_type != CostConfig().instance_type and "instance_price_per_hour" not in sets:  # type: ignore[call-arg]
         raise ConfigError(
             f"the price of {instance_type} is not known; add --set instance_price_per_hour=<on-demand USD/h in the "
             "region>"
@@ -95,7 +100,7 @@ def check_launch(options: LaunchOptions, settings: LaunchSettings) -> tuple[Pipe
 
 def plan(
     options: LaunchOptions, settings: LaunchSettings, role_arn: str, image_uri: str, commit: str
-) -> tuple[dict[str, Any], CostEstimate | None]:
+) -> tuple[CreateTrainingJobRequestTypeDef, CostEstimate | None]:
     """The validated CreateTrainingJob request and the cost estimate; touches nothing."""
     config, cost = check_launch(options, settings)
     spec = JobSpec(
@@ -130,7 +135,9 @@ def refuse_overrun(options: LaunchOptions, cost: CostEstimate | None, max_runtim
     )
 
 
-def dry_run_request(options: LaunchOptions, settings: LaunchSettings) -> tuple[dict[str, Any], CostEstimate | None]:
+def dry_run_request(
+    options: LaunchOptions, settings: LaunchSettings
+) -> tuple[CreateTrainingJobRequestTypeDef, CostEstimate | None]:
     """The request a launch would send. AWS is read (never written), and only when the role or an
     immutable image was not given: then the request is the one :func:`plan_cloud` plans, with the
     digest a :latest resolves to now."""
@@ -168,7 +175,7 @@ def launch(options: LaunchOptions, settings: LaunchSettings) -> Launched:
 class CloudPlan:
     """A cloud launch checked and its request built and validated, before anything in AWS changes."""
 
-    request: dict[str, Any]
+    request: CreateTrainingJobRequestTypeDef
     cost: CostEstimate | None
     build_image: bool  # no image was given: the request names the one a build of this commit pushes
 

@@ -25,9 +25,12 @@ import sysconfig
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from launcher.request import CHANNEL
+
+if TYPE_CHECKING:
+    from mypy_boto3_sagemaker.type_defs import CreateTrainingJobRequestTypeDef
 
 SAGEMAKER_ROOT = "sagemaker"  # the run folder's stand-in for /opt/ml, where the job works
 LOCAL_CHECKPOINTS = "checkpoints"  # the mirror's checkpoints folder (in S3: checkpoints/<run-id>/)
@@ -40,12 +43,12 @@ class LocalResult:
     failure_reason: str = ""
 
 
-def _write_json(path: Path, data: Any) -> None:
+def _write_json(path: Path, data: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def prepare(run_dir: Path, request: dict[str, Any], dataset: Path | None) -> Path:
+def prepare(run_dir: Path, request: CreateTrainingJobRequestTypeDef, dataset: Path | None) -> Path:
     """A fresh SageMaker-style root (/opt/ml) for one attempt; returns it."""
     root = run_dir / SAGEMAKER_ROOT
     shutil.rmtree(root, ignore_errors=True)
@@ -108,7 +111,7 @@ def _pack(folder: Path, archive: Path) -> None:
 
 def run_local(
     run_dir: Path,
-    request: dict[str, Any],
+    request: CreateTrainingJobRequestTypeDef,
     command: str,
     dataset: Path | None = None,
     engine: str | None = None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal, TypedDict, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,7 +17,35 @@ from launcher.layout import JobName, RunId, RunLayout
 from launcher.remote import parse
 from launcher.store import RunStore
 
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_sagemaker.type_defs import CreateTrainingJobRequestTypeDef
+
 MAX_ATTEMPTS = 1000  # far more than anyone retries one run id; bounds what `list` and `fetch` walk
+Mode = Literal["sagemaker", "local"]
+
+
+class Attempt(TypedDict):
+    """One attempt as the launcher reads it back: the fields :class:`_Attempt` checks. Its other fields
+    (the request, the git commit) are provenance, kept as they were written."""
+
+    job_name: str
+    mode: Mode
+    launched_at: str
+
+
+class NewAttempt(Attempt):
+    """One attempt as :func:`new_attempt` writes it."""
+
+    git_commit: str
+    request: CreateTrainingJobRequestTypeDef
+
+
+class LaunchRecord(TypedDict):
+    """launch.json: the run id and its attempts, oldest first."""
+
+    run_id: str
+    attempts: list[Attempt]
 
 
 class _Attempt(BaseModel):
@@ -25,7 +53,7 @@ class _Attempt(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     job_name: JobName  # becomes an S3 key and a local path
-    mode: Literal["sagemaker", "local"]
+    mode: Mode
     launched_at: str = Field(max_length=64)
 
 
@@ -36,7 +64,7 @@ class _Record(BaseModel):
     attempts: list[_Attempt] = Field(min_length=1, max_length=MAX_ATTEMPTS)
 
 
-def new_attempt(request: dict[str, Any], git_commit: str, mode: str) -> dict[str, Any]:
+def new_attempt(request: CreateTrainingJobRequestTypeDef, git_commit: str, mode: Mode) -> NewAttempt:
     """One attempt: ``mode`` is ``sagemaker`` or ``local``."""
     return {
         "job_name": request["TrainingJobName"],
@@ -47,35 +75,36 @@ def new_attempt(request: dict[str, Any], git_commit: str, mode: str) -> dict[str
     }
 
 
-def add_attempt(record: dict[str, Any] | None, run_id: str, attempt: dict[str, Any]) -> dict[str, Any]:
+def add_attempt(record: LaunchRecord | None, run_id: str, attempt: Attempt) -> LaunchRecord:
     """``record`` with ``attempt`` appended (a new record if there was none)."""
-    base = record or {"run_id": run_id, "attempts": []}
+    base: LaunchRecord = record or {"run_id": run_id, "attempts": []}
     return {**base, "attempts": [*base["attempts"], attempt]}
 
 
-def latest_job(record: dict[str, Any]) -> str:
+def latest_job(record: LaunchRecord) -> str:
     return record["attempts"][-1]["job_name"]
 
 
-def to_json(record: dict[str, Any]) -> str:
+def to_json(record: LaunchRecord) -> str:
     return json.dumps(record, indent=2, sort_keys=True, default=str) + "\n"
 
 
-def parse_record(data: bytes, source: str) -> dict[str, Any]:
+def parse_record(data: bytes, source: str) -> LaunchRecord:
     """A launch record checked against its schema (job names, modes, at least one attempt)."""
-    return parse(_Record, data, source).model_dump()
+    # _Record checked every field of LaunchRecord; model_dump() returns them (and the unchecked rest) untyped.
+    return cast(LaunchRecord, parse(_Record, data, source).model_dump())
 
 
-def read_record(store: RunStore, run_id: str) -> dict[str, Any] | None:
+def read_record(store: RunStore, run_id: str) -> LaunchRecord | None:
     """The run's record (bounded and checked), or None if the run id was never launched there."""
     return store.document(store.layout(run_id).launch_key, parse_record)
 
 
-def write_record(store: RunStore, run_id: str, record: dict[str, Any]) -> None:
+def write_record(store: RunStore, run_id: str, record: LaunchRecord) -> None:
     store.put(store.layout(run_id).launch_key, to_json(record).encode())
 
 
-def prefix_in_use(s3: Any, layout: RunLayout) -> bool:
+def prefix_in_use(s3: S3Client, layout: RunLayout) -> bool:
     """True if anything is stored for the run: under its prefix (a launch or results) or its
     checkpoints prefix (which a new job would silently resume from)."""
     return any(

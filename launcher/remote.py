@@ -13,12 +13,15 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, TYPE_CHECKING, TypeVar
 
 import botocore.exceptions
 from pydantic import BaseModel, ValidationError
 
 from roadsense.errors import UserError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 MiB = 1024 * 1024
 CHUNK = MiB  # read size for streamed downloads and archives
@@ -80,7 +83,7 @@ def _too_big(source: str, limit: int, setting: str) -> RemoteDataError:
     )
 
 
-def _copy(s3: Any, bucket: str, key: str, out: IO[bytes], max_bytes: int, setting: str) -> bool:
+def _copy(s3: S3Client, bucket: str, key: str, out: IO[bytes], max_bytes: int, setting: str) -> bool:
     """Copy ``s3://bucket/key`` into ``out`` if it is at most ``max_bytes``; False if there is no such object.
 
     ``setting`` names the launch setting that sets ``max_bytes`` (for the error message).
@@ -110,7 +113,7 @@ def _copy(s3: Any, bucket: str, key: str, out: IO[bytes], max_bytes: int, settin
     return True
 
 
-def download_file(s3: Any, bucket: str, key: str, path: Path, max_bytes: int, setting: str) -> bool:
+def download_file(s3: S3Client, bucket: str, key: str, path: Path, max_bytes: int, setting: str) -> bool:
     """Download ``s3://bucket/key`` to ``path`` if it is at most ``max_bytes``; False (and no file) if there is no
     such object."""
     with path.open("wb") as out:
@@ -120,7 +123,7 @@ def download_file(s3: Any, bucket: str, key: str, path: Path, max_bytes: int, se
     return found
 
 
-def read_object(s3: Any, bucket: str, key: str, max_bytes: int, setting: str) -> bytes | None:
+def read_object(s3: S3Client, bucket: str, key: str, max_bytes: int, setting: str) -> bytes | None:
     """The bytes of a small object (a JSON record), or None if it does not exist."""
     buffer = io.BytesIO()
     return buffer.getvalue() if _copy(s3, bucket, key, buffer, max_bytes, setting) else None

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Mapping, cast
 
 from launcher.layout import RunIdError, RunLayout, validate_job_name
 from launcher.settings import LaunchSettings
 from roadsense.errors import UserError
 from roadsense.metric_lines import METRIC_DEFINITIONS
+
+if TYPE_CHECKING:
+    from mypy_boto3_sagemaker.literals import TrainingInstanceTypeType
+    from mypy_boto3_sagemaker.type_defs import CreateTrainingJobRequestTypeDef, StoppingConditionTypeDef
 
 CHANNEL = "dataset"  # the container reads it from /opt/ml/input/data/dataset/
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
@@ -50,27 +54,28 @@ class JobSpec:
     network_isolation: bool = True
 
 
-def build_request(spec: JobSpec, settings: LaunchSettings) -> dict[str, Any]:
+def build_request(spec: JobSpec, settings: LaunchSettings) -> CreateTrainingJobRequestTypeDef:
     """The CreateTrainingJob keyword arguments for ``spec``; validated, so safe to send."""
     layout = RunLayout(settings.bucket, spec.run_id)
-    stopping: dict[str, int] = {"MaxRuntimeInSeconds": settings.max_runtime_s}
+    stopping: StoppingConditionTypeDef = {"MaxRuntimeInSeconds": settings.max_runtime_s}
     tags = {"run-id": spec.run_id, "git-commit": spec.git_commit, "preset": spec.preset}
     if spec.spot:
         stopping["MaxWaitTimeInSeconds"] = settings.spot_max_wait_s
     if spec.parent_run_id:
         tags["parent-run-id"] = spec.parent_run_id
-    request: dict[str, Any] = {
+    request: CreateTrainingJobRequestTypeDef = {
         "TrainingJobName": spec.job_name,
         "AlgorithmSpecification": {
             "TrainingImage": spec.image_uri,
             "TrainingInputMode": "File",
-            "MetricDefinitions": [dict(d) for d in METRIC_DEFINITIONS],
+            "MetricDefinitions": [{"Name": d["Name"], "Regex": d["Regex"]} for d in METRIC_DEFINITIONS],
         },
         "RoleArn": spec.role_arn,
         "HyperParameters": dict(spec.hyperparameters),
         "OutputDataConfig": {"S3OutputPath": layout.output_uri},
         "ResourceConfig": {
-            "InstanceType": settings.instance_type,
+            # Any ml.* type the settings name: request_problems checks its form, SageMaker that it exists.
+            "InstanceType": cast("TrainingInstanceTypeType", settings.instance_type),
             "InstanceCount": settings.instance_count,
             "VolumeSizeInGB": settings.volume_size_gb,
         },
@@ -105,8 +110,11 @@ def build_request(spec: JobSpec, settings: LaunchSettings) -> dict[str, Any]:
     return request
 
 
-def request_problems(request: dict[str, Any]) -> list[str]:
-    """Every rule of CreateTrainingJob that ``request`` breaks (empty if it is valid)."""
+def request_problems(request: Mapping[str, Any]) -> list[str]:
+    """Every rule of CreateTrainingJob that ``request`` breaks (empty if it is valid).
+
+    Any mapping is checked, typed or not: the checks are for requests that break the API's types too.
+    """
     problems: list[str] = []
     try:
         validate_job_name(request.get("TrainingJobName", ""))
@@ -188,7 +196,7 @@ def mutable_image(image_uri: str) -> bool:
     return not sep or tag == MUTABLE_TAG
 
 
-def _stopping_problems(request: dict[str, Any]) -> list[str]:
+def _stopping_problems(request: Mapping[str, Any]) -> list[str]:
     stopping = request.get("StoppingCondition", {})
     runtime = stopping.get("MaxRuntimeInSeconds", 0)
     problems = []
@@ -207,7 +215,7 @@ def _stopping_problems(request: dict[str, Any]) -> list[str]:
     return problems
 
 
-def validate_request(request: dict[str, Any]) -> None:
+def validate_request(request: Mapping[str, Any]) -> None:
     problems = request_problems(request)
     if problems:
         raise RequestError("invalid training job request: " + "; ".join(problems))

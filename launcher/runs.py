@@ -11,13 +11,12 @@ ran there.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from launcher import jobs
 from launcher.aws import LaunchError
 from launcher.display import Report
 from launcher.fetch import RunNotFoundError, fetch_job
-from launcher.record import read_record
+from launcher.record import Attempt, read_record
 from launcher.store import LocalRunStore, RunStore
 from launcher.tune import chosen_child, read_tuning, tuning_report
 from roadsense.errors import UserError
@@ -25,7 +24,7 @@ from roadsense.errors import UserError
 _JOB_COLUMNS = ["job", "status", "detail", "failure", "created", "billable s"]
 
 
-def latest_attempt(store: RunStore, run_id: str) -> dict[str, Any]:
+def latest_attempt(store: RunStore, run_id: str) -> Attempt:
     """The latest attempt of ``run_id`` from its launch record; :class:`RunNotFoundError` if it has none."""
     found = read_record(store, run_id)
     if found is None:

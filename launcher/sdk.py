@@ -28,6 +28,7 @@ from launcher.layout import validate_run_id
 from launcher.settings import LaunchSettings, load_settings
 
 if TYPE_CHECKING:
+    from mypy_boto3_sagemaker.type_defs import CreateTrainingJobRequestTypeDef
     from sagemaker.train import ModelTrainer
 
 SDK_MISSING_FIX = "pip install 'roadsense[sdk]' (or: pip install -e '.[sdk]' in a checkout)"
@@ -89,7 +90,7 @@ def require_sdk() -> None:
         raise aws.LaunchError(f"the sagemaker SDK is not installed ({exc.name or exc})", SDK_MISSING_FIX) from None
 
 
-def trainer_for_request(request: dict[str, Any], sagemaker_session: Any) -> "ModelTrainer":
+def trainer_for_request(request: CreateTrainingJobRequestTypeDef, sagemaker_session: Any) -> "ModelTrainer":
     """``request`` (a validated CreateTrainingJob request, :func:`launcher.request.build_request`) as a ModelTrainer.
 
     Every field of the request is carried over; none is made up here. The job name becomes the

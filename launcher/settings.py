@@ -52,39 +52,39 @@ class LaunchSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     region: str = "il-central-1"
-    profile: str | None = Field(None, description="AWS profile; None = the default credential chain.")
+    profile: str | None = Field(default=None, description="AWS profile; None = the default credential chain.")
     bucket: str = "saferide-training-results"
-    role_arn: str | None = Field(None, description="SageMaker execution role; None = the infra stack's output.")
-    image_uri: str | None = Field(None, description="Training image; None = build and push one.")
+    role_arn: str | None = Field(default=None, description="SageMaker execution role; None = the infra stack's output.")
+    image_uri: str | None = Field(default=None, description="Training image; None = build and push one.")
     instance_type: str = "ml.c6i.xlarge"
-    instance_count: int = Field(1, ge=1, le=100)
-    volume_size_gb: int = Field(30, ge=1, le=16384)
-    max_runtime_s: int = Field(24 * 3600, ge=60, le=28 * 24 * 3600)
+    instance_count: int = Field(default=1, ge=1, le=100)
+    volume_size_gb: int = Field(default=30, ge=1, le=16384)
+    max_runtime_s: int = Field(default=24 * 3600, ge=60, le=28 * 24 * 3600)
     spot_max_wait_s: int = Field(
-        48 * 3600, ge=60, le=28 * 24 * 3600, description="Spot only: runtime plus time spent waiting for capacity."
+        default=48 * 3600, ge=60, le=28 * 24 * 3600, description="Spot only: runtime plus time spent waiting for capacity."
     )
-    stack_name: str = Field(DEFAULT_STACK, description="The infra stack whose outputs fill unset fields.")
+    stack_name: str = Field(default=DEFAULT_STACK, description="The infra stack whose outputs fill unset fields.")
     ecr_repository: str = "roadsense-training"
     codebuild_project: str = "roadsense-image"
     runs_dir: Path = Path("runs")
     container_command: str = Field(
-        "roadsense-container",
+        default="roadsense-container",
         description="Command --local runs (a test hook: a script that fakes the container).",
     )
     # Bounds on what is read back from the (shared, untrusted) bucket: see launcher.remote.Limits.
     max_download_bytes: int = Field(
-        _LIMITS.object_bytes, ge=1, description="Largest S3 object fetch/compare downloads."
+        default=_LIMITS.object_bytes, ge=1, description="Largest S3 object fetch/compare downloads."
     )
     max_json_bytes: int = Field(
-        _LIMITS.json_bytes, ge=1, description="Largest launch.json, sweep.json or metrics.json."
+        default=_LIMITS.json_bytes, ge=1, description="Largest launch.json, sweep.json or metrics.json."
     )
     max_extract_bytes: int = Field(
-        _LIMITS.extract_bytes, ge=1, description="Most bytes one results archive may extract to."
+        default=_LIMITS.extract_bytes, ge=1, description="Most bytes one results archive may extract to."
     )
     max_archive_members: int = Field(
-        _LIMITS.members, ge=1, description="Most files and folders in one results archive."
+        default=_LIMITS.members, ge=1, description="Most files and folders in one results archive."
     )
-    max_listed_runs: int = Field(_LIMITS.listed_runs, ge=1, description="Most run prefixes `list` reads.")
+    max_listed_runs: int = Field(default=_LIMITS.listed_runs, ge=1, description="Most run prefixes `list` reads.")
 
     @property
     def limits(self) -> Limits:
@@ -138,7 +138,7 @@ def _table(path: Path) -> dict[str, Any]:
 
 
 def load_settings(
-    flags: Mapping[str, Any] | None = None,
+    flags: Mapping[str, object] | None = None,
     config_file: Path | None = None,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,

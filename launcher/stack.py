@@ -9,11 +9,15 @@ it without depending on the deploy code.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import boto3
 import botocore.exceptions
 from botocore.config import Config
+
+if TYPE_CHECKING:
+    from mypy_boto3_cloudformation import CloudFormationClient
+    from mypy_boto3_cloudformation.type_defs import StackTypeDef
 
 DEFAULT_STACK = "roadsense"
 
@@ -25,7 +29,7 @@ OUTPUT_PROJECT = "CodeBuildProjectName"
 OUTPUT_KEYS = (OUTPUT_BUCKET, OUTPUT_ROLE_ARN, OUTPUT_REPOSITORY_URI, OUTPUT_PROJECT)
 
 
-def describe_stack(client: Any, stack_name: str) -> dict[str, Any] | None:
+def describe_stack(client: CloudFormationClient, stack_name: str) -> StackTypeDef | None:
     """The stack's description from a CloudFormation client, or None if there is no such stack."""
     try:
         return client.describe_stacks(StackName=stack_name)["Stacks"][0]
@@ -35,7 +39,7 @@ def describe_stack(client: Any, stack_name: str) -> dict[str, Any] | None:
         raise
 
 
-def outputs_of(stack: dict[str, Any]) -> dict[str, str]:
+def outputs_of(stack: StackTypeDef) -> dict[str, str]:
     """A described stack's outputs as ``{key: value}``."""
     return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 import botocore.exceptions
 
@@ -27,6 +27,9 @@ from launcher.remote import (
     read_object,
 )
 from launcher.settings import LaunchSettings
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 Document = TypeVar("Document")
 # A schema check: (the document's bytes, where it came from, for the error) -> the checked document.
@@ -79,7 +82,7 @@ class RunStore(ABC):
 class S3RunStore(RunStore):
     """The runs in the bucket."""
 
-    def __init__(self, s3: Any, bucket: str, limits: Limits) -> None:
+    def __init__(self, s3: S3Client, bucket: str, limits: Limits) -> None:
         super().__init__(bucket, limits)
         self.s3 = s3
 

@@ -13,7 +13,7 @@ import json
 import re
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Callable, Iterable, TypedDict, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -28,6 +28,7 @@ from roadsense.config import ConfigError
 
 CHILD_SUFFIX = "-000"
 MAX_POINTS = 999  # the child suffix has three digits
+Item = TypeVar("Item")
 Handle = TypeVar("Handle")
 
 
@@ -79,15 +80,17 @@ def child_run_ids(parent: str, count: int) -> list[str]:
 
 
 def schedule(
-    items: Iterable[Any],
-    start: Callable[[Any], Handle],
+    items: Iterable[Item],
+    start: Callable[[Item], Handle],
     finished: Callable[[Handle], bool],
     max_parallel: int,
     poll_seconds: float = 30.0,
     sleep: Callable[[float], None] = time.sleep,
 ) -> list[Handle]:
     """Start every item, never more than ``max_parallel`` unfinished at once; returns all handles."""
-    pending, running, started = list(items), [], []
+    pending: list[Item] = list(items)
+    running: list[Handle] = []
+    started: list[Handle] = []
     while pending or running:
         running = [handle for handle in running if not finished(handle)]
         while pending and len(running) < max_parallel:
@@ -103,6 +106,14 @@ def sweep_record(parent: str, children: dict[str, dict[str, str]], preset: str) 
     return (
         json.dumps({"parent_run_id": parent, "preset": preset, "children": children}, indent=2, sort_keys=True) + "\n"
     )
+
+
+class SweepRecord(TypedDict):
+    """sweep.json as the launcher reads it back: the fields :class:`_SweepRecord` checks."""
+
+    parent_run_id: str
+    preset: str
+    children: dict[str, dict[str, str]]  # child run id -> its --set overrides
 
 
 class _SweepRecord(BaseModel):
@@ -126,9 +137,10 @@ class _SweepRecord(BaseModel):
         return children
 
 
-def parse_sweep(data: bytes, source: str) -> dict[str, Any]:
+def parse_sweep(data: bytes, source: str) -> SweepRecord:
     """A sweep record checked against its schema."""
-    return parse(_SweepRecord, data, source).model_dump()
+    # _SweepRecord checked every field of SweepRecord; model_dump() returns them (and the unchecked rest) untyped.
+    return cast(SweepRecord, parse(_SweepRecord, data, source).model_dump())
 
 
 def run_sweep(

@@ -24,7 +24,7 @@ import tomllib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, TypedDict, cast
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -45,6 +45,15 @@ from roadsense.config import (
 )
 from roadsense.exits import clip
 from roadsense.metric_lines import EVAL_TAG, METRIC_DEFINITIONS, VAL_TAG
+
+if TYPE_CHECKING:
+    from mypy_boto3_sagemaker import SageMakerClient
+    from mypy_boto3_sagemaker.type_defs import (
+        CreateHyperParameterTuningJobRequestTypeDef,
+        CreateTrainingJobRequestTypeDef,
+        HyperParameterTrainingJobDefinitionTypeDef,
+        IntegerParameterRangeTypeDef,
+    )
 
 # The objective is a published metric (roadsense/metric_lines.py), so the children's logs carry it.
 _PUBLISHED = {definition["Name"] for definition in METRIC_DEFINITIONS}
@@ -89,7 +98,8 @@ class ParamRange:
     integer: bool
     log: bool
 
-    def to_api(self) -> dict[str, str]:
+    def to_api(self) -> IntegerParameterRangeTypeDef:
+        """The range as the API takes it (an IntegerParameterRange and a ContinuousParameterRange have the same fields)."""
         spell = (lambda v: str(int(v))) if self.integer else repr
         return {
             "Name": self.key,
@@ -99,12 +109,16 @@ class ParamRange:
         }
 
 
-def _number_type(key: str) -> type | None:
+def _number_type(key: str) -> type[int] | type[float] | None:
     """int or float for a plain number setting; None for anything else (text, bools, pairs, optional values)."""
     if key not in KEY_SECTION:  # preset
         return None
     annotation = SECTIONS[KEY_SECTION[key]].model_fields[key].annotation
-    return annotation if annotation in (int, float) else None
+    if annotation is int:
+        return int
+    if annotation is float:
+        return float
+    return None
 
 
 def parse_range(text: str, preset: str, sets: dict[str, str], source: str = "--range") -> ParamRange:
@@ -145,7 +159,7 @@ def parse_range(text: str, preset: str, sets: dict[str, str], source: str = "--r
     return ParamRange(key, low, high, kind is int, log)
 
 
-def _bound(text: str, kind: type) -> float:
+def _bound(text: str, kind: type[int] | type[float]) -> float:
     """A bound as a finite number of the setting's type (true/false, NaN and 1.5 for an int are refused)."""
     value = json.loads(text)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
@@ -183,18 +197,25 @@ class TuningOptions:
     early_stopping: bool = True
 
 
-def tuning_request(training: dict[str, Any], options: TuningOptions, name: str) -> dict[str, Any]:
+def tuning_request(
+    training: CreateTrainingJobRequestTypeDef, options: TuningOptions, name: str
+) -> CreateHyperParameterTuningJobRequestTypeDef:
     """The CreateHyperParameterTuningJob request whose children run ``training`` (a validated
     CreateTrainingJob request) with the ranges searched; validated, so safe to send."""
     tuned = {r.key for r in options.ranges}
-    definition = {key: value for key, value in training.items() if key not in _NOT_IN_DEFINITION}
+    # A HyperParameterTrainingJobDefinition takes the request's other fields as they are; the type checker
+    # cannot follow a TypedDict through a key filter.
+    definition = cast(
+        "HyperParameterTrainingJobDefinitionTypeDef",
+        {key: value for key, value in training.items() if key not in _NOT_IN_DEFINITION},
+    )
     definition["StaticHyperParameters"] = {k: v for k, v in training["HyperParameters"].items() if k not in tuned}
     if not training["EnableManagedSpotTraining"]:
         # Every child would get the same checkpoint prefix, and the container resumes from what it
         # finds there: one child would continue another's training with other settings. Only spot
         # needs checkpoints (an interrupted child restarts from them); see launcher/README.md.
         definition.pop("CheckpointConfig", None)
-    request = {
+    request: CreateHyperParameterTuningJobRequestTypeDef = {
         "HyperParameterTuningJobName": name,
         "HyperParameterTuningJobConfig": {
             "Strategy": "Bayesian",
@@ -222,7 +243,7 @@ def tuning_request(training: dict[str, Any], options: TuningOptions, name: str) 
     return request
 
 
-def tuning_problems(request: dict[str, Any], options: TuningOptions) -> list[str]:
+def tuning_problems(request: CreateHyperParameterTuningJobRequestTypeDef, options: TuningOptions) -> list[str]:
     """Every rule of CreateHyperParameterTuningJob (and of a useful search) that ``request`` breaks."""
     problems: list[str] = []
     try:
@@ -256,6 +277,14 @@ def tuning_problems(request: dict[str, Any], options: TuningOptions) -> list[str
     return problems
 
 
+class TuningRecord(TypedDict):
+    """tuning.json as the launcher reads it back: the fields :class:`_TuningRecord` checks."""
+
+    parent_run_id: str
+    tuning_job_name: str
+    launched_at: str
+
+
 class _TuningRecord(BaseModel):
     """tuning.json as read back: its names become AWS requests and S3 keys, so they are checked."""
 
@@ -266,7 +295,7 @@ class _TuningRecord(BaseModel):
     launched_at: str = Field(max_length=64)
 
 
-def tuning_record(parent: str, request: dict[str, Any]) -> str:
+def tuning_record(parent: str, request: CreateHyperParameterTuningJobRequestTypeDef) -> str:
     return (
         json.dumps(
             {
@@ -283,9 +312,10 @@ def tuning_record(parent: str, request: dict[str, Any]) -> str:
     )
 
 
-def parse_tuning(data: bytes, source: str) -> dict[str, Any]:
+def parse_tuning(data: bytes, source: str) -> TuningRecord:
     """A tuning record checked against its schema."""
-    return parse(_TuningRecord, data, source).model_dump()
+    # _TuningRecord checked every field of TuningRecord; model_dump() returns them (and the unchecked rest) untyped.
+    return cast(TuningRecord, parse(_TuningRecord, data, source).model_dump())
 
 
 def read_tuning(store: RunStore, run_id: str) -> str | None:
@@ -306,7 +336,7 @@ class Child:
     failure_reason: str = ""
 
 
-def list_children(sagemaker: Any, tuning_job: str) -> list[Child]:
+def list_children(sagemaker: SageMakerClient, tuning_job: str) -> list[Child]:
     """The tuning job's training jobs, best objective first (jobs without one last). Their names become
     S3 keys and paths, so each passes the job-name check."""
     pages = sagemaker.get_paginator("list_training_jobs_for_hyper_parameter_tuning_job").paginate(
@@ -326,20 +356,24 @@ def list_children(sagemaker: Any, tuning_job: str) -> list[Child]:
     return sorted(children, key=lambda c: (c.objective is None, -(c.objective or 0.0)))
 
 
-def best_child(sagemaker: Any, tuning_job: str) -> str | None:
+def best_child(sagemaker: SageMakerClient, tuning_job: str) -> str | None:
     """The tuning job's best training job so far (DescribeHyperParameterTuningJob), or None before one completed."""
     best = sagemaker.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=tuning_job).get("BestTrainingJob")
     return validate_job_name(best["TrainingJobName"]) if best else None
 
 
-def dry_run_tuning(options: LaunchOptions, settings: LaunchSettings, tuning: TuningOptions) -> dict[str, Any]:
+def dry_run_tuning(
+    options: LaunchOptions, settings: LaunchSettings, tuning: TuningOptions
+) -> CreateHyperParameterTuningJobRequestTypeDef:
     """The request ``tune`` would send; AWS is read (never written) only for what was not given, as in a dry-run
     launch."""
     training, _ = dry_run_request(options, settings)
     return tuning_request(training, tuning, tuning_job_name(options.run_id))
 
 
-def launch_tuning(options: LaunchOptions, settings: LaunchSettings, tuning: TuningOptions) -> dict[str, Any]:
+def launch_tuning(
+    options: LaunchOptions, settings: LaunchSettings, tuning: TuningOptions
+) -> CreateHyperParameterTuningJobRequestTypeDef:
     """Create the tuning job of the parent run ``options.run_id`` and its tuning.json; returns the request sent."""
     session = aws.make_session(settings)
     planned = plan_cloud(options, settings, session)
@@ -379,7 +413,7 @@ def tuning_options(
     )
 
 
-def chosen_child(sagemaker: Any, tuning_job: str, job: str | None) -> str:
+def chosen_child(sagemaker: SageMakerClient, tuning_job: str, job: str | None) -> str:
     """``job`` if it is one of the tuning job's children, else (None) its best child so far."""
     if job is None:
         best = best_child(sagemaker, tuning_job)
@@ -394,7 +428,7 @@ def chosen_child(sagemaker: Any, tuning_job: str, job: str | None) -> str:
     return job
 
 
-def tuning_report(sagemaker: Any, tuning_job: str) -> Report:
+def tuning_report(sagemaker: SageMakerClient, tuning_job: str) -> Report:
     """The tuning job's state and its children, best objective first."""
     described = sagemaker.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=tuning_job)
     objective = described["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"]["MetricName"]

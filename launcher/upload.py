@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
@@ -24,7 +24,11 @@ from rich.progress import (
 )
 
 from launcher.layout import RunLayout
-from roadsense.scenarios.dataset import sha256_file, verify_or_raise
+from roadsense.provenance import sha256_file
+from roadsense.scenarios.dataset import verify_or_raise
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 SHA256_METADATA = "sha256"  # stored as x-amz-meta-sha256
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
@@ -36,7 +40,7 @@ class UploadResult:
     skipped: list[str] = field(default_factory=list)
 
 
-def _remote_sha256(s3: Any, bucket: str, key: str) -> str | None:
+def _remote_sha256(s3: S3Client, bucket: str, key: str) -> str | None:
     try:
         return s3.head_object(Bucket=bucket, Key=key).get("Metadata", {}).get(SHA256_METADATA)
     except botocore.exceptions.ClientError as exc:
@@ -46,7 +50,7 @@ def _remote_sha256(s3: Any, bucket: str, key: str) -> str | None:
 
 
 def upload_tree(
-    s3: Any,
+    s3: S3Client,
     folder: Path,
     bucket: str,
     prefix: str,
@@ -85,7 +89,7 @@ def upload_tree(
     return result
 
 
-def upload_dataset(s3: Any, dataset: Path, layout: RunLayout) -> UploadResult:
+def upload_dataset(s3: S3Client, dataset: Path, layout: RunLayout) -> UploadResult:
     """Verify the dataset folder (:class:`roadsense.scenarios.dataset.DatasetError` if it does not), then
     upload it to the run's dataset channel."""
     verify_or_raise(dataset)

@@ -12,12 +12,13 @@ import json
 import os
 import tarfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import boto3
 import pytest
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from launcher import display
 from launcher.cli import app
@@ -25,6 +26,9 @@ from launcher.compare import read_metrics
 from launcher.fetch import PARTIAL_SUFFIX, ArchiveError, safe_extract, staged
 from launcher.layout import RunIdError, RunLayout, job_name, validate_run_id
 from launcher.remote import Limits, RemoteDataError, read_object
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 REGION = "il-central-1"
 BUCKET = "saferide-training-results"  # the launcher's default bucket
@@ -69,7 +73,7 @@ def _no_partial(root: Path) -> bool:
     return not [p for p in root.rglob("*") if p.name.endswith(PARTIAL_SUFFIX)]
 
 
-def _refused(result, *fragments: str) -> None:  # noqa: ANN001 - click's Result
+def _refused(result: Result, *fragments: str) -> None:
     """Exit 2, exactly one line on stderr holding every fragment, and no traceback."""
     assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
     assert result.stderr.count("\n") == 1, result.stderr
@@ -100,7 +104,7 @@ def bucket(moto_session: boto3.Session, tmp_path: Path, monkeypatch: pytest.Monk
     return s3
 
 
-def _invoke(*args: str):  # noqa: ANN202 - click's Result
+def _invoke(*args: str) -> Result:
     return CliRunner().invoke(app, list(args))
 
 
@@ -203,8 +207,8 @@ def test_local_fetch_checks_the_local_record_the_same_way(tmp_path: Path, monkey
 
 
 def _publish(
-    bucket, tmp_path: Path, members: list[tuple[tarfile.TarInfo, bytes]] | None = None, raw: bytes | None = None
-) -> None:  # noqa: ANN001
+    bucket: S3Client, tmp_path: Path, members: list[tuple[tarfile.TarInfo, bytes]] | None = None, raw: bytes | None = None
+) -> None:
     """A run r1 whose latest job's model.tar.gz holds ``members`` (or is ``raw`` bytes)."""
     bucket.put_object(Bucket=BUCKET, Key="r1/launch.json", Body=_record())
     data = raw if raw is not None else _targz(tmp_path / "src" / "model.tar.gz", members or []).read_bytes()
@@ -401,7 +405,7 @@ def _local_sweep(runs: Path, metrics: object | bytes, sweep: object | None = Non
     _targz(runs / "grid-001" / "output" / job / "output" / "model.tar.gz", [_file("metrics.json", body)])
 
 
-def _compare(runs: Path):  # noqa: ANN202
+def _compare(runs: Path) -> Result:
     return _invoke("--local", "--runs-dir", str(runs), "compare", "grid")
 
 
