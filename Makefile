@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 SDK_VENV := .venv-sdk
 SDK_STAMP := $(SDK_VENV)/.installed
 
-.PHONY: setup run test test-fast test-sdk bench clean
+.PHONY: setup run lint test test-fast test-sdk bench clean
 
 setup: $(STAMP)
 
@@ -27,8 +27,13 @@ $(SDK_STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/roadsense run --preset smoke --output runs/smoke
 
-# Every test, slow ones included; the SDK's own tests run in the SDK's venv (they skip in the main one).
-test: $(STAMP) test-sdk
+# ruff over the whole tree; mypy --strict on roadsense/ and launcher/ (pyproject.toml holds both configs).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m mypy
+
+# Lint, then every test, slow ones included; the SDK's own tests run in the SDK's venv (they skip in the main one).
+test: $(STAMP) lint test-sdk
 	$(BIN)/python -m pytest
 
 test-sdk: $(SDK_STAMP)

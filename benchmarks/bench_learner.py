@@ -68,7 +68,8 @@ def main() -> None:
         t0 = time.perf_counter()
         batch = build_batch(segments, policy, normalizer, train_config.gamma, train_config.gae_lambda)
         t1 = time.perf_counter()
-        ppo_update(policy, batch, train_config.n_epochs, args.batch_size, train_config.clip_range, train_config.ent_coef, train_config.learning_rate, rng)
+        ppo_update(policy, batch, train_config.n_epochs, args.batch_size, train_config.clip_range, train_config.ent_coef,
+                   train_config.learning_rate, rng)
         t2 = time.perf_counter()
         build_s.append(t1 - t0)
         update_s.append(t2 - t1)

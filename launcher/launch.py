@@ -78,9 +78,7 @@ def training_config(preset: str, sets: dict[str, str], instance_type: str) -> Pi
             f"--set instance_type={overrides['instance_type']} differs from the launch instance {instance_type}; "
             "drop it"
         )
-    # The ignore: roadsense.config gives CostConfig's defaults positionally (Field("ml.c6i.xlarge", ...)), which
-    # mypy, without pydantic's plugin, reads as required arguments.
-    if instance_type != CostConfig().instance_type and "instance_price_per_hour" not in sets:  # type: ignore[call-arg]
+    if instance_type != CostConfig().instance_type and "instance_price_per_hour" not in sets:
         raise ConfigError(
             f"the price of {instance_type} is not known; add --set instance_price_per_hour=<on-demand USD/h in the "
             "region>"

@@ -10,8 +10,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import tarfile
 import re
+import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple

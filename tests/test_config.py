@@ -8,7 +8,7 @@ import typing
 
 import pytest
 
-from roadsense.config import KEY_SECTION, PRESETS, SECTIONS, ConfigError, PipelineConfig, parse_set_options, _parse_value
+from roadsense.config import KEY_SECTION, PRESETS, SECTIONS, ConfigError, PipelineConfig, _parse_value, parse_set_options
 from roadsense.evaluation.matrix import PEER_COUNTS
 from roadsense.scenarios.scenario import balanced_specs
 

@@ -13,9 +13,9 @@ import pytest
 
 import roadsense
 from roadsense.config import EnvConfig
-from roadsense.errors import InputNotFound
 from roadsense.env.convoy_env import CF_OVERRIDE_DELAY, ConvoyEnv
 from roadsense.env.observation import EGO_FEATURE_NAMES, MAX_PEERS, PEER_FEATURES, PeerView, fill_peer_slots
+from roadsense.errors import InputNotFound
 from roadsense.scenarios.scenario import EGO_ID, NETWORK_FILE, sumocfg_xml
 from roadsense.sim.backend import SimulationError
 from roadsense.v2v import ParamsError
@@ -30,8 +30,9 @@ VISIBLE = EGO_FEATURE_NAMES.index("visible_peers")
 def _run(env: ConvoyEnv, policy, max_steps: int = 100_000):
     """Step until the episode ends; returns (observations, rewards, infos, terminated, truncated)."""
     observations, rewards, infos = [], [], []
+    obs = None  # the policy sees None before the first step
     for _ in range(max_steps):
-        obs, reward, terminated, truncated, info = env.step(policy(obs if observations else None))
+        obs, reward, terminated, truncated, info = env.step(policy(obs))
         observations.append(obs)
         rewards.append(reward)
         infos.append(info)
@@ -104,7 +105,7 @@ def test_hazard_raises_the_braking_signal_at_the_ego_shortly_after_the_hazard_st
         assert rise.size and rise[0] <= 5, f"seed {seed}: signal after the hazard step: {signal[HAZARD_STEP:HAZARD_STEP + 10]}"
         # The signal decays by 0.95 per step when no braking peer is seen, never jumps up otherwise.
         after = signal[HAZARD_STEP + rise[0]:]
-        for prev, cur in zip(after[:-1], after[1:]):
+        for prev, cur in zip(after[:-1], after[1:], strict=True):
             assert cur == 1.0 or cur == pytest.approx(prev * 0.95, rel=1e-5)
         assert infos[-1]["episode_summary"]["hazard_received"]
 
@@ -237,7 +238,7 @@ def test_brake_action_sets_the_commanded_speed(make_env, scenario_factory) -> No
     env = make_env(scenario_factory(2), episode_steps=50, hazard_step=40)
     env.reset(seed=0)
     vehicle = env.backend.api.vehicle
-    for t in range(3):
+    for _ in range(3):
         env.step(NO_BRAKE)
     for a in (0.5, 1.0, 0.25):
         before = vehicle.getSpeed(EGO_ID)
@@ -316,12 +317,12 @@ def test_same_seed_same_trajectory(make_env, scenario_factory) -> None:
     assert len(obs_a) > 100
     assert rew_a == rew_b
     assert len(obs_a) == len(obs_b)
-    for a, b in zip(obs_a, obs_b):
+    for a, b in zip(obs_a, obs_b, strict=True):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
     obs_c, rew_c = _trajectory(make_env, sumocfg, seed=22)
     assert rew_c != rew_a[: len(rew_c)]
-    assert any(not np.array_equal(a["peers"], c["peers"]) for a, c in zip(obs_a, obs_c))
+    assert any(not np.array_equal(a["peers"], c["peers"]) for a, c in zip(obs_a, obs_c, strict=True))
 
 
 # -- checkers -------------------------------------------------------------------------------------

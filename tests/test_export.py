@@ -267,14 +267,14 @@ def test_the_cards_feature_divisors_are_the_envs() -> None:
     view = PeerView(index=[1, 2, 3], rows=[], distance=10.0, closing_speed=raw_ego[5], min_accel=raw_ego[3])
     frame = ego_frame(raw_ego[0], raw_ego[1], view, raw_ego[4])
     raw_ego[2] = 3.0
-    for (name, _, _, divisor), raw, value in zip(card_module.EGO_FEATURES_DOC, raw_ego, frame):
+    for (name, _, _, divisor), raw, value in zip(card_module.EGO_FEATURES_DOC, raw_ego, frame, strict=True):
         assert math.isclose(raw / divisor, value), name
 
     # One peer 40 m ahead and 2 m left of an ego heading along +x, 5 m/s slower, heading +9 deg, braking.
     reception = SimpleNamespace(valid=np.array([True]), pos=np.array([[140.0, 2.0]]), speed=np.array([15.0]),
                                 accel=np.array([-6.0]), heading_deg=np.array([9.0]), age_ms=np.array([120.0]))
     row = visible_peers(100.0, 0.0, 20.0, 0.0, reception).rows[0]
-    for (name, _, _, divisor), raw, value in zip(card_module.PEER_FEATURES_DOC, [40.0, 2.0, -5.0, 9.0, -6.0, 120.0], row):
+    for (name, _, _, divisor), raw, value in zip(card_module.PEER_FEATURES_DOC, [40.0, 2.0, -5.0, 9.0, -6.0, 120.0], row, strict=True):
         assert math.isclose(raw / divisor, value), name
 
 

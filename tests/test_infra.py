@@ -206,7 +206,8 @@ def test_roles_trust_only_their_service_in_this_account(template: dict[str, Any]
         assert trust["Principal"] == {"Service": service}
         assert trust["Condition"]["StringEquals"]["aws:SourceAccount"] == {"Ref": "AWS::AccountId"}
     trust = only(template["Resources"]["SageMakerExecutionRole"]["Properties"]["AssumeRolePolicyDocument"]["Statement"])
-    assert as_text(trust["Condition"]["ArnLike"]["aws:SourceArn"]) == "arn:${AWS::Partition}:sagemaker:${AWS::Region}:${AWS::AccountId}:training-job/*"
+    assert as_text(trust["Condition"]["ArnLike"]["aws:SourceArn"]) == (
+        "arn:${AWS::Partition}:sagemaker:${AWS::Region}:${AWS::AccountId}:training-job/*")
 
 
 def test_checkpoints_live_where_the_lifecycle_rule_expires_them(template: dict[str, Any]) -> None:
@@ -218,7 +219,8 @@ def test_checkpoints_live_where_the_lifecycle_rule_expires_them(template: dict[s
     layout = RunLayout("saferide-training-results", "cloud_prod_001")
     for resume in (False, True):
         options = LaunchOptions(run_id="cloud_prod_001", preset="smoke", resume=resume)
-        request, _ = plan(options, LaunchSettings(), "arn:aws:iam::123456789012:role/r", "123456789012.dkr.ecr.il-central-1.amazonaws.com/r:abc", "abc")
+        request, _ = plan(options, LaunchSettings(), "arn:aws:iam::123456789012:role/r",
+                          "123456789012.dkr.ecr.il-central-1.amazonaws.com/r:abc", "abc")
         key = request["CheckpointConfig"]["S3Uri"].removeprefix("s3://saferide-training-results/")
         assert key.startswith(expiring) and key == layout.checkpoints_key
     kept = [layout.launch_key, layout.dataset_key, layout.model_key("j"), layout.sweep_key, layout.tuning_key, layout.output_data_key("j")]
@@ -296,7 +298,8 @@ def test_cli_deploy_twice_status_and_delete(aws: boto3.Session) -> None:
     assert "roadsense: CREATE_COMPLETE" in first.output and "roadsense-budget: CREATE_COMPLETE" in first.output
     aws.client("s3").head_bucket(Bucket="saferide-training-results")
     budget = aws.client("cloudformation", region_name="us-east-1").describe_stacks(StackName="roadsense-budget")["Stacks"][0]
-    assert {p["ParameterKey"]: p["ParameterValue"] for p in budget["Parameters"]} == {"AlertEmail": "ops@example.com", "BudgetAmountUsd": "50"}
+    assert {p["ParameterKey"]: p["ParameterValue"] for p in budget["Parameters"]} == {
+        "AlertEmail": "ops@example.com", "BudgetAmountUsd": "50"}
 
     # Same template, no options: every parameter keeps its value, so nothing changes.
     second = invoke("deploy")
@@ -392,9 +395,11 @@ def test_deploy_treats_an_empty_change_set_as_success(capsys: pytest.CaptureFixt
     """Real CloudFormation marks an empty change set FAILED (moto refuses it at create instead)."""
     client = boto3.client("cloudformation", region_name="il-central-1", aws_access_key_id="x", aws_secret_access_key="x")
     arn = "arn:aws:cloudformation:il-central-1:123456789012:changeSet/roadsense-1/abc"
-    empty = {"Status": "FAILED", "StatusReason": "The submitted information didn't contain changes. Submit different information to create a change set."}
+    empty = {"Status": "FAILED",
+             "StatusReason": "The submitted information didn't contain changes. Submit different information to create a change set."}
     spec = infra.StackSpec("roadsense", infra.MAIN_TEMPLATE, {}, {"SourceRepositoryUrl": "--source-repo"})
-    stack = {"StackName": "roadsense", "StackStatus": "UPDATE_COMPLETE", "Parameters": [{"ParameterKey": "SourceRepositoryUrl", "ParameterValue": SOURCE_REPO}]}
+    stack = {"StackName": "roadsense", "StackStatus": "UPDATE_COMPLETE",
+             "Parameters": [{"ParameterKey": "SourceRepositoryUrl", "ParameterValue": SOURCE_REPO}]}
     with Stubber(client) as stubber:
         stubber.add_response("create_change_set", {"Id": arn})
         stubber.add_response("describe_change_set", empty)  # the waiter's poll
@@ -432,7 +437,8 @@ def stubbed() -> tuple[Any, Stubber]:
 
 def test_start_build_requests_the_commit(stubbed: tuple[Any, Stubber]) -> None:
     client, stubber = stubbed
-    stubber.add_response("start_build", {"build": {"id": "roadsense-image:1"}}, {"projectName": "roadsense-image", "sourceVersion": "abc123"})
+    stubber.add_response("start_build", {"build": {"id": "roadsense-image:1"}},
+                         {"projectName": "roadsense-image", "sourceVersion": "abc123"})
     assert codebuild.start_build(OneClient(client), "roadsense-image", "abc123") == "roadsense-image:1"
 
 
@@ -458,7 +464,8 @@ def test_follow_build_raises_with_the_failed_phase_and_logs(stubbed: tuple[Any, 
         "FAILED",
         phases=[
             {"phaseType": "PRE_BUILD", "phaseStatus": "SUCCEEDED"},
-            {"phaseType": "BUILD", "phaseStatus": "FAILED", "contexts": [{"statusCode": "COMMAND_EXECUTION_ERROR", "message": "docker build exit 1"}]},
+            {"phaseType": "BUILD", "phaseStatus": "FAILED",
+             "contexts": [{"statusCode": "COMMAND_EXECUTION_ERROR", "message": "docker build exit 1"}]},
         ],
         logs={"deepLink": "https://console.aws.amazon.com/cloudwatch/logs"},
     )
@@ -496,7 +503,8 @@ def test_buildspec_phases_login_and_artifact(buildspec: dict[str, Any]) -> None:
     assert codebuild.IMAGE_URI_VARIABLE in buildspec["env"]["exported-variables"]
 
 
-def test_buildspec_uses_only_variables_it_sets_codebuild_sets_or_the_project_sets(buildspec: dict[str, Any], template: dict[str, Any]) -> None:
+def test_buildspec_uses_only_variables_it_sets_codebuild_sets_or_the_project_sets(buildspec: dict[str, Any],
+                                                                                   template: dict[str, Any]) -> None:
     text = "\n".join(commands(buildspec))
     used = set(re.findall(r"\$\{?([A-Z_][A-Z0-9_]*)", text))
     assigned = set(re.findall(r"(?m)^\s*([A-Z_][A-Z0-9_]*)=", text))

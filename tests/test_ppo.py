@@ -18,7 +18,6 @@ from roadsense.policy.actor_critic import PolicyNet, blas_threads, gaussian_log_
 from roadsense.training.ppo import ppo_update
 from roadsense.training.rollout import RolloutBatch
 
-
 LEARNING_RATE = 3e-3
 
 
@@ -37,7 +36,7 @@ def _model_with_a_filled_buffer(n_steps: int, batch_size: int, n_epochs: int,
     model.set_logger(configure(None, []))
     buffer = model.rollout_buffer
     rng = np.random.default_rng(0)
-    for key, values in buffer.observations.items():
+    for values in buffer.observations.values():
         values[:] = rng.uniform(-1, 1, values.shape)
     buffer.observations["peer_mask"][:] = rng.random(buffer.observations["peer_mask"].shape) < 0.6
     buffer.actions[:] = rng.normal(0.3, 0.6, buffer.actions.shape)
@@ -80,14 +79,14 @@ def test_the_update_equals_sb3_ppo_train(batch_size: int, n_epochs: int, ent_coe
     model.train()
     stats = ppo_update(ours, batch, n_epochs, batch_size, 0.2, ent_coef, LEARNING_RATE, np.random.RandomState(11))  # ... the same stream
 
-    moved = max((a - b).abs().max().item() for a, b in zip(ours.parameters(), before))
+    moved = max((a - b).abs().max().item() for a, b in zip(ours.parameters(), before, strict=True))
     assert moved > 1e-3, "the update did not change the policy"
     # numpy and torch round float32 sums differently (the gradients agree to ~1e-6 of their scale, see
     # the next test), and Adam's first step, lr * g / (|g| + eps), turns that into up to ~1 % of lr where a
     # gradient element happens to cancel to ~eps. So every element to 1 % of lr, and all but one in a
     # thousand to 1e-6 (the autograd version was held to 1e-5 everywhere).
     differences = torch.cat([(theirs - mine).detach().abs().flatten()
-                             for theirs, mine in zip(model.policy.parameters(), ours.parameters())])
+                             for theirs, mine in zip(model.policy.parameters(), ours.parameters(), strict=True)])
     assert differences.max() < 0.01 * LEARNING_RATE
     assert (differences > 1e-6).float().mean() < 1e-3
     logged = model.logger.name_to_value
@@ -106,7 +105,7 @@ def test_the_update_steps_with_the_learning_rate_it_is_given() -> None:
     batch = _batch_of(model)
     before = [p.detach().clone() for p in model.policy.parameters()]
     ppo_update(model.policy, batch, 1, 64, 0.2, 0.0, 0.0, np.random.default_rng(0))
-    assert all(torch.equal(a, b) for a, b in zip(model.policy.parameters(), before))
+    assert all(torch.equal(a, b) for a, b in zip(model.policy.parameters(), before, strict=True))
     assert model.policy.optimizer.param_groups[0]["lr"] == 0.0
 
 
@@ -117,7 +116,7 @@ def test_the_gradients_equal_sb3_autograd(ent_coef: float) -> None:
     ours, batch = copy.deepcopy(model.policy), _batch_of(model)  # before train() flattens SB3's buffer
     model.train()
     ppo_update(ours, batch, 1, 64, 0.2, ent_coef, LEARNING_RATE, np.random.default_rng(0))
-    for (name, theirs), mine in zip(model.policy.named_parameters(), ours.parameters()):
+    for (name, theirs), mine in zip(model.policy.named_parameters(), ours.parameters(), strict=True):
         scale = theirs.grad.abs().max().item()
         assert scale > 0, name
         assert torch.allclose(theirs.grad, mine.grad, rtol=0, atol=1e-5 * scale), name

@@ -184,13 +184,13 @@ def test_calm_driving_penalties_are_rare(make_env, audit_dataset: Path) -> None:
         for i in range(count):
             env.reset(seed=i, options={"scenario_id": f"{split}-{i:04d}"})
             per_step = dict.fromkeys(REWARD_TERM_NAMES, 0)
-            for t in range(steps):
+            for _ in range(steps):
                 _, _, terminated, truncated, info = env.step(np.zeros(1, np.float32))
                 for name, value in info["reward_terms"].items():
                     per_step[name] += value != 0.0
                 if terminated or truncated:
                     break
-            assert truncated and not terminated, f"{split}-{i:04d}: calm driving ended at step {t + 1}"
+            assert truncated and not terminated, f"{split}-{i:04d}: calm driving ended at step {env.t}"
             summary = info["episode_summary"]
             assert summary["term_fired"] == per_step  # the summary counts what each step reported
             assert summary["hazard_started"] and summary["min_gap_post_hazard_m"] > 5.0

@@ -36,12 +36,12 @@ KWARGS = policy_kwargs(16, -0.5)
 
 def test_gae_is_the_recursion_of_sb3_rollout_buffer() -> None:
     rng = np.random.default_rng(2)
-    T, n_envs = 64, 3
-    buffer = RolloutBuffer(T, spaces.Box(-1, 1, (1,)), spaces.Box(-1, 1, (1,)), n_envs=n_envs, gamma=0.99,
+    steps, n_envs = 64, 3
+    buffer = RolloutBuffer(steps, spaces.Box(-1, 1, (1,)), spaces.Box(-1, 1, (1,)), n_envs=n_envs, gamma=0.99,
                            gae_lambda=0.95)
-    buffer.rewards[:] = rng.normal(size=(T, n_envs))
-    buffer.values[:] = rng.normal(size=(T, n_envs))
-    buffer.episode_starts[:] = rng.random((T, n_envs)) < 0.1
+    buffer.rewards[:] = rng.normal(size=(steps, n_envs))
+    buffer.values[:] = rng.normal(size=(steps, n_envs))
+    buffer.episode_starts[:] = rng.random((steps, n_envs)) < 0.1
     last_values, last_dones = rng.normal(size=n_envs).astype(np.float32), np.array([True, False, False])
     buffer.compute_returns_and_advantage(torch.from_numpy(last_values), last_dones)
 
@@ -144,13 +144,13 @@ def test_the_same_seed_collects_the_same_segment(collector) -> None:
     np.testing.assert_array_equal(first.rewards, second.rewards)
 
 
-def _segment(rng: np.random.Generator, T: int, truncated: list[int], terminated: list[int]) -> Segment:
+def _segment(rng: np.random.Generator, steps: int, truncated: list[int], terminated: list[int]) -> Segment:
     space = observation_space(1)
-    obs = {key: rng.uniform(-1, 1, (T, *s.shape)).astype(np.float32) for key, s in space.items()}
-    dones = np.zeros(T, bool)
+    obs = {key: rng.uniform(-1, 1, (steps, *s.shape)).astype(np.float32) for key, s in space.items()}
+    dones = np.zeros(steps, bool)
     dones[truncated + terminated] = True
     return Segment(
-        obs=obs, actions=rng.normal(size=(T, 1)).astype(np.float32), rewards=rng.normal(size=T),
+        obs=obs, actions=rng.normal(size=(steps, 1)).astype(np.float32), rewards=rng.normal(size=steps),
         episode_starts=np.concatenate([[True], dones[:-1]]), dones=dones,
         truncated_steps=np.array(truncated, np.int64),
         truncated_obs={key: rng.uniform(-1, 1, (len(truncated), *s.shape)).astype(np.float32) for key, s in space.items()},

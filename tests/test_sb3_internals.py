@@ -113,7 +113,7 @@ def test_reward_normalisation_is_vecnormalize_step_by_step(training: bool) -> No
     dones = rng.random((300, 2)) < 0.03
 
     def normalizer(env_rewards: list[np.ndarray], env_dones: list[np.ndarray]) -> VecNormalize:
-        envs = [lambda r=r, d=d: _ScriptedRewards(r, d) for r, d in zip(env_rewards, env_dones)]
+        envs = [lambda r=r, d=d: _ScriptedRewards(r, d) for r, d in zip(env_rewards, env_dones, strict=True)]
         vec = VecNormalize(DummyVecEnv(envs), norm_obs=False, gamma=0.99)
         # A normaliser that has seen a rollout already (a resumed run's vecnormalize.pkl).
         vec.ret_rms.update(rng.normal(-30, 20, 50))

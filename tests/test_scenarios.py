@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
-
-import roadsense.v2v
 from typer.testing import CliRunner
 
+import roadsense.v2v
 from roadsense.cli import app
 from roadsense.config import DatasetConfig
 from roadsense.evaluation.matrix import plan_matrix
@@ -28,8 +27,8 @@ from roadsense.scenarios import (
     verify_dataset,
 )
 from roadsense.scenarios import scenario as scenario_module
-from roadsense.scenarios.invariants import check_routes
 from roadsense.scenarios.generate import write_scenario
+from roadsense.scenarios.invariants import check_routes
 from roadsense.scenarios.network import EDGE_ID, build_network
 from roadsense.scenarios.scenario import PEER_SPACING_M, SPLITS, ScenarioSpec, VehicleType, depart_positions, train_specs
 from roadsense.sim.sumo_home import sumo_binary
@@ -80,7 +79,7 @@ def test_every_scenario_loads_with_the_convoy_in_formation(small_dataset: Path) 
         assert {edge for edge, _ in vehicles.values()} == {EDGE_ID}
         positions = [vehicles[f"V{i:03d}"][1] for i in range(1, peers + 2)]
         # getLanePosition is the front bumper, as departPos: neighbours sit one spacing apart.
-        spacings = [b - a for a, b in zip(positions, positions[1:])]
+        spacings = [b - a for a, b in zip(positions, positions[1:], strict=True)]
         assert spacings == pytest.approx([PEER_SPACING_M[peers]] * peers, abs=0.5), sumocfg
 
 

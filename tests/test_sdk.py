@@ -117,11 +117,13 @@ def sdk_env(moto_session: boto3.Session, monkeypatch: pytest.MonkeyPatch) -> tup
     role = session.client("iam").create_role(RoleName="roadsense-sagemaker", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
     ecr = session.client("ecr")
     ecr.create_repository(repositoryName="roadsense-training")
-    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json", "config": {}, "layers": []})
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                           "config": {}, "layers": []})
     ecr.put_image(repositoryName="roadsense-training", imageManifest=manifest, imageTag="abc")
     sent: list[dict[str, Any]] = []
     sdk_session = boto3.Session(region_name=REGION)
-    sdk_session.events.register("before-parameter-build.sagemaker.CreateTrainingJob", lambda params, **_: sent.append(copy.deepcopy(params)))
+    sdk_session.events.register("before-parameter-build.sagemaker.CreateTrainingJob",
+                                lambda params, **_: sent.append(copy.deepcopy(params)))
     # launcher.sdk makes its sagemaker Session on the launcher's boto3 session: hand it the listening one.
     monkeypatch.setattr(aws, "make_session", lambda settings: sdk_session)
     return session, LaunchSettings(role_arn=role, image_uri=IMAGE), sent

@@ -15,8 +15,7 @@ from typer.testing import CliRunner
 
 from roadsense.cli import app
 from roadsense.evaluation.evaluate import evaluate
-from roadsense.evaluation.traces import (MAX_TRACED, NEAR_MISS_GAP_M, REPRODUCED_KEYS, TRACE_COLUMNS,
-                                         failure_section, select_failures)
+from roadsense.evaluation.traces import MAX_TRACED, NEAR_MISS_GAP_M, REPRODUCED_KEYS, TRACE_COLUMNS, failure_section, select_failures
 from roadsense.training.train import train
 from tests.conftest import tiny_config
 
@@ -82,7 +81,7 @@ def test_the_report_traces_each_collision_and_the_rerun_reproduces_it(evaluated:
         assert set(steps) == set(TRACE_COLUMNS) == set(trace["columns"])
         assert len(steps["step"]) == e["steps"]
         start = trace["episode"]["hazard_start_step"]
-        post_hazard = [g for s, g in zip(steps["step"], steps["true_gap_m"]) if s > start]
+        post_hazard = [g for s, g in zip(steps["step"], steps["true_gap_m"], strict=True) if s > start]
         assert min(post_hazard) == e["min_gap_post_hazard_m"]
         assert (post_hazard[-1] < 5.0) == e["collision"]
         assert trace["episode"]["seed"] == e["seed"] and trace["episode"]["backend"] == "libsumo"

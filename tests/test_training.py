@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 from stable_baselines3 import PPO
+from typer.testing import CliRunner
 
 from roadsense.cli import app
 from roadsense.config import ConfigError

@@ -83,7 +83,7 @@ def test_latency_mean_and_jitter_per_hop_add_up() -> None:
     for peer, hops in ((1, 1), (2, 2)):
         arrived = fresh(receptions, peer)
         ages = np.array([r.age_ms[peer - 1] for r in receptions])[arrived]
-        assert {int(r.hops[peer - 1]) for r, a in zip(receptions, arrived) if a} == {hops}
+        assert {int(r.hops[peer - 1]) for r, a in zip(receptions, arrived, strict=True) if a} == {hops}
         std = jitter * math.sqrt(hops)
         assert_close(ages.mean(), base * hops, 4.5 * std / math.sqrt(len(ages)), f"mean latency over {hops} hop(s)")
         assert_close(ages.std(), std, 0.05 * std, f"latency std over {hops} hop(s)")
@@ -97,7 +97,7 @@ def test_relay_extends_reach_to_a_peer_at_80_m() -> None:
     arrived = fresh(receptions, 2)
     # Two links of 11.6 % loss each (plus bursts): about three quarters get through.
     assert arrived.mean() > 0.65
-    assert all(r.hops[1] == 2 for r, a in zip(receptions, arrived) if a)
+    assert all(r.hops[1] == 2 for r, a in zip(receptions, arrived, strict=True) if a)
 
 
 @pytest.mark.parametrize(
@@ -162,7 +162,7 @@ def convoy_run(seed: int) -> list[Reception]:
 def test_same_seed_same_receptions_different_seed_different() -> None:
     def same(a: list[Reception], b: list[Reception]) -> bool:
         fields = ("valid", "pos", "speed", "accel", "heading_deg", "age_ms", "hops")
-        return all(np.array_equal(getattr(x, f), getattr(y, f), equal_nan=True) for x, y in zip(a, b) for f in fields)
+        return all(np.array_equal(getattr(x, f), getattr(y, f), equal_nan=True) for x, y in zip(a, b, strict=True) for f in fields)
 
     first = convoy_run(seed=3)
     assert same(first, convoy_run(seed=3))
