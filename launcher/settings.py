@@ -124,13 +124,20 @@ def read_config_file(path: Path | None = None, cwd: Path | None = None) -> dict[
     return {}
 
 
-def _table(path: Path) -> dict[str, Any]:
+def read_toml(path: Path, error: type[UserError], label: str = "") -> dict[str, Any]:
+    """The top-level table of a TOML file; one that cannot be read or parsed raises ``error``,
+    whose message starts with ``label`` (the flag that named the file), then the path."""
+    where = f"{label} {path}".strip()
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except OSError as exc:
-        raise SettingsError(f"{path}: cannot read it ({exc})") from None
+        raise error(f"{where}: cannot read it ({exc})") from None
     except ValueError as exc:  # not UTF-8, or not TOML: UnicodeDecodeError and TOMLDecodeError are ValueErrors
-        raise SettingsError(f"{path}: not a TOML file ({exc})") from None
+        raise error(f"{where}: not a TOML file ({exc})") from None
+
+
+def _table(path: Path) -> dict[str, Any]:
+    data = read_toml(path, SettingsError)
     if path.name == "pyproject.toml":
         return dict(data.get("tool", {}).get("roadsense", {}).get("launch", {}))
     # roadsense-launch.toml may hold the keys at top level or under [launch].

@@ -20,7 +20,6 @@ import json
 import math
 import re
 import secrets
-import tomllib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +33,7 @@ from launcher.fetch import RunNotFoundError
 from launcher.launch import LaunchOptions, dry_run_request, plan_cloud, prepare_cloud
 from launcher.layout import RunId, RunIdError, check_name, validate_job_name
 from launcher.remote import parse
-from launcher.settings import LaunchSettings
+from launcher.settings import LaunchSettings, read_toml
 from launcher.store import RunStore, S3RunStore
 from roadsense.config import (
     KEY_SECTION,
@@ -173,12 +172,7 @@ def _bound(text: str, kind: type[int] | type[float]) -> float:
 
 def ranges_from_file(path: Path) -> list[str]:
     """The ``key=low:high[:log]`` strings of a TOML ranges file."""
-    try:
-        data = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"--ranges {path}: cannot read it ({exc})") from None
-    except ValueError as exc:  # not UTF-8, or not TOML: UnicodeDecodeError and TOMLDecodeError are ValueErrors
-        raise ConfigError(f"--ranges {path}: not a TOML file ({exc})") from None
+    data = read_toml(path, ConfigError, "--ranges")
     table = data.get("ranges", data)
     bad = next((key for key, value in table.items() if not isinstance(value, str)), None)
     if bad is not None:

@@ -14,9 +14,12 @@ import re
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import pytest
+
+if TYPE_CHECKING:
+    import boto3
 
 SHIPPED_EMULATOR_PARAMS = Path(__file__).resolve().parents[1] / "roadsense" / "v2v" / "espnow_params.json"
 
@@ -187,6 +190,24 @@ def moto_session(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     with mock_aws():
         yield boto3.Session(region_name="il-central-1")
+
+
+def push_test_image(session: boto3.Session, tag: str = "abc") -> None:
+    """An image manifest tagged ``tag`` in a new ``roadsense-training`` ECR repository (moto keeps no layers)."""
+    ecr = session.client("ecr")
+    ecr.create_repository(repositoryName="roadsense-training")
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                           "config": {}, "layers": []})
+    ecr.put_image(repositoryName="roadsense-training", imageManifest=manifest, imageTag=tag)
+
+
+def tag_test_image_latest(session: boto3.Session) -> str:
+    """Tag the pushed ``abc`` image ``latest`` as well; returns the image's digest."""
+    ecr = session.client("ecr")
+    image = ecr.batch_get_image(repositoryName="roadsense-training", imageIds=[{"imageTag": "abc"}])["images"][0]
+    ecr.put_image(repositoryName="roadsense-training", imageManifest=image["imageManifest"], imageTag="latest")
+    details = ecr.describe_images(repositoryName="roadsense-training", imageIds=[{"imageTag": "latest"}])["imageDetails"]
+    return details[0]["imageDigest"]
 
 
 def metrics_archive(overall: dict) -> bytes:

@@ -26,7 +26,7 @@ from launcher.store import S3RunStore
 from launcher.upload import upload_dataset, upload_tree
 from roadsense.evaluation.stats import wilson_interval
 from roadsense.scenarios.dataset import DatasetError
-from tests.conftest import metrics_archive
+from tests.conftest import metrics_archive, push_test_image, tag_test_image_latest
 
 REGION = "il-central-1"
 BUCKET = "saferide-training-results"
@@ -47,20 +47,6 @@ def _settings(role: str, **changes: object) -> LaunchSettings:
     return LaunchSettings(**{"role_arn": role, "image_uri": image, **changes})
 
 
-def _push_image(session: boto3.Session) -> None:
-    ecr = session.client("ecr")
-    ecr.create_repository(repositoryName="roadsense-training")
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-            "config": {},
-            "layers": [],
-        }
-    )
-    ecr.put_image(repositoryName="roadsense-training", imageManifest=manifest, imageTag="abc")
-
-
 def _dataset(folder: Path) -> Path:
     folder.mkdir()
     (folder / "train.xml").write_text("<routes/>")
@@ -77,7 +63,7 @@ def test_preflight_errors_are_one_line_with_a_fix(moto_env) -> None:
         aws.preflight(session, _settings("arn:aws:iam::123456789012:role/missing"), check_image=False)
     with pytest.raises(aws.LaunchError, match="not in ECR"):
         aws.preflight(session, _settings(role), check_image=True)
-    _push_image(session)
+    push_test_image(session)
     assert aws.preflight(session, _settings(role), check_image=True).role_arn == role
 
 
@@ -101,7 +87,7 @@ def test_no_credentials_message(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_launch_creates_job_and_record_and_refuses_a_duplicate(moto_env, tmp_path: Path) -> None:
     session, role = moto_env
-    _push_image(session)
+    push_test_image(session)
     settings = _settings(role)
     options = LaunchOptions(run_id="cloud_prod_001", preset="smoke")
     first = launch(options, settings)
@@ -135,7 +121,7 @@ def test_launch_creates_job_and_record_and_refuses_a_duplicate(moto_env, tmp_pat
 
 def test_force_refuses_a_crafted_checkpoint_key_before_deleting_anything(moto_env) -> None:
     session, role = moto_env
-    _push_image(session)
+    push_test_image(session)
     s3 = session.client("s3")
     for key in ("checkpoints/r5/ckpt_1.zip", "checkpoints/r5/../../other_run/launch.json"):
         s3.put_object(Bucket=BUCKET, Key=key, Body=b"x")
@@ -148,7 +134,7 @@ def test_force_refuses_a_crafted_checkpoint_key_before_deleting_anything(moto_en
 def test_checkpoints_alone_make_a_run_id_taken(moto_env) -> None:
     # A new job on the id would silently resume from them: the launch asks for --resume or --force.
     session, role = moto_env
-    _push_image(session)
+    push_test_image(session)
     session.client("s3").put_object(Bucket=BUCKET, Key="checkpoints/r6/ckpt_1.zip", Body=b"x")
     with pytest.raises(aws.LaunchError, match="already holds a run"):
         launch(LaunchOptions(run_id="r6", preset="smoke"), _settings(role))
@@ -156,16 +142,9 @@ def test_checkpoints_alone_make_a_run_id_taken(moto_env) -> None:
 
 def test_latest_is_launched_by_its_digest(moto_env) -> None:
     session, role = moto_env
-    _push_image(session)
+    push_test_image(session)
     repo = "123456789012.dkr.ecr.il-central-1.amazonaws.com/roadsense-training"
-    ecr = session.client("ecr")
-    manifest = ecr.batch_get_image(repositoryName="roadsense-training", imageIds=[{"imageTag": "abc"}])["images"][0][
-        "imageManifest"
-    ]
-    ecr.put_image(repositoryName="roadsense-training", imageManifest=manifest, imageTag="latest")
-    digest = ecr.describe_images(repositoryName="roadsense-training", imageIds=[{"imageTag": "latest"}])[
-        "imageDetails"
-    ][0]["imageDigest"]
+    digest = tag_test_image_latest(session)
     for given in (f"{repo}:latest", repo):
         launched = launch(LaunchOptions(run_id=f"pin{len(given)}", preset="smoke"), _settings(role, image_uri=given))
         sent = session.client("sagemaker").describe_training_job(TrainingJobName=launched.job_name)

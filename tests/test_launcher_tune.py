@@ -35,7 +35,7 @@ from launcher.tune import (
 )
 from roadsense.config import ConfigError
 from roadsense.metric_lines import METRIC_DEFINITIONS
-from tests.conftest import metrics_archive
+from tests.conftest import metrics_archive, push_test_image, tag_test_image_latest
 
 REGION = "il-central-1"
 BUCKET = "saferide-training-results"
@@ -177,17 +177,7 @@ def moto_env(moto_session: boto3.Session, monkeypatch: pytest.MonkeyPatch) -> bo
     session = moto_session
     session.client("s3").create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
     session.client("iam").create_role(RoleName="roadsense-sagemaker", AssumeRolePolicyDocument="{}")
-    ecr = session.client("ecr")
-    ecr.create_repository(repositoryName="roadsense-training")
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-            "config": {},
-            "layers": [],
-        }
-    )
-    ecr.put_image(repositoryName="roadsense-training", imageManifest=manifest, imageTag="abc")
+    push_test_image(session)
     monkeypatch.setattr(aws, "with_stack_defaults", lambda settings: settings)  # no stack needed
     monkeypatch.setattr(display.console, "width", 250)
     return session
@@ -247,14 +237,7 @@ def test_tune_refuses_bad_input_in_one_line_before_aws(moto_env: boto3.Session) 
 
 
 def test_tune_latest_image_goes_out_by_digest_in_a_dry_run(moto_env: boto3.Session) -> None:
-    ecr = moto_env.client("ecr")
-    manifest = ecr.batch_get_image(repositoryName="roadsense-training", imageIds=[{"imageTag": "abc"}])["images"][0][
-        "imageManifest"
-    ]
-    ecr.put_image(repositoryName="roadsense-training", imageManifest=manifest, imageTag="latest")
-    digest = ecr.describe_images(repositoryName="roadsense-training", imageIds=[{"imageTag": "latest"}])[
-        "imageDetails"
-    ][0]["imageDigest"]
+    digest = tag_test_image_latest(moto_env)
     result = CliRunner().invoke(
         app,
         [
