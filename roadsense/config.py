@@ -10,9 +10,10 @@ hyperparameters (a flat map of strings) and the saved ``config.json`` are all vi
 * ``PipelineConfig.from_overrides(preset, {"total_timesteps": "5000"})`` builds a
   validated config from a preset and string or typed overrides.
 
-Seeds are separate on purpose: ``dataset_seed`` (training scenarios), ``eval_dataset_seed``
-(evaluation scenarios), ``seed`` (PPO and the training envs) and ``eval_seed`` (the
-evaluation episodes). Changing one never changes what the others control.
+Seeds are separate on purpose: ``dataset_seed`` (training scenarios), ``val_dataset_seed``
+(validation scenarios), ``eval_dataset_seed`` (evaluation scenarios), ``seed`` (PPO and the
+training envs), ``val_seed`` (the validation episodes) and ``eval_seed`` (the evaluation
+episodes). Changing one never changes what the others control.
 """
 
 from __future__ import annotations

@@ -14,7 +14,10 @@ steps after a single noisy report. The third, ``collision``, is a one-off charge
 that ends the episode in a collision (``EnvConfig.collision_penalty``): the reference charges a
 crash only the -100 of one step under 5 m, then ends the episode, so ending in a crash costs
 less than a safe stop beyond 35 m (-2 a step until the time limit); with the whole episode's
-worth of that (-2 x 500 = -1000) a crash is never the cheaper way out.
+worth of that (-2 x 500 = -1000) a crash is never the cheaper way out. One reading of the
+reference, too: braking "far" (beyond 35 m) is charged only with a peer in view; with none
+(``d`` = inf) the ego knows nothing of what is ahead, so braking then is not called far, while
+the safety term still scores an empty view as far (-2).
 """
 
 from __future__ import annotations

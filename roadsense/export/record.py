@@ -1,4 +1,4 @@
-"""Observations recorded while the torch policy drives, for INT8 calibration and parity checks.
+"""Observations recorded while a policy drives (the exporter uses the float graph), for INT8 calibration and parity checks.
 
 They come from the dataset's ``val`` or ``train`` split only: calibrating on the eval split
 would tune the INT8 graph to the very episodes it is then scored on. The split is a

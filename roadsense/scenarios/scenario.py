@@ -1,7 +1,7 @@
 """What one scenario is (a convoy on a road) and how the augmentation draws it.
 
 A scenario is a single-lane convoy: the ego ``V001`` at the rear and 1..5 peers
-``V002``.. ahead of it (``V002`` nearest), all departing at t = 0 at 13 m/s. Augmentation
+``V002``.. ahead of it (``V002`` nearest), all departing at t = 0 at 11 m/s (``DEPART_SPEED_MPS``). Augmentation
 (docs/design.md, "Augmentation and spacing"):
 
 * one vehicle-type draw shared by all cars: speedFactor, sigma, decel (m/s^2), tau (s);
