@@ -10,7 +10,7 @@ import pytest
 import torch
 from gymnasium import spaces
 from stable_baselines3 import PPO
-from stable_baselines3.common.logger import configure
+from stable_baselines3.common.logger import Logger
 
 from roadsense.env.observation import observation_space
 from roadsense.policy import policy_kwargs
@@ -33,7 +33,7 @@ def _model_with_a_filled_buffer(n_steps: int, batch_size: int, n_epochs: int,
     """An SB3 PPO whose rollout buffer holds a random but plausible rollout."""
     model = PPO("MultiInputPolicy", _Spaces(), n_steps=n_steps, batch_size=batch_size, n_epochs=n_epochs,
                 learning_rate=LEARNING_RATE, ent_coef=ent_coef, policy_kwargs=policy_kwargs(16, -0.5), seed=3, device="cpu")
-    model.set_logger(configure(None, []))
+    model.set_logger(Logger(None, []))  # configure(None, ...) would leave a folder in /tmp
     buffer = model.rollout_buffer
     rng = np.random.default_rng(0)
     for values in buffer.observations.values():

@@ -13,7 +13,7 @@ from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.logger import configure
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.policies import MultiInputActorCriticPolicy
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
@@ -220,7 +220,7 @@ def test_a_batch_is_what_sb3s_collect_rollouts_gives_ppo(monkeypatch: pytest.Mon
     kwargs = policy_kwargs(16, -30.0)
     model = PPO("MultiInputPolicy", _scripted_envs(), n_steps=T, batch_size=T * n_envs, n_epochs=1, gamma=GAMMA,
                 gae_lambda=GAE_LAMBDA, policy_kwargs=kwargs, seed=0, device="cpu")
-    model.set_logger(configure(None, []))
+    model.set_logger(Logger(None, []))  # configure(None, ...) would leave a folder in /tmp
     with torch.no_grad():  # off SB3's initial weights (zero biases), so that values and means vary
         for parameter in model.policy.parameters():
             parameter.add_(0.3 * torch.randn_like(parameter))

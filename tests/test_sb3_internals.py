@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 from stable_baselines3 import PPO
-from stable_baselines3.common.logger import configure
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
 
@@ -49,7 +49,7 @@ class _ScriptedRewards(gym.Env):
 
 def test_the_update_count_is_ppo_trains_saved_in_the_model(tmp_path: Path) -> None:
     model = PPO("MlpPolicy", _cartpole(), n_steps=16, batch_size=16, n_epochs=3, seed=0, device="cpu")
-    model.set_logger(configure(None, []))
+    model.set_logger(Logger(None, []))  # configure(None, ...) would leave a folder in /tmp
     model.learn(16)  # one rollout, one PPO.train: one count per epoch
     assert n_updates(model) == 3 == model.logger.name_to_value["train/n_updates"]
 
