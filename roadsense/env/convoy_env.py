@@ -94,6 +94,11 @@ class ConvoyEnv(gym.Env[dict[str, Any], npt.NDArray[np.float32]]):
         self.backend.start(sumocfg, seed=int(self.np_random.integers(2**31)))
         api = self.backend.api
         self._vehicle = api.vehicle
+        # The getters _read_states() calls for every vehicle every step, looked up once per episode.
+        vehicle = self._vehicle
+        self._state_getters = (vehicle.getPosition, vehicle.getSpeed, vehicle.getAcceleration, vehicle.getAngle,
+                               vehicle.getLanePosition)
+        self._get_time = api.simulation.getTime
         for _ in range(SPAWN_STEPS):
             self.backend.step()
             if EGO_ID in self._vehicle.getIDList():
@@ -196,16 +201,13 @@ class ConvoyEnv(gym.Env[dict[str, Any], npt.NDArray[np.float32]]):
 
     # ------------------------------------------------------------------------------------
     def _now(self) -> float:
-        now: float = self.backend.api.simulation.getTime()  # s; the TraCI API is untyped
+        now: float = self._get_time()  # s; the TraCI API is untyped
         return now
 
     def _read_states(self) -> None:
-        vehicle = self._vehicle
-        rows = [
-            (*vehicle.getPosition(vid), vehicle.getSpeed(vid), vehicle.getAcceleration(vid),
-             90.0 - vehicle.getAngle(vid), vehicle.getLanePosition(vid))  # SUMO's compass angle -> CCW from +x
-            for vid in self._ids
-        ]
+        position, speed, acceleration, angle, lane_position = self._state_getters
+        # 90 - angle: SUMO's compass angle -> degrees counter-clockwise from +x.
+        rows = [(*position(vid), speed(vid), acceleration(vid), 90.0 - angle(vid), lane_position(vid)) for vid in self._ids]
         self._ego_x, self._ego_y, self._ego_speed, self._ego_accel, self._ego_heading, _ = rows[0]
         self._lanepos = [row[5] for row in rows]  # a list: the gap check reads it every step
         state: npt.NDArray[np.float64] = np.array(rows)
