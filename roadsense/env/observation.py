@@ -117,14 +117,16 @@ def ego_frame(speed: float, accel: float, view: PeerView, braking_signal: float)
     )
 
 
+# The peer mask with the first m slots occupied, for m = 0..MAX_PEERS; fill_peer_slots() hands out copies.
+_MASKS = [np.array([1.0] * m + [0.0] * (MAX_PEERS - m), np.float32) for m in range(MAX_PEERS + 1)]
+
+
 def fill_peer_slots(view: PeerView, rng: random.Random) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """(peers (MAX_PEERS, 6), peer_mask (MAX_PEERS,)) with the visible peers in a random slot order."""
     peers = np.zeros((MAX_PEERS, PEER_FEATURES), np.float32)
-    mask = np.zeros(MAX_PEERS, np.float32)
     rows = view.rows[:]
     rng.shuffle(rows)
     m = min(len(rows), MAX_PEERS)
     if m:
         peers[:m] = rows[:m]
-        mask[:m] = 1.0
-    return peers, mask
+    return peers, _MASKS[m].copy()
