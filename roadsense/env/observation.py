@@ -99,9 +99,11 @@ def visible_peers(ego_x: float, ego_y: float, ego_speed: float, ego_heading_deg:
         index.append(j + 1)
         rows.append([rel_x / 100.0, rel_y / 100.0, (speed[j] - ego_speed) / 30.0, dheading / 180.0,
                      accel[j] / 10.0, age[j] / STALE_MS])
-        distance = min(distance, math.hypot(rel_x, rel_y) - VEHICLE_LENGTH_M)
-        closing = max(closing, ego_speed - speed[j])
-        min_accel = min(min_accel, accel[j])
+        # Running extremes by comparison, picking what min()/max() would: three builtin calls per peer cost 0.2 us.
+        gap, slower_by = math.hypot(rel_x, rel_y) - VEHICLE_LENGTH_M, ego_speed - speed[j]
+        distance = gap if gap < distance else distance
+        closing = slower_by if slower_by > closing else closing
+        min_accel = accel[j] if accel[j] < min_accel else min_accel
     return PeerView(index, rows, distance, closing, min_accel)
 
 
