@@ -181,8 +181,10 @@ class MeshEmulator:
         # Positions as complex numbers x + iy, a view that follows self._state; as a column and a row.
         z = self._state_pos.view(np.complex128)[:, 0]
         self._z_column, self._z_row = z[:, None], z[None, :]
-        self._rotation_headings = b""  # the headings self._rotation was computed for (none yet)
-        self._rotation = np.ones(n, np.complex128)
+        # exp(-i heading) of every car and the headings' bytes it was computed for; step() recomputes
+        # it only when they change (b"" matches no headings, so the first step computes it).
+        self._rotation_headings = b""
+        self._rotation = np.empty(n, np.complex128)
         self._sent = np.empty((n, ORIGIN_MS + 1))  # the messages sent this step, one row per car
         self._sent_state, self._sent_by_peers = self._sent[:, :N_STATE], self._sent[1:]
         self._sent_hops, self._sent_origin_ms = self._sent[1:, HOPS], self._sent[1:, ORIGIN_MS]
@@ -230,8 +232,7 @@ class MeshEmulator:
         dist = np.abs(offset)
         # Relay a forwards source j when j is inside a's forward cone: rotating pos_j - pos_a by
         # -heading_a puts a's heading on the real axis, where the cone is real >= cos(half) * |.|.
-        # The rotation (a complex exp) changes only when a heading does, which on a straight road
-        # is never, so it is kept until the headings' bytes differ.
+        # The rotation (a complex exp) changes only when a heading does, on a straight road never.
         headings = heading_deg.tobytes()
         if headings != self._rotation_headings:
             self._rotation_headings = headings
