@@ -6,10 +6,13 @@ info dict (reward terms, true gap, episode summary) and trace point must be exac
 case below runs two full episodes (hazard on, domain randomisation on, random actions from a
 seeded generator) and hashes all of it, episode by episode.
 
-The golden digests were recorded from commit 1e60488 (before the speed work). They also depend
-on SUMO's and numpy's versions (SUMO's car-following, numpy's random streams), so an upgrade of
-either may change them legitimately: then re-record them from the code before any change of your
-own (the failure message prints the new digests) and say so in the commit.
+The golden digests were recorded from commit 1e60488 (before the speed work), checked out on its
+own. They also depend on SUMO's and numpy's versions (SUMO's car-following, numpy's random
+streams), so an upgrade of either may change them legitimately: then re-record them from the code
+before any change of your own (the failure message prints the new digests) and say so in the
+commit. They did not change with the CPU features numpy or OpenBLAS use (checked at 1e60488 with
+NPY_DISABLE_CPU_FEATURES=X86_V3,X86_V4,AVX512_ICL and OPENBLAS_CORETYPE=Haswell, Sandybridge,
+Nehalem, Prescott).
 """
 
 from __future__ import annotations
