@@ -80,7 +80,8 @@ class ConvoyEnv(gym.Env[dict[str, Any], npt.NDArray[np.float32]]):
         self.backend: SimBackend = make_backend(self.config.backend)
         self.observation_space: spaces.Dict = observation_space(self.config.frame_stack)
         self.action_space: spaces.Box[np.float32] = spaces.Box(0.0, 1.0, (1,), np.float32)
-        self._ego_stack = np.zeros((self.config.frame_stack, EGO_FEATURES), np.float32)
+        # The stacked ego frames, newest first, as plain floats: one conversion per step makes the observation.
+        self._ego_values = [0.0] * (self.config.frame_stack * EGO_FEATURES)
         self._ids: list[str] = []
 
     # ------------------------------------------------------------------------------------
@@ -94,6 +95,11 @@ class ConvoyEnv(gym.Env[dict[str, Any], npt.NDArray[np.float32]]):
         self.backend.start(sumocfg, seed=int(self.np_random.integers(2**31)))
         api = self.backend.api
         self._vehicle = api.vehicle
+        # The getters _read_states() calls for every vehicle every step, looked up once per episode.
+        vehicle = self._vehicle
+        self._state_getters = (vehicle.getPosition, vehicle.getSpeed, vehicle.getAcceleration, vehicle.getAngle,
+                               vehicle.getLanePosition)
+        self._get_time = api.simulation.getTime
         for _ in range(SPAWN_STEPS):
             self.backend.step()
             if EGO_ID in self._vehicle.getIDList():
@@ -131,7 +137,7 @@ class ConvoyEnv(gym.Env[dict[str, Any], npt.NDArray[np.float32]]):
         self.t = 0
         self.braking_signal = 0.0  # warm-up must not leave a signal behind
         self._speed_mode = SPEED_MODE_SUMO
-        self._ego_stack[:] = 0.0
+        self._ego_values = [0.0] * len(self._ego_values)
         self._prev_ego_speed = self._ego_speed
         self._summary = _EpisodeSummary(scenario_id, len(peers), self.hazard)
         self._reception, self._action = reception, 0.0
@@ -141,7 +147,7 @@ class ConvoyEnv(gym.Env[dict[str, Any], npt.NDArray[np.float32]]):
 
     def step(self, action: npt.NDArray[np.float32]) -> StepResult:
         """Apply ``action`` (brake intensity, shape (1,), clipped to [0, 1]) for one 0.1 s step."""
-        a = min(1.0, max(0.0, float(np.asarray(action).reshape(-1)[0])))
+        a = min(1.0, max(0.0, float(np.asarray(action).item(0))))
         try:
             self._apply_hazard()
             self._apply_ego_action(a)
@@ -196,16 +202,13 @@ class ConvoyEnv(gym.Env[dict[str, Any], npt.NDArray[np.float32]]):
 
     # ------------------------------------------------------------------------------------
     def _now(self) -> float:
-        now: float = self.backend.api.simulation.getTime()  # s; the TraCI API is untyped
+        now: float = self._get_time()  # s; the TraCI API is untyped
         return now
 
     def _read_states(self) -> None:
-        vehicle = self._vehicle
-        rows = [
-            (*vehicle.getPosition(vid), vehicle.getSpeed(vid), vehicle.getAcceleration(vid),
-             90.0 - vehicle.getAngle(vid), vehicle.getLanePosition(vid))  # SUMO's compass angle -> CCW from +x
-            for vid in self._ids
-        ]
+        position, speed, acceleration, angle, lane_position = self._state_getters
+        # 90 - angle: SUMO's compass angle -> degrees counter-clockwise from +x.
+        rows = [(*position(vid), speed(vid), acceleration(vid), 90.0 - angle(vid), lane_position(vid)) for vid in self._ids]
         self._ego_x, self._ego_y, self._ego_speed, self._ego_accel, self._ego_heading, _ = rows[0]
         self._lanepos = [row[5] for row in rows]  # a list: the gap check reads it every step
         state: npt.NDArray[np.float64] = np.array(rows)
@@ -214,8 +217,12 @@ class ConvoyEnv(gym.Env[dict[str, Any], npt.NDArray[np.float32]]):
     def _true_gap(self) -> float:
         """Ground-truth bumper-to-bumper gap from the ego to the nearest peer ahead, m."""
         ego = self._lanepos[0]
-        gaps = [p - length - ego for p, length in zip(self._lanepos[1:], self._peer_lengths, strict=True) if p > ego]
-        return min(gaps, default=math.inf)
+        nearest = math.inf
+        for p, length in zip(self._lanepos[1:], self._peer_lengths, strict=True):  # a loop: no list, no min() call
+            gap = p - length - ego
+            if p > ego and gap < nearest:
+                nearest = gap
+        return nearest
 
     def _view(self, reception: Reception) -> PeerView:
         view = visible_peers(self._ego_x, self._ego_y, self._ego_speed, self._ego_heading, reception)
@@ -227,10 +234,10 @@ class ConvoyEnv(gym.Env[dict[str, Any], npt.NDArray[np.float32]]):
         return view
 
     def _observe(self, view: PeerView) -> Observation:
-        self._ego_stack[1:] = self._ego_stack[:-1]
-        self._ego_stack[0] = ego_frame(self._ego_speed, self._ego_accel, view, self.braking_signal)
+        frame = ego_frame(self._ego_speed, self._ego_accel, view, self.braking_signal)
+        self._ego_values = [*frame, *self._ego_values[: -len(frame)]]
         peers, mask = fill_peer_slots(view, self._slot_rng)
-        return {"ego": self._ego_stack.reshape(-1).copy(), "peers": peers, "peer_mask": mask}
+        return {"ego": np.array(self._ego_values, np.float32), "peers": peers, "peer_mask": mask}
 
     def _apply_ego_action(self, a: float) -> None:
         vehicle = self._vehicle
@@ -285,7 +292,7 @@ class ConvoyEnv(gym.Env[dict[str, Any], npt.NDArray[np.float32]]):
         message = f"scenario {self.scenario_id}: SUMO failed at step {self.t}: {exc}"
         info = {"sim_error": message, "scenario_id": self.scenario_id,
                 "episode_summary": self._summary.finish(False, message)}
-        obs = {"ego": self._ego_stack.reshape(-1).copy(),
+        obs = {"ego": np.array(self._ego_values, np.float32),
                "peers": np.zeros((MAX_PEERS, PEER_FEATURES), np.float32),
                "peer_mask": np.zeros(MAX_PEERS, np.float32)}
         return obs, 0.0, False, True, info

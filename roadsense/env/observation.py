@@ -99,9 +99,11 @@ def visible_peers(ego_x: float, ego_y: float, ego_speed: float, ego_heading_deg:
         index.append(j + 1)
         rows.append([rel_x / 100.0, rel_y / 100.0, (speed[j] - ego_speed) / 30.0, dheading / 180.0,
                      accel[j] / 10.0, age[j] / STALE_MS])
-        distance = min(distance, math.hypot(rel_x, rel_y) - VEHICLE_LENGTH_M)
-        closing = max(closing, ego_speed - speed[j])
-        min_accel = min(min_accel, accel[j])
+        # Running extremes by comparison, picking what min()/max() would: three builtin calls per peer cost 0.2 us.
+        gap, slower_by = math.hypot(rel_x, rel_y) - VEHICLE_LENGTH_M, ego_speed - speed[j]
+        distance = gap if gap < distance else distance
+        closing = slower_by if slower_by > closing else closing
+        min_accel = accel[j] if accel[j] < min_accel else min_accel
     return PeerView(index, rows, distance, closing, min_accel)
 
 
@@ -117,14 +119,16 @@ def ego_frame(speed: float, accel: float, view: PeerView, braking_signal: float)
     )
 
 
+# The peer mask with the first m slots occupied, for m = 0..MAX_PEERS; fill_peer_slots() hands out copies.
+_MASKS = [np.array([1.0] * m + [0.0] * (MAX_PEERS - m), np.float32) for m in range(MAX_PEERS + 1)]
+
+
 def fill_peer_slots(view: PeerView, rng: random.Random) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """(peers (MAX_PEERS, 6), peer_mask (MAX_PEERS,)) with the visible peers in a random slot order."""
     peers = np.zeros((MAX_PEERS, PEER_FEATURES), np.float32)
-    mask = np.zeros(MAX_PEERS, np.float32)
     rows = view.rows[:]
     rng.shuffle(rows)
     m = min(len(rows), MAX_PEERS)
     if m:
         peers[:m] = rows[:m]
-        mask[:m] = 1.0
-    return peers, mask
+    return peers, _MASKS[m].copy()

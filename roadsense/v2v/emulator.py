@@ -46,10 +46,13 @@ U(0.029, 0.25) is thus 0.5x to 4.3x the measured channel. Without randomisation 
 values are used as they are.
 
 Speed. The env calls :meth:`MeshEmulator.step` every simulation step, so a step is a fixed
-handful of numpy calls on arrays of at most 9 nodes, with no per-message Python objects. The
-paths a message can take to the ego are enumerated once per episode as index arrays, so routing
-is one gather and one matrix product. Random numbers are drawn from the episode's generator in
-blocks of ``BLOCK_STEPS`` steps, always in the same order, so a seed fixes every message.
+handful of numpy calls on arrays of at most 9 nodes, with no per-message Python objects; at
+that size a call costs its overhead, not its arithmetic, so step() makes no call it can avoid
+(views are made once per episode, the heading rotation is reused while headings stay the
+same). The paths a message can take to the ego are enumerated once per vehicle count as index
+arrays, so routing is one gather and one matrix product. Random numbers are drawn from the
+episode's generator in blocks of ``BLOCK_STEPS`` steps, always in the same order, so a seed
+fixes every message.
 
 Conventions: positions in metres in the world frame; ``heading_deg`` is the direction of travel
 in degrees counter-clockwise from the world +x axis (SUMO's compass angle ``a`` is ``90 - a``).
@@ -57,6 +60,7 @@ in degrees counter-clockwise from the world +x axis (SUMO's compass angle ``a`` 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -71,6 +75,40 @@ BLOCK_STEPS = 256
 # many links it travelled and when (ms of sim time) the source sampled it.
 X, Y, SPEED, ACCEL, HEADING, HOPS, ORIGIN_MS = range(7)
 N_STATE = 5
+
+
+@functools.cache
+def _routes(n: int, max_hops: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.int64]]:
+    """Every route source -> distinct relays -> ego (index 0) of at most ``max_hops`` links, for ``n`` vehicles.
+
+    A route's latency is the sum of entries of the per-step vector built in step():
+    ``[link_ms.ravel() (n*n), relay_ms.ravel() (n*n), 0.0]``, where ``relay_ms[j, r]`` is 0 if
+    relay r forwards source j and inf otherwise. Each route is a row of indices into it, padded
+    with the trailing 0.0. Routes are grouped by source (peer 1..n-1), the same count each,
+    fewest hops first so that argmin breaks ties towards fewer hops. Returns (the index rows,
+    the hop count of each route of one source).
+
+    Cached (read-only arrays): every episode with the same vehicle count has the same routes,
+    and enumerating them costs as much as 5 (n = 6) to 20 (n = 9) steps.
+    """
+    zero = 2 * n * n
+    width = 2 * max_hops - 1
+    rows: list[list[int]] = []
+    hops: list[int] = []
+    for source in range(1, n):
+        others = [r for r in range(1, n) if r != source]
+        for n_relays in range(min(max_hops, n - 1)):
+            for relays in itertools.permutations(others, n_relays):
+                nodes = (source, *relays, 0)
+                row = [a * n + b for a, b in itertools.pairwise(nodes)]
+                row += [n * n + source * n + r for r in relays]
+                rows.append(row + [zero] * (width - len(row)))
+                if source == 1:
+                    hops.append(n_relays + 1)
+    path_index = np.array(rows, dtype=np.intp).reshape(-1, width)
+    path_hops = np.array(hops, dtype=np.int64)
+    path_index.flags.writeable = path_hops.flags.writeable = False
+    return path_index, path_hops
 
 
 @dataclass(slots=True)
@@ -134,49 +172,36 @@ class MeshEmulator:
         self._rng = rng
         self._n = n
         self._block_pos = BLOCK_STEPS
+        self._staleness_ms = p.staleness_ms
+        # step() writes through views of these buffers made here, once per episode: with at most 9
+        # rows a numpy call costs its overhead, not its arithmetic, and making a view is a call.
         self._state = np.empty((n, N_STATE))  # true state, this step
-        # Positions as complex numbers x + iy, a view that follows self._state.
-        self._pos_complex = self._state[:, X : Y + 1].view(np.complex128)[:, 0]
+        self._state_pos, self._state_speed = self._state[:, X : Y + 1], self._state[:, SPEED]
+        self._state_accel, self._state_heading = self._state[:, ACCEL], self._state[:, HEADING]
+        # Positions as complex numbers x + iy, a view that follows self._state; as a column and a row.
+        z = self._state_pos.view(np.complex128)[:, 0]
+        self._z_column, self._z_row = z[:, None], z[None, :]
+        # exp(-i heading) of every car and the headings' bytes it was computed for; step() recomputes
+        # it only when they change (b"" matches no headings, so the first step computes it).
+        self._rotation_headings = b""
+        self._rotation = np.empty(n, np.complex128)
         self._sent = np.empty((n, ORIGIN_MS + 1))  # the messages sent this step, one row per car
+        self._sent_state, self._sent_by_peers = self._sent[:, :N_STATE], self._sent[1:]
+        self._sent_hops, self._sent_origin_ms = self._sent[1:, HOPS], self._sent[1:, ORIGIN_MS]
         # Never heard from: origin -inf makes the age inf, so the peer is invalid until a message arrives.
         self._held = np.full((n - 1, ORIGIN_MS + 1), np.nan)
         self._held[:, ORIGIN_MS] = -np.inf
         self._held[:, HOPS] = 0
         self._link_lost = np.zeros((n, n), dtype=bool)  # [sender, receiver]: lost in the previous step
-        self._build_paths(n)
 
-    def _build_paths(self, n: int) -> None:
-        """Enumerate every route source -> distinct relays -> ego (index 0) of at most max_hops links.
-
-        A route's latency is the sum of entries of the per-step vector built in step():
-        ``[link_ms.ravel() (n*n), relay_ms.ravel() (n*n), 0.0]``, where ``relay_ms[j, r]`` is 0 if
-        relay r forwards source j and inf otherwise. Each route is a row of indices into it, padded
-        with the trailing 0.0. Routes are grouped by source (peer 1..n-1), the same count each,
-        fewest hops first so that argmin breaks ties towards fewer hops.
-        """
-        max_hops = self.params.max_hops
-        zero = 2 * n * n
-        width = 2 * max_hops - 1
-        rows: list[list[int]] = []
-        hops: list[int] = []
-        for source in range(1, n):
-            others = [r for r in range(1, n) if r != source]
-            for n_relays in range(min(max_hops, n - 1)):
-                for relays in itertools.permutations(others, n_relays):
-                    nodes = (source, *relays, 0)
-                    row = [a * n + b for a, b in itertools.pairwise(nodes)]
-                    row += [n * n + source * n + r for r in relays]
-                    rows.append(row + [zero] * (width - len(row)))
-                    if source == 1:
-                        hops.append(n_relays + 1)
-        self._path_index = np.array(rows, dtype=np.intp).reshape(-1, width)
-        self._path_hops = np.array(hops, dtype=np.int64)
-        self._paths_per_source = max(len(hops), 1)  # 1 without peers keeps the (0, K) reshape valid
-        self._first_path = np.arange(n - 1) * len(hops)
-        self._route_values = np.zeros(zero + 1)
+        self._path_index, self._path_hops = _routes(n, p.max_hops)
+        self._paths_per_source = max(len(self._path_hops), 1)  # 1 without peers keeps the (0, K) reshape valid
+        self._first_path = np.arange(n - 1) * len(self._path_hops)
+        # The per-step vector the route indices point into: [link_ms (n*n), relay_ms (n*n), 0.0].
+        self._route_values = np.zeros(2 * n * n + 1)
         self._link_ms = self._route_values[: n * n].reshape(n, n)
-        self._relay_ms = self._route_values[n * n : zero].reshape(n, n)
-        self._ones = np.ones(width)
+        self._relay_ms = self._route_values[n * n : 2 * n * n].reshape(n, n)
+        self._ones = np.ones(self._path_index.shape[1])
 
     def step(
         self,
@@ -197,20 +222,22 @@ class MeshEmulator:
         self._block_pos += 1
         n = self._n
 
-        state = self._state
-        state[:, X : Y + 1] = pos
-        state[:, SPEED] = speed
-        state[:, ACCEL] = accel
-        state[:, HEADING] = heading_deg
-        sent = self._sent
-        np.add(state, self._noise[k], out=sent[:, :N_STATE])
+        self._state_pos[...] = pos
+        self._state_speed[...] = speed
+        self._state_accel[...] = accel
+        self._state_heading[...] = heading_deg
+        np.add(self._state, self._noise[k], out=self._sent_state)
 
-        z = self._pos_complex
-        offset = z[:, None] - z[None, :]  # [j, a] = pos_j - pos_a
+        offset = self._z_column - self._z_row  # [j, a] = pos_j - pos_a
         dist = np.abs(offset)
         # Relay a forwards source j when j is inside a's forward cone: rotating pos_j - pos_a by
         # -heading_a puts a's heading on the real axis, where the cone is real >= cos(half) * |.|.
-        along = (offset * np.exp(heading_deg * (-1j * math.pi / 180.0))).real
+        # The rotation (a complex exp) changes only when a heading does, on a straight road never.
+        headings = heading_deg.tobytes()
+        if headings != self._rotation_headings:
+            self._rotation_headings = headings
+            self._rotation = np.exp(heading_deg * (-1j * math.pi / 180.0))
+        along = (offset * self._rotation).real
         self._relay_ms.fill(np.inf)
         np.copyto(self._relay_ms, 0.0, where=along >= self._cos_cone * dist)
 
@@ -226,15 +253,15 @@ class MeshEmulator:
         best = route_ms.reshape(n - 1, self._paths_per_source).argmin(axis=1)
         latency_ms = route_ms[self._first_path + best]
         now_ms = now_s * 1000.0
-        sent[1:, HOPS] = self._path_hops[best]
-        sent[1:, ORIGIN_MS] = now_ms - latency_ms
+        self._sent_hops[...] = self._path_hops[best]
+        np.subtract(now_ms, latency_ms, out=self._sent_origin_ms)
 
         # A new message replaces the held one; the copy keeps earlier Receptions unchanged.
-        np.copyto(self._held, sent[1:], where=np.isfinite(latency_ms)[:, None])
+        np.copyto(self._held, self._sent_by_peers, where=np.isfinite(latency_ms)[:, None])
         held = self._held.copy()
         age_ms = now_ms - held[:, ORIGIN_MS]
         return Reception(
-            valid=age_ms <= self.params.staleness_ms,
+            valid=age_ms <= self._staleness_ms,
             pos=held[:, X : Y + 1],
             speed=held[:, SPEED],
             accel=held[:, ACCEL],
