@@ -160,11 +160,11 @@ def _wait_gone(pgid: int) -> list[int]:
 def test_a_signal_during_evaluation_exits_with_its_code_and_is_recorded(tiny_dataset: Path, tmp_path: Path,
                                                                         signum: int, code: int) -> None:
     out = tmp_path / "run"
-    # Many episodes, so evaluation is still running when the signal comes.
-    proc = subprocess.Popen(_run_cmd(out, tiny_dataset, total_timesteps=256, episodes_per_bucket=30),
+    # Many episodes (1,500: several seconds even on a fast machine), so evaluation is still running when the signal comes.
+    proc = subprocess.Popen(_run_cmd(out, tiny_dataset, total_timesteps=256, episodes_per_bucket=100),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     _wait_for_status(out, "evaluate", proc)
-    time.sleep(2)  # the pool is up and its workers are in episodes
+    time.sleep(1)  # the pool is up and its workers are in episodes
     os.killpg(proc.pid, signum)  # the whole group, as a terminal's Ctrl-C or `timeout` sends it
     _, err = proc.communicate(timeout=60)
     name = signal.Signals(signum).name
