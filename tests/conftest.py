@@ -144,9 +144,6 @@ def sumo_children() -> Callable[[], list[int]]:
 
 TINY = {
     # Short episodes and rollouts: every stage runs for real, in seconds.
-    # Many tests extend a run on resume, which the default linear schedule refuses (it would change every
-    # rate); the schedule itself is tested on its own.
-    "lr_schedule": "constant",
     "train_count": 2,
     "val_count": 5,
     "eval_count": 5,
