@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shutil
@@ -79,7 +80,7 @@ def test_every_scenario_loads_with_the_convoy_in_formation(small_dataset: Path) 
         assert {edge for edge, _ in vehicles.values()} == {EDGE_ID}
         positions = [vehicles[f"V{i:03d}"][1] for i in range(1, peers + 2)]
         # getLanePosition is the front bumper, as departPos: neighbours sit one spacing apart.
-        spacings = [b - a for a, b in zip(positions, positions[1:], strict=True)]
+        spacings = [b - a for a, b in itertools.pairwise(positions)]
         assert spacings == pytest.approx([PEER_SPACING_M[peers]] * peers, abs=0.5), sumocfg
 
 

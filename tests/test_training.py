@@ -93,7 +93,7 @@ def test_sigterm_checkpoints_stops_every_sumo_and_resumes(tiny_dataset: Path, tm
     cmd = [sys.executable, "-m", "roadsense.cli", "train", "--dataset", str(tiny_dataset), "--output", str(out),
            "--preset", "smoke", "--total-timesteps", "100000", "--n-envs", "2",
            "--set", "rollout_steps=256", "--set", "checkpoint_every=256", "--set", "episode_steps=150",
-           "--set", "hazard_step=60", "--set", "lr_schedule=constant"]  # constant: the resume below runs longer
+           "--set", "hazard_step=60"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.monotonic() + 180
     seen_update = False
