@@ -161,8 +161,11 @@ def test_a_signal_during_evaluation_exits_with_its_code_and_is_recorded(tiny_dat
                                                                         signum: int, code: int) -> None:
     out = tmp_path / "run"
     # Many episodes (1,500: several seconds even on a fast machine), so evaluation is still running when the signal comes.
+    # SIGINT at its default, as under a terminal: a shell starts background jobs (CI runners among them) with
+    # SIGINT ignored, and Python leaves an ignored SIGINT ignored.
     proc = subprocess.Popen(_run_cmd(out, tiny_dataset, total_timesteps=256, episodes_per_bucket=100),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     _wait_for_status(out, "evaluate", proc)
     time.sleep(1)  # the pool is up and its workers are in episodes
     os.killpg(proc.pid, signum)  # the whole group, as a terminal's Ctrl-C or `timeout` sends it
