@@ -130,14 +130,23 @@ def read_object(s3: S3Client, bucket: str, key: str, max_bytes: int, setting: st
 
 
 def check_file_size(path: Path, max_bytes: int, setting: str) -> None:
-    """Refuse a local file of a run's mirror that is larger than an S3 object may be."""
+    """Refuse a local file of a run's mirror that is a link (it could point out of the runs folder) or that
+    is larger than an S3 object may be."""
+    if path.is_symlink():
+        raise RemoteDataError(f"{path} is a symbolic link; a run's files must be regular files in its folder")
     if path.stat().st_size > max_bytes:
         raise _too_big(str(path), max_bytes, setting)
 
 
 def read_file(path: Path, max_bytes: int, setting: str) -> bytes | None:
-    """The bytes of a local file of a run's mirror, bounded like an S3 object; None if it does not exist."""
-    if not path.is_file():
+    """The bytes of a local file of a run's mirror, bounded like an S3 object; None if it does not exist.
+
+    The read itself is bounded too: the file may grow between the size check and the read."""
+    if not path.is_file() and not path.is_symlink():
         return None
     check_file_size(path, max_bytes, setting)
-    return path.read_bytes()
+    with path.open("rb") as f:
+        body = f.read(max_bytes + 1)
+    if len(body) > max_bytes:
+        raise _too_big(str(path), max_bytes, setting)
+    return body

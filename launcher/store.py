@@ -153,7 +153,7 @@ class LocalRunStore(RunStore):
 
     def file(self, key: str, download_to: Path) -> Path | None:
         path = self.root / key
-        if not path.is_file():
+        if not path.is_file() and not path.is_symlink():
             return None
         check_file_size(path, self.limits.object_bytes, "max_download_bytes")
         return path

@@ -148,3 +148,22 @@ def test_a_record_over_the_limit_is_refused_alike(stores: list[RunStore]) -> Non
         store.limits = Limits(json_bytes=10)
         with pytest.raises(RemoteDataError, match=f"{store.source('r1/launch.json')} is larger than 10 bytes"):
             runs.status(store, _no_sagemaker, "r1")
+
+
+def test_a_local_record_that_is_a_link_or_grows_past_its_bound_is_refused(tmp_path: Path) -> None:
+    """A runs folder is read like the bucket: a link could point out of it, and a size checked before
+    the read says nothing of the bytes read after it."""
+    outside = tmp_path / "elsewhere.json"
+    outside.write_bytes(_record("r1"))
+    (tmp_path / "runs" / "r1").mkdir(parents=True)
+    (tmp_path / "runs" / "r1" / "launch.json").symlink_to(outside)
+    store = LocalRunStore(tmp_path / "runs", BUCKET, Limits())
+    with pytest.raises(RemoteDataError, match="symbolic link"):
+        runs.latest_attempt(store, "r1")
+    assert runs.list_runs(store).rows[0][1].startswith("(ignored: ")
+
+    (tmp_path / "runs" / "r1" / "launch.json").unlink()
+    (tmp_path / "runs" / "r1" / "launch.json").write_bytes(_record("r1"))
+    small = LocalRunStore(tmp_path / "runs", BUCKET, Limits(json_bytes=10))
+    with pytest.raises(RemoteDataError, match="larger than 10 bytes"):
+        runs.latest_attempt(small, "r1")
